@@ -1,0 +1,261 @@
+//! Blocking adapters: [`EncryptingWriter`] over any `Write`, and a seekable
+//! [`DecryptingReader`] over any `Read + Seek`.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use crate::error::{Error, Result};
+use crate::header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN};
+use crate::keys::{DataKey, SALT_LEN};
+use crate::stream::{resume_point, Decryptor, Encryptor, Segment};
+
+/// Seals everything written to it into `inner`. Call
+/// [`EncryptingWriter::finish`] at the end: without it the file has no final
+/// segment and reads back as truncated.
+#[derive(Debug)]
+pub struct EncryptingWriter<W: Write> {
+    inner: W,
+    enc: Encryptor,
+}
+
+impl<W: Write> EncryptingWriter<W> {
+    /// Starts a new file under `dek`, with a fresh random salt.
+    pub fn new(inner: W, dek: &DataKey) -> Result<Self> {
+        Ok(Self {
+            inner,
+            enc: Encryptor::new(dek)?,
+        })
+    }
+
+    /// Starts a new file with a fixed salt. Only for test vectors.
+    pub fn with_salt(inner: W, dek: &DataKey, salt: [u8; SALT_LEN]) -> Result<Self> {
+        Ok(Self {
+            inner,
+            enc: Encryptor::with_salt(dek, salt)?,
+        })
+    }
+
+    /// Plaintext bytes accepted so far.
+    pub fn plaintext_len(&self) -> u64 {
+        self.enc.plaintext_len()
+    }
+
+    /// The underlying writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.enc.pending().is_empty() {
+            let n = self.inner.write(self.enc.pending())?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.enc.consume(n);
+        }
+        Ok(())
+    }
+
+    /// Seals the final segment, writes it, flushes, and returns the inner
+    /// writer. Durability (fsync) is the caller's business.
+    pub fn finish(mut self) -> Result<W> {
+        self.drain()?;
+        while !self.enc.finish()? {
+            self.drain()?;
+        }
+        self.drain()?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Read + Write + Seek> EncryptingWriter<W> {
+    /// Continues an unfinished file (see [`Encryptor::resume`]): checks its
+    /// header and last segment and positions `inner` at its end. Returns
+    /// [`Error::NotResumable`] when the file must be re-encrypted instead.
+    pub fn resume(mut inner: W, dek: &DataKey) -> Result<Self> {
+        let len = inner.seek(SeekFrom::End(0))?;
+        let (_, last) = resume_point(len)?;
+        let mut header = [0u8; HEADER_LEN];
+        inner.seek(SeekFrom::Start(0))?;
+        inner.read_exact(&mut header)?;
+        let mut last_sealed = Vec::new();
+        if let Some(offset) = last {
+            last_sealed.resize(SEALED_SEGMENT_LEN, 0);
+            inner.seek(SeekFrom::Start(offset))?;
+            inner.read_exact(&mut last_sealed)?;
+        }
+        let enc = Encryptor::resume(dek, &header, len, &last_sealed)?;
+        inner.seek(SeekFrom::End(0))?;
+        Ok(Self { inner, enc })
+    }
+}
+
+impl<W: Write> Write for EncryptingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            self.drain()?;
+            let n = self.enc.push(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Writes out sealed segments; a partial last segment stays buffered
+    /// until more data or `finish`, since it cannot be sealed yet.
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
+        self.inner.flush()
+    }
+}
+
+/// Reads the plaintext of a sealed file, with random access: a seek costs
+/// nothing, and the next read decrypts only the segment it lands in.
+#[derive(Debug)]
+pub struct DecryptingReader<R> {
+    inner: R,
+    dec: Decryptor,
+    /// Plaintext position of the next read.
+    pos: u64,
+    /// Position of `inner`, to skip needless seeks when reading in order.
+    inner_pos: u64,
+    sealed: Box<[u8]>,
+    plain: Box<[u8]>,
+    /// Index of the segment held in `plain`, and its length.
+    cached: Option<(u64, usize)>,
+}
+
+impl<R: Read + Seek> DecryptingReader<R> {
+    /// Opens a sealed file: reads its length and header, checks the key, the
+    /// header tag and the length. Segments are checked as they are read.
+    pub fn new(mut inner: R, dek: &DataKey) -> Result<Self> {
+        let len = inner.seek(SeekFrom::End(0))?;
+        inner.seek(SeekFrom::Start(0))?;
+        let mut header = [0u8; HEADER_LEN];
+        let avail = usize::try_from(len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
+        inner.read_exact(&mut header[..avail])?;
+        let dec = Decryptor::new(dek, &header[..avail], len)?;
+        Ok(Self {
+            inner,
+            dec,
+            pos: 0,
+            inner_pos: avail as u64,
+            sealed: vec![0u8; SEALED_SEGMENT_LEN].into_boxed_slice(),
+            plain: vec![0u8; SEGMENT_LEN].into_boxed_slice(),
+            cached: None,
+        })
+    }
+
+    /// Plaintext length of the file.
+    pub fn plaintext_len(&self) -> u64 {
+        self.dec.layout().plaintext_len()
+    }
+
+    /// The underlying reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn read_sealed(&mut self, seg: &Segment) -> io::Result<()> {
+        if self.inner_pos != seg.ciphertext_offset {
+            self.inner.seek(SeekFrom::Start(seg.ciphertext_offset))?;
+        }
+        // Until read_exact succeeds the inner position is unknown.
+        self.inner_pos = u64::MAX;
+        self.inner
+            .read_exact(&mut self.sealed[..seg.ciphertext_len])?;
+        self.inner_pos = seg.ciphertext_offset + seg.ciphertext_len as u64;
+        Ok(())
+    }
+
+    /// Reads as much as fits into `out`, segment by segment.
+    fn read_some(&mut self, out: &mut [u8], done: &mut usize) -> Result<()> {
+        while *done < out.len() {
+            let Some(seg) = self.dec.layout().segment_at(self.pos) else {
+                return Ok(());
+            };
+            let skip = usize::try_from(self.pos - seg.plaintext_offset)
+                .expect("offset inside a segment is below SEGMENT_LEN");
+            let room = &mut out[*done..];
+            let n = match self.cached {
+                Some((index, len)) if index == seg.index => {
+                    let n = (len - skip).min(room.len());
+                    room[..n].copy_from_slice(&self.plain[skip..skip + n]);
+                    n
+                }
+                _ if skip == 0 && room.len() >= seg.plaintext_len => {
+                    // Whole segment wanted: decrypt straight into the caller's buffer.
+                    self.read_sealed(&seg)?;
+                    let sealed = &self.sealed[..seg.ciphertext_len];
+                    self.dec.open(&seg, sealed, room)?
+                }
+                _ => {
+                    self.read_sealed(&seg)?;
+                    self.cached = None;
+                    let sealed = &self.sealed[..seg.ciphertext_len];
+                    let len = self.dec.open(&seg, sealed, &mut self.plain)?;
+                    self.cached = Some((seg.index, len));
+                    continue;
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            *done += n;
+            self.pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read + Seek> Read for DecryptingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        match self.read_some(out, &mut done) {
+            Ok(()) => Ok(done),
+            // Hand out what was read; the error comes back on the next call.
+            Err(_) if done > 0 => Ok(done),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl<R: Read + Seek> Seek for DecryptingReader<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = seek_target(self.pos, self.plaintext_len(), to)?;
+        Ok(self.pos)
+    }
+}
+
+/// Resolves a `SeekFrom` against a plaintext position and length.
+pub(crate) fn seek_target(pos: u64, len: u64, to: SeekFrom) -> io::Result<u64> {
+    let target = match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => len.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    };
+    target.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek to a negative or overflowing position",
+        )
+    })
+}
+
+/// Reads a whole sealed file from a byte slice; for tests and tools.
+pub fn open_to_vec(sealed: &[u8], dek: &DataKey) -> Result<Vec<u8>> {
+    let mut reader = DecryptingReader::new(io::Cursor::new(sealed), dek)?;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).map_err(Error::from_io_owned)?;
+    Ok(out)
+}
+
+/// Seals `plaintext` into a new vector; for tests and tools.
+pub fn seal_to_vec(plaintext: &[u8], dek: &DataKey) -> Result<Vec<u8>> {
+    let mut w = EncryptingWriter::new(Vec::new(), dek)?;
+    w.write_all(plaintext)?;
+    w.finish()
+}
