@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+
+/// Why a data key could not be created, stored, wrapped or unwrapped.
+///
+/// Messages are for operators' logs; they never contain key material.
+/// A front end tells its user only that the key service is unavailable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The KEK file can be read by others than its owner.
+    #[error("{path}: key file mode {mode:o} lets others read it; chmod 600 it")]
+    InsecureKeyFile {
+        /// The KEK file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The KEK file is not a usable RSA private key.
+    #[error("{path}: not a usable RSA private key: {reason}")]
+    BadKek {
+        /// The KEK file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Wrapping failed inside the provider.
+    #[error("wrapping the data key failed")]
+    WrapFailed,
+    /// Unwrapping failed: wrong KEK, a key file of another user, or a
+    /// modified wrapped key.
+    #[error("unwrapping the data key of {user:?} failed")]
+    UnwrapFailed {
+        /// The user whose key it was.
+        user: String,
+    },
+    /// The key file was wrapped by another KEK than the provider holds.
+    #[error("key file was wrapped by {found_kind}:{found_name}, but this server uses {expected_kind}:{expected_name}")]
+    WrongKek {
+        /// The provider's kind.
+        expected_kind: String,
+        /// The provider's KEK name.
+        expected_name: String,
+        /// Kind recorded in the key file.
+        found_kind: String,
+        /// KEK name recorded in the key file.
+        found_name: String,
+    },
+    /// A key file is unreadable, malformed, or of another user.
+    #[error("{path}: corrupt key file: {reason}")]
+    CorruptKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key file for this user already exists (it is never replaced).
+    #[error("{path}: a key file for this user already exists")]
+    KeyFileExists {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The unwrapped key is not the one the key file names.
+    #[error("unwrapped key does not match the key id in the key file of {user:?}")]
+    KeyIdMismatch {
+        /// The user whose key it was.
+        user: String,
+    },
+    /// The random number generator failed.
+    #[error("random number generator failed")]
+    Random,
+}
+
+impl KeyError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        KeyError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Per-user key files: one small JSON file per user holding the wrapped
+//! data key, named after a hash of the user name so any name makes a safe
+//! file name. A key file is created once and never replaced by a login;
+//! deleting it crypto-shreds the user's files.
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest;
+use serde::{Deserialize, Serialize};
+
+use super::local::hex;
+use super::{KeyError, Wrapped};
+
+/// Version of the key-file JSON layout.
+pub const KEY_FILE_FORMAT: u32 = 1;
+/// Largest key file read; real ones are under 2 KiB.
+const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+
+/// The JSON content of a key file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Layout version, [`KEY_FILE_FORMAT`].
+    pub format: u32,
+    /// The user the key belongs to (also bound into the wrapping).
+    pub user: String,
+    /// Provider kind that wrapped the key (`local`, `transit`).
+    pub provider: String,
+    /// Name of the KEK that wrapped it.
+    pub key_name: String,
+    /// Version of that KEK.
+    pub key_version: u32,
+    /// Hex id of the data key (as in file headers), to check an unwrap.
+    pub key_id: String,
+    /// The wrapped key, as the provider returned it.
+    pub wrapped_key: String,
+}
+
+impl KeyFile {
+    /// The wrapped key in the provider's terms.
+    pub fn wrapped(&self) -> Wrapped {
+        Wrapped {
+            key_version: self.key_version,
+            ciphertext: self.wrapped_key.clone(),
+        }
+    }
+}
+
+/// The folder of key files.
+#[derive(Debug, Clone)]
+pub struct KeyFileStore {
+    dir: PathBuf,
+}
+
+impl KeyFileStore {
+    /// Key files in `dir`, which is created (mode 0700) if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
+        let dir = dir.into();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| KeyError::io(&dir, e))?;
+        Ok(Self { dir })
+    }
+
+    /// Where `user`'s key file lives: hex SHA-256 of the user name.
+    pub fn path_for(&self, user: &str) -> PathBuf {
+        let h = digest::digest(&digest::SHA256, user.as_bytes());
+        self.dir.join(format!("{}.json", hex(h.as_ref())))
+    }
+
+    /// Loads `user`'s key file, if there is one.
+    pub fn load(&self, user: &str) -> Result<Option<KeyFile>, KeyError> {
+        let path = self.path_for(user);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeyError::io(&path, e)),
+        };
+        let mut text = String::new();
+        file.take(MAX_KEY_FILE_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| KeyError::io(&path, e))?;
+        let corrupt = |reason: String| KeyError::CorruptKeyFile {
+            path: path.clone(),
+            reason,
+        };
+        if text.len() as u64 > MAX_KEY_FILE_LEN {
+            return Err(corrupt("too large".into()));
+        }
+        let kf: KeyFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if kf.format != KEY_FILE_FORMAT {
+            return Err(corrupt(format!("unknown key file format {}", kf.format)));
+        }
+        if kf.user != user {
+            return Err(corrupt("key file belongs to another user".into()));
+        }
+        Ok(Some(kf))
+    }
+
+    /// Stores a new key file; fails with [`KeyError::KeyFileExists`] if the
+    /// user already has one (it is never replaced).
+    pub fn create(&self, kf: &KeyFile) -> Result<PathBuf, KeyError> {
+        let path = self.path_for(&kf.user);
+        let json = serde_json::to_vec_pretty(kf).map_err(|e| KeyError::CorruptKeyFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_new_file(&path, &json, 0o600)?;
+        Ok(path)
+    }
+}
+
+/// Writes `data` to a new file at `path` atomically: a temporary file in the
+/// same folder, fsync, hard link to the final name (which fails if the name
+/// exists, so nothing is ever replaced), unlink the temporary, fsync the
+/// folder. A crash leaves either no file or a complete one (plus at most a
+/// stray temporary, which is never read).
+pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| KeyError::Random)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", hex(&nonce)));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| KeyError::io(&tmp, e))?;
+        f.write_all(data).map_err(|e| KeyError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| KeyError::io(&tmp, e))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(KeyError::KeyFileExists {
+                path: path.to_owned(),
+            }),
+            Err(e) => Err(KeyError::io(path, e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result?;
+    fsync_dir(dir)
+}
+
+/// Makes a folder's entries durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), KeyError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| KeyError::io(dir, e))
+}
