@@ -6,7 +6,9 @@
 //!   per-user key files, and the [`keys::Keyring`] that shares one unwrapped
 //!   key among a user's sessions and drops it with the last one.
 //!
-//! Accounts, storage backends and the per-user vault land here with the FTP
-//! front end.
+//! - [`vault`]: one user's encrypted view of storage — normalised paths,
+//!   listings with plaintext sizes, streaming sealed uploads through staging
+//!   files to an atomic commit, random-access downloads.
 
 pub mod keys;
+pub mod vault;

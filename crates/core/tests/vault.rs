@@ -1,0 +1,317 @@
+//! The vault over a real folder: sealed uploads through staging, atomic
+//! commit, resume rules, listings with plaintext sizes, path confinement.
+
+#![allow(clippy::cast_possible_truncation)] // test sizes and offsets are small and 64-bit
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
+use dropvault_core::vault::{EntryKind, UploadMode, UserVault, VPath, Vault, VaultError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MARKER: &[u8] = b"PLAINTEXT-MARKER-6c1f0e";
+
+fn kek() -> Arc<LocalRsaProvider> {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dropvault-test-kek.pem");
+    Arc::new(LocalRsaProvider::open_or_create(&path).expect("kek"))
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    vault: Vault,
+    user: UserVault,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = Keyring::new(
+        kek(),
+        KeyFileStore::open(dir.path().join("keys")).expect("keys"),
+    );
+    let vault = Vault::open(dir.path().join("files")).expect("vault");
+    let key = ring.unlock("alice").expect("key");
+    let user = vault.for_user(key).expect("user vault");
+    Fixture { dir, vault, user }
+}
+
+fn p(s: &str) -> VPath {
+    VPath::resolve(&VPath::root(), s).expect("path")
+}
+
+fn content(len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    if len >= MARKER.len() {
+        v[..MARKER.len()].copy_from_slice(MARKER);
+    }
+    v
+}
+
+async fn put(user: &UserVault, path: &str, data: &[u8]) -> u64 {
+    let mut up = user
+        .upload(&p(path), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(data).await.expect("write");
+    up.commit().await.expect("commit")
+}
+
+async fn get(user: &UserVault, path: &str, offset: u64) -> Vec<u8> {
+    let mut d = user.download(&p(path), offset).await.expect("download");
+    let mut out = Vec::new();
+    d.read_to_end(&mut out).await.expect("read");
+    out
+}
+
+/// Fails if any file under `dir` contains the marker.
+fn assert_no_plaintext(dir: &Path) {
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).expect("read");
+        assert!(
+            !bytes.windows(MARKER.len()).any(|w| w == MARKER),
+            "plaintext marker found in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("ls").flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn upload_commit_list_download() {
+    let f = fixture();
+    let data = content(3 * 65536 + 5);
+    assert_eq!(put(&f.user, "/a.bin", &data).await, data.len() as u64);
+    f.user.mkdir(&p("/sub")).await.expect("mkdir");
+    put(&f.user, "/sub/empty", b"").await;
+
+    let list = f.user.list(&VPath::root()).await.expect("list");
+    let names: Vec<_> = list
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind, e.size))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("a.bin", EntryKind::File, data.len() as u64),
+            ("sub", EntryKind::Dir, 0)
+        ]
+    );
+    assert_eq!(f.user.size(&p("/sub/empty")).await.expect("size"), 0);
+    assert!(get(&f.user, "/a.bin", 0).await == data);
+    // A download from an offset starts in the right segment.
+    assert!(get(&f.user, "/a.bin", 70_000).await == data[70_000..]);
+    assert!(matches!(
+        f.user.download(&p("/a.bin"), data.len() as u64 + 1).await,
+        Err(VaultError::BadRestOffset { .. })
+    ));
+    // Nothing in storage holds plaintext; the staging folder is empty.
+    assert_no_plaintext(f.dir.path());
+    assert_eq!(walk(&f.vault.root().join(".staging")).len(), 0);
+}
+
+#[tokio::test]
+async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
+    let f = fixture();
+    let data = content(5 * 65536 + 123);
+    {
+        let mut up = f
+            .user
+            .upload(&p("/big"), UploadMode::Replace)
+            .await
+            .expect("upload");
+        up.write_all(&data[..2 * 65536 + 500]).await.expect("write");
+        up.flush().await.expect("flush");
+        // Client vanishes: dropped without commit.
+    }
+    assert!(matches!(
+        f.user.stat(&p("/big")).await,
+        Err(VaultError::NotFound)
+    ));
+    assert!(f.user.list(&VPath::root()).await.expect("list").is_empty());
+    // SIZE offers the resume point: whole sealed segments only.
+    let at = f.user.size(&p("/big")).await.expect("resume point");
+    assert_eq!(at, 2 * 65536);
+    // Resuming elsewhere is refused and says where it could resume.
+    match f.user.upload(&p("/big"), UploadMode::Resume(100)).await {
+        Err(VaultError::BadRestOffset {
+            requested: 100,
+            available,
+        }) => assert_eq!(available, at),
+        other => panic!("expected BadRestOffset, got {other:?}"),
+    }
+    let mut up = f
+        .user
+        .upload(&p("/big"), UploadMode::Resume(at))
+        .await
+        .expect("resume");
+    assert_eq!(up.start_offset(), at);
+    up.write_all(&data[at as usize..]).await.expect("write");
+    up.commit().await.expect("commit");
+    assert!(get(&f.user, "/big", 0).await == data);
+    assert_no_plaintext(f.dir.path());
+}
+
+#[tokio::test]
+async fn rest_on_a_committed_file_and_append_reseal_under_a_new_salt() {
+    let f = fixture();
+    let data = content(200_000);
+    put(&f.user, "/f", &data[..150_000]).await;
+    let before = std::fs::read(f.vault.root().join("alice/f")).expect("read");
+
+    // REST 100000 + STOR: keep the first 100000 bytes, write the rest anew.
+    let mut up = f
+        .user
+        .upload(&p("/f"), UploadMode::Resume(100_000))
+        .await
+        .expect("rest");
+    up.write_all(&data[100_000..]).await.expect("write");
+    up.commit().await.expect("commit");
+    assert!(get(&f.user, "/f", 0).await == data);
+    let after = std::fs::read(f.vault.root().join("alice/f")).expect("read");
+    assert_ne!(
+        before[..96],
+        after[..96],
+        "re-sealed files get a fresh header and salt"
+    );
+
+    // APPE adds to the end.
+    let mut up = f
+        .user
+        .upload(&p("/f"), UploadMode::Append)
+        .await
+        .expect("appe");
+    up.write_all(b"tail").await.expect("write");
+    up.commit().await.expect("commit");
+    let got = get(&f.user, "/f", 0).await;
+    assert_eq!(got.len(), data.len() + 4);
+    assert_eq!(&got[data.len()..], b"tail");
+    // APPE to a missing file creates it.
+    let mut up = f
+        .user
+        .upload(&p("/new"), UploadMode::Append)
+        .await
+        .expect("appe");
+    up.write_all(b"x").await.expect("write");
+    up.commit().await.expect("commit");
+    assert_eq!(get(&f.user, "/new", 0).await, b"x");
+    assert_no_plaintext(f.dir.path());
+}
+
+#[tokio::test]
+async fn one_upload_per_path_at_a_time() {
+    let f = fixture();
+    let first = f
+        .user
+        .upload(&p("/x"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    assert!(matches!(
+        f.user.upload(&p("/x"), UploadMode::Replace).await,
+        Err(VaultError::Busy)
+    ));
+    drop(first);
+    assert!(f.user.upload(&p("/x"), UploadMode::Replace).await.is_ok());
+}
+
+#[tokio::test]
+async fn paths_stay_inside_the_users_folder() {
+    let f = fixture();
+    // ".." stops at the user's root.
+    put(&f.user, "/../../../escape", b"data").await;
+    assert!(f.vault.root().join("alice/escape").exists());
+    assert!(!f.dir.path().join("escape").exists());
+    assert!(VPath::resolve(&VPath::root(), "..\\x").is_err());
+
+    // A symbolic link planted in the folder is never followed.
+    std::os::unix::fs::symlink("/etc", f.vault.root().join("alice/link")).expect("symlink");
+    assert!(matches!(
+        f.user.list(&p("/link")).await,
+        Err(VaultError::PermissionDenied)
+    ));
+    assert!(matches!(
+        f.user.download(&p("/link/passwd"), 0).await,
+        Err(VaultError::PermissionDenied)
+    ));
+    assert!(matches!(
+        f.user.upload(&p("/link/x"), UploadMode::Replace).await,
+        Err(VaultError::PermissionDenied)
+    ));
+    // Listings leave the link out.
+    let names: Vec<_> = f
+        .user
+        .list(&VPath::root())
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["escape"]);
+}
+
+#[tokio::test]
+async fn rename_remove_mkdir_rmdir() {
+    let f = fixture();
+    put(&f.user, "/a", b"1").await;
+    f.user.mkdir(&p("/d")).await.expect("mkdir");
+    assert!(matches!(
+        f.user.mkdir(&p("/d")).await,
+        Err(VaultError::AlreadyExists)
+    ));
+    f.user.rename(&p("/a"), &p("/d/b")).await.expect("rename");
+    assert_eq!(get(&f.user, "/d/b", 0).await, b"1");
+    assert!(matches!(
+        f.user.rmdir(&p("/d")).await,
+        Err(VaultError::NotEmpty)
+    ));
+    assert!(matches!(
+        f.user.rename(&p("/d"), &p("/d/e")).await,
+        Err(VaultError::InvalidPath(_))
+    ));
+    assert!(matches!(
+        f.user.remove(&p("/d")).await,
+        Err(VaultError::IsADirectory)
+    ));
+    f.user.remove(&p("/d/b")).await.expect("remove");
+    f.user.rmdir(&p("/d")).await.expect("rmdir");
+    assert!(matches!(
+        f.user.stat(&p("/d")).await,
+        Err(VaultError::NotFound)
+    ));
+    assert!(matches!(
+        f.user.remove(&p("/nope")).await,
+        Err(VaultError::NotFound)
+    ));
+    assert!(matches!(
+        f.user.list(&p("/nope/deeper")).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_tampered_file_fails_to_download() {
+    let f = fixture();
+    put(&f.user, "/t", &content(100_000)).await;
+    let path = f.vault.root().join("alice/t");
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[96 + 65_552 + 10] ^= 1;
+    std::fs::write(&path, bytes).expect("write");
+    let mut d = f.user.download(&p("/t"), 0).await.expect("header is fine");
+    let mut out = Vec::new();
+    let err = d
+        .read_to_end(&mut out)
+        .await
+        .expect_err("segment 1 is damaged");
+    assert!(dropvault_format::Error::from_io(&err).is_some(), "{err}");
+}
