@@ -1,0 +1,497 @@
+//! The `file` accounts backend: a TOML users file of argon2id hashes,
+//! managed by `dropvault user ...` while the server runs.
+//!
+//! ```toml
+//! # managed by `dropvault user ...`
+//! [users.alice]
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$...."
+//! ```
+//!
+//! Writers (the CLI) take an exclusive lock on a sibling lock file, read the
+//! file afresh, and replace it atomically (a temporary in the same folder,
+//! mode 0600, fsync, rename, fsync of the folder), so concurrent commands
+//! never lose each other's changes and a reader never sees half a file.
+//! Readers (the server, at each login) take no lock: they stat the file and
+//! parse it again only when it is another file or has changed.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use argon2::password_hash::{self, SaltString};
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    ARGON2ID_IDENT,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{validate_user_name, Account, AuthError, Authenticator, Password};
+
+/// Largest users file read: about 5000 users; a larger one is refused
+/// rather than parsed at every change.
+const MAX_USERS_FILE_LEN: u64 = 1024 * 1024;
+/// First line of every file written, so an operator knows what owns it.
+/// Comments written by hand are not kept across a change by the CLI.
+const HEADER: &str = "# managed by `dropvault user ...`\n";
+/// Largest argon2 memory cost accepted in a hash (KiB). A login costs that
+/// much memory while it is checked; a hand-written hash with gigabytes
+/// would let a few concurrent logins exhaust the machine.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+/// Largest argon2 time cost and parallelism accepted in a hash, for the
+/// same reason.
+const MAX_T_COST: u32 = 16;
+const MAX_P_COST: u32 = 16;
+/// Salt of the work done for names that have no hash; it only has to be
+/// a valid salt, the output is thrown away.
+const DUMMY_SALT: &[u8] = b"dropvault-no-user";
+
+/// The users file's content, as serialized.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Content {
+    #[serde(default)]
+    users: BTreeMap<String, Entry>,
+}
+
+/// One user's entry.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    /// argon2id hash in PHC string format.
+    password: String,
+}
+
+/// What identifies one version of the file on disk. Writers always rename
+/// a new file into place, so a change shows as a new inode even within
+/// one tick of the file system's clock; length and times catch edits in
+/// place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// The parsed file and the version it came from (`None`: no file).
+struct Cached {
+    stamp: Option<Stamp>,
+    content: Arc<Content>,
+}
+
+/// A users file: the `file` accounts backend.
+///
+/// A missing file means no users; the first [`UserFile::add`] creates it.
+pub struct UserFile {
+    path: PathBuf,
+    lock_path: PathBuf,
+    cache: Mutex<Option<Cached>>,
+}
+
+impl std::fmt::Debug for UserFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hashes stay out of logs.
+        f.debug_struct("UserFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserFile {
+    /// The users file at `path`, read now so that a malformed file is
+    /// reported at startup rather than at the first login. A missing file
+    /// is fine (no users).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, AuthError> {
+        let path = path.into();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let lock_path = path.with_file_name(format!("{name}.lock"));
+        let file = Self {
+            path,
+            lock_path,
+            cache: Mutex::new(None),
+        };
+        file.current()?;
+        Ok(file)
+    }
+
+    /// The path of the users file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds user `name` with `password`. Fails with
+    /// [`AuthError::UserExists`] if the user is already there.
+    pub fn add(&self, name: &str, password: &Password) -> Result<(), AuthError> {
+        validate_user_name(name)?;
+        let hash = hash_password(password)?;
+        self.modify(|content| {
+            if content.users.contains_key(name) {
+                return Err(AuthError::UserExists {
+                    name: name.to_owned(),
+                });
+            }
+            content
+                .users
+                .insert(name.to_owned(), Entry { password: hash });
+            Ok(())
+        })?;
+        tracing::info!(user = name, path = %self.path.display(), "user added");
+        Ok(())
+    }
+
+    /// Replaces the password of user `name`. Fails with
+    /// [`AuthError::NoSuchUser`] if there is no such user.
+    pub fn set_password(&self, name: &str, password: &Password) -> Result<(), AuthError> {
+        validate_user_name(name)?;
+        let hash = hash_password(password)?;
+        self.modify(|content| match content.users.get_mut(name) {
+            Some(entry) => {
+                entry.password = hash;
+                Ok(())
+            }
+            None => Err(AuthError::NoSuchUser {
+                name: name.to_owned(),
+            }),
+        })?;
+        tracing::info!(user = name, path = %self.path.display(), "password changed");
+        Ok(())
+    }
+
+    /// Removes user `name` (their key file and files are not touched).
+    /// Fails with [`AuthError::NoSuchUser`] if there is no such user.
+    pub fn delete(&self, name: &str) -> Result<(), AuthError> {
+        validate_user_name(name)?;
+        self.modify(|content| match content.users.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(AuthError::NoSuchUser {
+                name: name.to_owned(),
+            }),
+        })?;
+        tracing::info!(user = name, path = %self.path.display(), "user deleted");
+        Ok(())
+    }
+
+    /// The user names in the file, sorted.
+    pub fn list(&self) -> Result<Vec<String>, AuthError> {
+        // BTreeMap keys come out sorted.
+        Ok(self.current()?.users.keys().cloned().collect())
+    }
+
+    /// The file's content, parsed again only if the file changed since the
+    /// last call.
+    fn current(&self) -> Result<Arc<Content>, AuthError> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let stamp = match fs::metadata(&self.path) {
+            Ok(m) => Some(Stamp::of(&m)),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(AuthError::io(&self.path, e)),
+        };
+        if let Some(c) = cache.as_ref().filter(|c| c.stamp == stamp) {
+            return Ok(Arc::clone(&c.content));
+        }
+        // The stamp kept is the one of the file actually read, which may be
+        // newer than the one just seen.
+        let (stamp, content) = read(&self.path)?;
+        let content = Arc::new(content);
+        *cache = Some(Cached {
+            stamp,
+            content: Arc::clone(&content),
+        });
+        Ok(content)
+    }
+
+    /// Applies `change` to the file's current content under the writers'
+    /// lock and writes the result. Nothing is written if `change` fails.
+    fn modify(
+        &self,
+        change: impl FnOnce(&mut Content) -> Result<(), AuthError>,
+    ) -> Result<(), AuthError> {
+        let _lock = self.lock()?;
+        // Read afresh, not from the cache: another process may have written
+        // since, and the lock now keeps everyone else out.
+        let (_, mut content) = read(&self.path)?;
+        change(&mut content)?;
+        let text = toml::to_string(&content).map_err(|e| AuthError::BadUsersFile {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_replace(&self.path, format!("{HEADER}{text}").as_bytes())?;
+        // This instance's readers see the change at once.
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// Takes the writers' lock, held until the returned file is dropped.
+    ///
+    /// The lock is on a separate file because the users file itself is
+    /// replaced by rename: a lock on it would lock the old inode. The lock
+    /// file is never removed, since removing it would let two writers lock
+    /// two different files.
+    fn lock(&self) -> Result<File, AuthError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.lock_path)
+            .map_err(|e| AuthError::io(&self.lock_path, e))?;
+        // flock(2) on an open file description: it excludes other processes
+        // and other `UserFile`s in this one alike. (File::lock is Rust 1.89;
+        // the workspace's rust-version still says 1.85.)
+        file.lock().map_err(|e| AuthError::io(&self.lock_path, e))?;
+        Ok(file)
+    }
+}
+
+impl Authenticator for UserFile {
+    fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError> {
+        let content = self.current()?;
+        let entry = match validate_user_name(name) {
+            Ok(()) => content.users.get(name),
+            Err(_) => None,
+        };
+        let Some(entry) = entry else {
+            burn_equal_work(password);
+            return Ok(None);
+        };
+        let hash = PasswordHash::new(&entry.password).map_err(|e| AuthError::BadUsersFile {
+            path: self.path.clone(),
+            reason: format!("user {name:?}: {e}"),
+        })?;
+        match hasher().verify_password(password.expose().as_bytes(), &hash) {
+            Ok(()) => Ok(Some(Account {
+                name: name.to_owned(),
+            })),
+            Err(password_hash::Error::Password) => Ok(None),
+            Err(e) => Err(AuthError::Hashing(e.to_string())),
+        }
+    }
+}
+
+/// argon2id, version 0x13, with the crate's defaults, which are OWASP's
+/// recommendation: 19 MiB, 2 passes, 1 lane.
+fn hasher() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::DEFAULT)
+}
+
+/// Hashes `password` with a fresh 128-bit salt into a PHC string.
+fn hash_password(password: &Password) -> Result<String, AuthError> {
+    if password.expose().is_empty() {
+        return Err(AuthError::EmptyPassword);
+    }
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt)
+        .map_err(|_| AuthError::Hashing("random number generator failed".into()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hashing(e.to_string()))?;
+    let hash = hasher()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
+    Ok(hash.to_string())
+}
+
+/// Does the argon2 work of checking a password against a hash with the
+/// default parameters, for a name that has none: a login for an unknown
+/// name then takes as long as a wrong password for a known one, so timing
+/// does not tell which names exist. (A hand-written hash with other costs
+/// takes its own time; hashes written by this module all cost the same.)
+fn burn_equal_work(password: &Password) {
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    // The result is thrown away; only the time spent matters.
+    let _ = hasher().hash_password_into(password.expose().as_bytes(), DUMMY_SALT, &mut out);
+}
+
+/// Reads and parses the users file; a missing file is an empty one.
+/// Returns the stamp of the file read, from the open file itself.
+fn read(path: &Path) -> Result<(Option<Stamp>, Content), AuthError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok((None, Content::default())),
+        Err(e) => return Err(AuthError::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| AuthError::io(path, e))?;
+    let too_large = || AuthError::BadUsersFile {
+        path: path.to_owned(),
+        reason: format!("larger than {MAX_USERS_FILE_LEN} bytes"),
+    };
+    if meta.len() > MAX_USERS_FILE_LEN {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    // The limit holds even if the file grows after the check above.
+    file.take(MAX_USERS_FILE_LEN + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| AuthError::io(path, e))?;
+    if text.len() as u64 > MAX_USERS_FILE_LEN {
+        return Err(too_large());
+    }
+    Ok((Some(Stamp::of(&meta)), parse(path, &text)?))
+}
+
+/// Parses and checks the users file: valid names, argon2id hashes with
+/// bounded costs.
+fn parse(path: &Path, text: &str) -> Result<Content, AuthError> {
+    let bad = |reason: String| AuthError::BadUsersFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let content: Content = toml::from_str(text).map_err(|e| {
+        // Only the message and the line: toml's own Display quotes the
+        // offending line, which may hold a hash, and hashes stay out of
+        // logs.
+        let line = e
+            .span()
+            .and_then(|s| text.get(..s.start))
+            .map_or(0, |before| before.matches('\n').count() + 1);
+        bad(format!("line {line}: {}", e.message().trim()))
+    })?;
+    for (name, entry) in &content.users {
+        validate_user_name(name).map_err(|e| bad(e.to_string()))?;
+        check_hash(&entry.password).map_err(|reason| bad(format!("user {name:?}: {reason}")))?;
+    }
+    Ok(content)
+}
+
+/// Checks that `phc` is an argon2id hash this server will verify.
+fn check_hash(phc: &str) -> Result<(), String> {
+    let hash = PasswordHash::new(phc).map_err(|e| format!("password is not a PHC hash: {e}"))?;
+    if hash.algorithm != ARGON2ID_IDENT {
+        return Err(format!(
+            "password hash is {}, only argon2id is accepted",
+            hash.algorithm
+        ));
+    }
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err("password hash lacks a salt or an output".into());
+    }
+    let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters: {e}"))?;
+    if params.m_cost() > MAX_M_COST_KIB
+        || params.t_cost() > MAX_T_COST
+        || params.p_cost() > MAX_P_COST
+    {
+        return Err(format!(
+            "argon2 costs above the limit (m <= {MAX_M_COST_KIB}, t <= {MAX_T_COST}, p <= {MAX_P_COST})"
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces the file at `path` with `data` atomically: a new temporary
+/// file in the same folder (mode 0600, the old file's owner and group),
+/// fsync, rename over `path`, fsync of the folder. A crash leaves the old
+/// file or the new one, never a mix (plus at most a stray temporary, which
+/// the next write removes). Callers hold the writers' lock, which is what
+/// makes the fixed temporary name safe.
+fn write_replace(path: &Path, data: &[u8]) -> Result<(), AuthError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let owner = match fs::metadata(path) {
+        Ok(m) => Some((m.uid(), m.gid())),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(AuthError::io(path, e)),
+    };
+    // Left over by a writer that crashed; create_new below refuses to
+    // follow whatever is there, symlinks included.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(AuthError::io(&tmp, e)),
+    }
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| AuthError::io(&tmp, e))?;
+        // Exactly 0600 whatever the umask.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| AuthError::io(&tmp, e))?;
+        // Root running `dropvault user add` must not leave the server's
+        // users file owned by root, which the server could then not read.
+        if let Some((uid, gid)) = owner {
+            let meta = f.metadata().map_err(|e| AuthError::io(&tmp, e))?;
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                    .map_err(|e| AuthError::io(&tmp, e))?;
+            }
+        }
+        f.write_all(data).map_err(|e| AuthError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| AuthError::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| AuthError::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuthError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_use_owasp_parameters_and_verify() {
+        let pw = Password::new("correct horse".into());
+        let phc = hash_password(&pw).expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        check_hash(&phc).expect("own hashes pass the check");
+        let parsed = PasswordHash::new(&phc).expect("parse");
+        assert!(hasher().verify_password(b"correct horse", &parsed).is_ok());
+        assert!(hasher().verify_password(b"wrong", &parsed).is_err());
+        // Two hashes of one password differ: the salt is random.
+        assert_ne!(phc, hash_password(&pw).expect("hash"));
+    }
+
+    #[test]
+    fn empty_passwords_are_not_stored() {
+        assert!(matches!(
+            hash_password(&Password::new(String::new())),
+            Err(AuthError::EmptyPassword)
+        ));
+    }
+
+    #[test]
+    fn hash_check_refuses_other_algorithms_and_huge_costs() {
+        let argon2i = "$argon2i$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                       YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
+        assert!(check_hash(argon2i).is_err());
+        let huge = "$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                    YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
+        assert!(check_hash(huge).expect_err("4 GiB").contains("limit"));
+        assert!(check_hash("plaintext").is_err());
+        assert!(check_hash("$2b$12$abcdefghijklmnopqrstuu").is_err());
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let text = "[users.alice]\npassword = \"$argon2id$secret-ish\n";
+        let err = parse(Path::new("u.toml"), text).expect_err("unterminated string");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(!msg.contains("secret-ish"), "{msg}");
+    }
+}

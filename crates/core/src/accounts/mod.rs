@@ -1,0 +1,205 @@
+//! Accounts: who may log in. An [`Authenticator`] checks a name and a
+//! password and answers with an [`Account`] or a plain "no"; the backends
+//! are a users file with argon2id hashes ([`UserFile`]) and the system's
+//! PAM ([`PamAuthenticator`]). LDAP comes later behind the same trait.
+//!
+//! A user name becomes the name of the user's folder in storage and is bound
+//! into the wrapping of their data key, so every backend accepts only names
+//! that pass [`validate_user_name`].
+
+mod file;
+mod pam;
+
+pub use file::UserFile;
+pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};
+
+use std::fmt;
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
+/// Longest user name accepted, in bytes (all accepted characters are ASCII).
+pub const MAX_USER_NAME_LEN: usize = 64;
+
+/// A checked login: who logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The user name, valid per [`validate_user_name`].
+    pub name: String,
+}
+
+/// A password in memory: zeroized on drop, `Debug` prints `[redacted]`.
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    /// Takes ownership of `password`; its bytes are wiped when this drops.
+    pub fn new(password: String) -> Self {
+        Self(Zeroizing::new(password))
+    }
+
+    /// The password text, for hashing or handing to PAM.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+/// Checks a user's name and password.
+pub trait Authenticator: Send + Sync + fmt::Debug {
+    /// Checks name and password. Blocking (argon2id, PAM): async callers use
+    /// `spawn_blocking`.
+    ///
+    /// `Ok(None)` = wrong name or password (callers must not learn which).
+    /// A name that [`validate_user_name`] refuses is also `Ok(None)`: to the
+    /// peer that sent it, it is just a name that does not exist. `Err` is
+    /// the server's trouble (an unreadable users file, PAM missing) or an
+    /// account that may not log in ([`AuthError::Refused`]); a front end
+    /// logs it, and for `Refused` answers the peer as for a wrong password.
+    fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError>;
+}
+
+/// Why an account could not be checked, created, changed or removed.
+///
+/// Messages are for operators' logs and the admin CLI; they never contain a
+/// password or a hash.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The name is not a valid user name (see [`validate_user_name`]).
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A user of that name already exists.
+    #[error("user {name:?} already exists")]
+    UserExists {
+        /// The user name.
+        name: String,
+    },
+    /// There is no user of that name.
+    #[error("no such user {name:?}")]
+    NoSuchUser {
+        /// The user name.
+        name: String,
+    },
+    /// The users file or its lock could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The users file is malformed (not TOML, unknown fields, a bad name or
+    /// a hash that is not argon2id, too large).
+    #[error("{path}: bad users file: {reason}")]
+    BadUsersFile {
+        /// The users file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An empty password cannot be stored.
+    #[error("the password is empty")]
+    EmptyPassword,
+    /// Hashing a password failed (random salt or argon2 itself).
+    #[error("hashing the password failed: {0}")]
+    Hashing(String),
+    /// PAM failed for a reason other than a wrong password: a broken
+    /// service file, a directory service down, a failed user lookup.
+    #[error("PAM: {0}")]
+    Pam(String),
+    /// libpam could not be loaded.
+    #[error("PAM is unavailable: {0}")]
+    PamUnavailable(String),
+    /// The account exists but may not log in here: `root` or any uid 0
+    /// account over PAM, or an account PAM refuses (expired, locked).
+    #[error("account {user:?} refused: {reason}")]
+    Refused {
+        /// The user name.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AuthError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        AuthError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Checks that `name` can be a user name: 1 to 64 characters from
+/// `A-Z a-z 0-9 . _ @ -`, not starting with `.` or `-`.
+///
+/// User names become folder names and appear in logs, so the set is small
+/// enough that no name is a path (`/`), hidden or special (`.`, `..`), an
+/// option (`-x`), or has control characters or look-alike Unicode. `@`
+/// allows e-mail-style names.
+pub fn validate_user_name(name: &str) -> Result<(), AuthError> {
+    let invalid = |reason| {
+        Err(AuthError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > MAX_USER_NAME_LEN {
+        return invalid("longer than 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+    {
+        return invalid("only A-Z, a-z, 0-9, '.', '_', '@' and '-' are allowed");
+    }
+    if name.starts_with(['.', '-']) {
+        return invalid("must not start with '.' or '-'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names() {
+        for ok in [
+            "a",
+            "alice",
+            "Bob.Smith",
+            "x_y-z",
+            "a@b.example",
+            "0",
+            "a..b",
+        ] {
+            assert!(validate_user_name(ok).is_ok(), "{ok:?}");
+        }
+        let longest = "a".repeat(64);
+        assert!(validate_user_name(&longest).is_ok());
+        for bad in [
+            "", ".", "..", ".hidden", "-opt", "a/b", "a b", "a\0b", "a\nb", "é", "a:b", "a\\b",
+            "~a", "a*",
+        ] {
+            assert!(
+                matches!(validate_user_name(bad), Err(AuthError::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_user_name(&"a".repeat(65)).is_err());
+    }
+}
