@@ -1,54 +1,310 @@
-//! The `dropvault` command: configuration, wiring, and the subcommands an
-//! operator runs.
+//! The `dropvault` command: configuration, wiring, and what an operator
+//! runs — the server, and user management for the `file` account backend.
 
+mod config;
+
+use std::io::{BufRead, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-const USAGE: &str = "\
-dropvault — an FTP/FTPS file-drop server that keeps every file encrypted at rest
+use clap::{Parser, Subcommand};
+use dropvault_core::accounts::{Authenticator, PamAuthenticator, Password, UserFile};
+use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
+use dropvault_core::vault::Vault;
 
-Usage: dropvault <COMMAND>
+use config::Config;
 
-Commands:
-  serve      Run the server (FTP/FTPS over the encrypted vault)
-  help       Show this text
+/// An FTP/FTPS file-drop server that keeps every file encrypted at rest.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Settings can also come from
+    /// DROPVAULT_<SECTION>_<KEY> environment variables; see docs/CONFIG.md.
+    #[arg(long, global = true, env = "DROPVAULT_CONFIG")]
+    config: Option<PathBuf>,
 
-Options:
-  -h, --help     Show this text
-  -V, --version  Show the version
-";
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server. With no configuration: FTP on 127.0.0.1:2121 with
+    /// explicit FTPS, data in ./dropvault-data, and a `demo` user whose
+    /// password is printed once.
+    Serve,
+    /// Manage the users of the `file` account backend.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Add a user. Without --password-stdin a random password is generated
+    /// and printed.
+    Add {
+        /// User name: letters, digits, '.', '_', '@', '-'; up to 64.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Change a user's password.
+    Passwd {
+        /// User name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user (their files and key file stay; delete the key file to
+    /// crypto-shred the files).
+    Delete {
+        /// User name.
+        name: String,
+    },
+}
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next();
-    match cmd.as_deref() {
-        None | Some("help" | "-h" | "--help") => {
-            out(USAGE);
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln_safe(&format!("dropvault: configuration: {e}"));
+            return ExitCode::from(2);
         }
-        Some("-V" | "--version") => {
-            out(&format!("dropvault {}\n", env!("CARGO_PKG_VERSION")));
-            ExitCode::SUCCESS
-        }
-        Some("serve") => {
-            err(
-                "dropvault serve: not yet — the at-rest format and keys are in place; \
-                 the FTP/FTPS front end is the next piece of work.\n",
-            );
-            ExitCode::from(2)
-        }
-        Some(other) => {
-            err(&format!("dropvault: unknown command {other:?}\n\n{USAGE}"));
-            ExitCode::from(2)
+    };
+    init_logging(&config);
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        Command::User { action } => user(&config, action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln_safe(&format!("dropvault: {e}"));
+            ExitCode::FAILURE
         }
     }
 }
 
-fn out(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(text.as_bytes());
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
 }
 
-fn err(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(text.as_bytes());
+fn data_dir(config: &Config) -> Result<(), AnyError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), AnyError> {
+    data_dir(&config)?;
+    let provider = Arc::new(LocalRsaProvider::open_or_create(
+        &config.path(&config.kms.local_key),
+    )?);
+    let keyring = Arc::new(Keyring::new(
+        provider,
+        KeyFileStore::open(config.path(&config.storage.keys_dir))?,
+    ));
+    let vault = Arc::new(Vault::open(config.path(&config.storage.root))?);
+    let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
+        "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
+        _ => {
+            let users = UserFile::open(config.path(&config.auth.users_file))?;
+            if users.list()?.is_empty() {
+                let password = random_password();
+                users.add("demo", &Password::new(password.clone()))?;
+                println_safe(&format!(
+                    "No users yet: created user \"demo\" with password \"{password}\" (shown once; \
+                     change it with `dropvault user passwd demo --password-stdin`)."
+                ));
+            }
+            Arc::new(users)
+        }
+    };
+    let ftp = config.ftp_config()?;
+    let tls = match ftp.tls {
+        dropvault_ftp::TlsMode::Off => None,
+        _ => {
+            let cert = (!config.ftp.tls_cert.is_empty()).then(|| config.path(&config.ftp.tls_cert));
+            let key = (!config.ftp.tls_key.is_empty()).then(|| config.path(&config.ftp.tls_key));
+            Some(dropvault_ftp::tls::server_config(
+                cert.as_deref(),
+                key.as_deref(),
+                &config.data_dir,
+            )?)
+        }
+    };
+    let services = dropvault_ftp::Services {
+        auth,
+        keyring,
+        vault,
+        tls,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let control = tokio::net::TcpListener::bind(config.listen()?).await?;
+        let implicit_tls = match config.implicit_listen()? {
+            Some(addr) if services.tls.is_some() => {
+                Some(tokio::net::TcpListener::bind(addr).await?)
+            }
+            _ => None,
+        };
+        let control_addr = control.local_addr()?;
+        let implicit_addr = implicit_tls.as_ref().map(|l| l.local_addr()).transpose()?;
+        tracing::info!(event = "listening", ftp = %control_addr, implicit_ftps = ?implicit_addr,
+            data_dir = %config.data_dir.display(), "dropvault serving");
+        println_safe(&format!(
+            "dropvault: FTP on {control_addr}{}{}",
+            if services.tls.is_some() {
+                " (explicit FTPS available)"
+            } else {
+                ""
+            },
+            implicit_addr
+                .map(|a| format!(", implicit FTPS on {a}"))
+                .unwrap_or_default()
+        ));
+        let listeners = dropvault_ftp::Listeners {
+            control,
+            implicit_tls,
+        };
+        dropvault_ftp::serve(ftp, services, listeners, shutdown_signal()).await?;
+        tracing::info!(event = "stopped", "dropvault stopped");
+        Ok::<(), AnyError>(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
+    if config.auth.backend != "file" {
+        return Err(
+            "user management is for auth.backend = \"file\"; PAM users are system accounts".into(),
+        );
+    }
+    data_dir(config)?;
+    let users = UserFile::open(config.path(&config.auth.users_file))?;
+    match action {
+        UserAction::Add {
+            name,
+            password_stdin,
+        } => {
+            let (password, generated) = password_from(password_stdin)?;
+            users.add(&name, &password)?;
+            if generated {
+                println_safe(&format!("added {name} with password {}", password.expose()));
+            } else {
+                println_safe(&format!("added {name}"));
+            }
+        }
+        UserAction::List => {
+            for name in users.list()? {
+                println_safe(&name);
+            }
+        }
+        UserAction::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let (password, generated) = password_from(password_stdin)?;
+            users.set_password(&name, &password)?;
+            if generated {
+                println_safe(&format!("new password for {name}: {}", password.expose()));
+            } else {
+                println_safe(&format!("password of {name} changed"));
+            }
+        }
+        UserAction::Delete { name } => {
+            users.delete(&name)?;
+            println_safe(&format!("deleted {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// The password from stdin's first line, or a generated one.
+fn password_from(stdin: bool) -> Result<(Password, bool), AnyError> {
+    if !stdin {
+        return Ok((Password::new(random_password()), true));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().take_line(&mut line)?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.is_empty() {
+        return Err("empty password on standard input".into());
+    }
+    Ok((Password::new(pw), false))
+}
+
+/// Reads one line of at most 4 KiB.
+trait TakeLine {
+    fn take_line(&mut self, out: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: BufRead> TakeLine for R {
+    fn take_line(&mut self, out: &mut String) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.take(4096).read_line(out)
+    }
+}
+
+/// 20 random characters from an unambiguous alphabet (about 110 bits).
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    // aws-lc's RNG does not fail on Linux; a failure would panic below
+    // rather than hand out a predictable password.
+    aws_lc_rs::rand::fill(&mut bytes).expect("system random number generator");
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+fn println_safe(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+fn eprintln_safe(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }

@@ -1,7 +1,22 @@
-//! The FTP/FTPS front end of dropvault: a pure line parser and typed
-//! commands, replies in one place, and the tokio session (control loop,
-//! data channel, TLS), one file per command.
+//! The FTP/FTPS front end of dropvault.
 //!
-//! Not yet built: this crate marks the boundary. It will depend on
-//! `dropvault-core` for accounts and the vault, and nothing in core will
-//! know about FTP.
+//! - [`proto`]: the pure protocol layer — line framing with a 4 KiB limit,
+//!   typed commands, replies, listing formats. No sockets.
+//! - `server`: listeners, session limits, bans, draining on shutdown.
+//! - `session`: one client's control loop; the gate (TLS required, logged
+//!   in) in one place; command handlers in `session/cmd/`; the data channel
+//!   in `session/data.rs`; storage errors become replies in
+//!   `session/errors.rs` and nowhere else.
+//! - [`tls`]: certificates and the TLS session-reuse check.
+//!
+//! Files are never touched here directly: everything goes through the
+//! `dropvault-core` vault, which seals and opens them.
+
+mod config;
+pub mod proto;
+mod server;
+mod session;
+pub mod tls;
+
+pub use config::{FtpConfig, Services, TlsMode};
+pub use server::{serve, Listeners};

@@ -1,0 +1,459 @@
+//! The configuration: embedded defaults, then a TOML file (`--config` or
+//! `DROPVAULT_CONFIG`), then environment variables
+//! `DROPVAULT_<SECTION>_<KEY>` (and `DROPVAULT_DATA_DIR`), each layer
+//! overriding the one before. Unknown keys are errors, so a typo is not
+//! silently ignored. Documented key by key in docs/CONFIG.md.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Sections that environment variables may address.
+const SECTIONS: [&str; 5] = ["ftp", "auth", "kms", "storage", "log"];
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// The file or an environment variable does not parse, or names an
+    /// unknown key.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where the bad value came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Folder for everything the server keeps; relative paths below are
+    /// inside it.
+    pub(crate) data_dir: PathBuf,
+    /// FTP front end.
+    pub(crate) ftp: Ftp,
+    /// Accounts.
+    pub(crate) auth: Auth,
+    /// Key service.
+    pub(crate) kms: Kms,
+    /// Storage.
+    pub(crate) storage: Storage,
+    /// Logging.
+    pub(crate) log: Log,
+}
+
+/// `[ftp]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Ftp {
+    /// Plain FTP listener (explicit FTPS via AUTH TLS).
+    pub(crate) listen: String,
+    /// Implicit FTPS listener; empty = off.
+    pub(crate) implicit_tls_listen: String,
+    /// off | optional | required
+    pub(crate) tls: String,
+    /// required | optional
+    pub(crate) tls_session_reuse: String,
+    /// PEM certificate chain; empty = generated self-signed.
+    pub(crate) tls_cert: String,
+    /// PEM private key.
+    pub(crate) tls_key: String,
+    /// "LOW-HIGH"
+    pub(crate) passive_ports: String,
+    /// Address announced in PASV; empty = control connection's local address.
+    pub(crate) passive_address: String,
+    /// Allow PORT/EPRT.
+    pub(crate) active_mode: bool,
+    /// Most concurrent sessions.
+    pub(crate) max_sessions: usize,
+    /// Most concurrent sessions per client address.
+    pub(crate) max_sessions_per_ip: usize,
+    /// Idle sessions are closed after this many seconds.
+    pub(crate) idle_timeout_secs: u64,
+    /// Failed logins from one address that trigger a ban.
+    pub(crate) ban_after_failures: usize,
+    /// Window, in seconds, in which failed logins are counted.
+    pub(crate) ban_window_secs: u64,
+    /// Seconds a banned address is refused.
+    pub(crate) ban_secs: u64,
+    /// Seconds transfers in flight may run on after SIGTERM.
+    pub(crate) drain_grace_secs: u64,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Auth {
+    /// file | pam
+    pub(crate) backend: String,
+    /// Users file of the `file` backend.
+    pub(crate) users_file: String,
+    /// PAM service name of the `pam` backend.
+    pub(crate) pam_service: String,
+}
+
+/// `[kms]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Kms {
+    /// local
+    pub(crate) provider: String,
+    /// RSA private key of the `local` provider.
+    pub(crate) local_key: String,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Storage {
+    /// Folder of users' sealed files.
+    pub(crate) root: String,
+    /// Folder of users' wrapped key files.
+    pub(crate) keys_dir: String,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Log {
+    /// text | json
+    pub(crate) format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("dropvault-data"),
+            ftp: Ftp::default(),
+            auth: Auth::default(),
+            kms: Kms::default(),
+            storage: Storage::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Ftp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:2121".into(),
+            implicit_tls_listen: String::new(),
+            tls: "optional".into(),
+            tls_session_reuse: "required".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            passive_ports: "50000-50100".into(),
+            passive_address: String::new(),
+            active_mode: true,
+            max_sessions: 500,
+            max_sessions_per_ip: 20,
+            idle_timeout_secs: 600,
+            ban_after_failures: 5,
+            ban_window_secs: 300,
+            ban_secs: 900,
+            drain_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            backend: "file".into(),
+            users_file: "users.toml".into(),
+            pam_service: "dropvault".into(),
+        }
+    }
+}
+
+impl Default for Kms {
+    fn default() -> Self {
+        Self {
+            provider: "local".into(),
+            local_key: "kek.pem".into(),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            root: "files".into(),
+            keys_dir: "keys".into(),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
+}
+
+fn invalid(origin: impl Into<String>, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.into(),
+        message: message.to_string(),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment `env`.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults =
+            toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| invalid(path.display().to_string(), e))?;
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("DROPVAULT_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let (section, key) = if rest == "data_dir" {
+                (None, rest.as_str())
+            } else {
+                match rest.split_once('_') {
+                    Some((s, k)) if SECTIONS.contains(&s) => (Some(s), k),
+                    // Other DROPVAULT_ variables (DROPVAULT_CONFIG, test
+                    // switches) are not settings.
+                    _ => continue,
+                }
+            };
+            // Give the value the type of the default it replaces.
+            let default = match section {
+                Some(s) => defaults.get(s).and_then(|t| t.get(key)),
+                None => defaults.get(key),
+            };
+            let typed = match default {
+                Some(toml::Value::Integer(_)) => value
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|e| invalid(&name, e))?,
+                Some(toml::Value::Boolean(_)) => value
+                    .trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|e| invalid(&name, e))?,
+                Some(_) => toml::Value::String(value),
+                None => return Err(invalid(&name, "no such setting")),
+            };
+            let target = match section {
+                Some(s) => table
+                    .entry(s)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| invalid(&name, format!("[{s}] is not a table")))?,
+                None => &mut table,
+            };
+            target.insert(key.to_owned(), typed);
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e| {
+            invalid(
+                file.map_or("environment".into(), |p| p.display().to_string()),
+                e,
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tls_mode()?;
+        self.session_reuse_required()?;
+        self.passive_ports()?;
+        self.passive_address()?;
+        self.listen()?;
+        self.implicit_listen()?;
+        if !matches!(self.auth.backend.as_str(), "file" | "pam") {
+            return Err(invalid("auth.backend", "must be \"file\" or \"pam\""));
+        }
+        if self.kms.provider != "local" {
+            return Err(invalid("kms.provider", "must be \"local\""));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    /// A path setting resolved against `data_dir`.
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.data_dir.join(p)
+    }
+
+    /// `ftp.listen` parsed.
+    pub(crate) fn listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.ftp
+            .listen
+            .parse()
+            .map_err(|e| invalid("ftp.listen", e))
+    }
+
+    /// `ftp.implicit_tls_listen` parsed; `None` when empty.
+    pub(crate) fn implicit_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.ftp.implicit_tls_listen.trim() {
+            "" => Ok(None),
+            s => s
+                .parse()
+                .map(Some)
+                .map_err(|e| invalid("ftp.implicit_tls_listen", e)),
+        }
+    }
+
+    /// `ftp.tls` parsed.
+    pub(crate) fn tls_mode(&self) -> Result<dropvault_ftp::TlsMode, ConfigError> {
+        use dropvault_ftp::TlsMode;
+        match self.ftp.tls.as_str() {
+            "off" => Ok(TlsMode::Off),
+            "optional" => Ok(TlsMode::Optional),
+            "required" => Ok(TlsMode::Required),
+            _ => Err(invalid("ftp.tls", "must be off, optional or required")),
+        }
+    }
+
+    fn session_reuse_required(&self) -> Result<bool, ConfigError> {
+        match self.ftp.tls_session_reuse.as_str() {
+            "required" => Ok(true),
+            "optional" => Ok(false),
+            _ => Err(invalid(
+                "ftp.tls_session_reuse",
+                "must be required or optional",
+            )),
+        }
+    }
+
+    fn passive_ports(&self) -> Result<(u16, u16), ConfigError> {
+        let bad = || {
+            invalid(
+                "ftp.passive_ports",
+                "must be LOW-HIGH, 1024 <= LOW <= HIGH <= 65535",
+            )
+        };
+        let (lo, hi) = self.ftp.passive_ports.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo < 1024 || lo > hi {
+            return Err(bad());
+        }
+        Ok((lo, hi))
+    }
+
+    fn passive_address(&self) -> Result<Option<Ipv4Addr>, ConfigError> {
+        match self.ftp.passive_address.trim() {
+            "" => Ok(None),
+            s => s
+                .parse()
+                .map(Some)
+                .map_err(|e| invalid("ftp.passive_address", e)),
+        }
+    }
+
+    /// The FTP front end's settings.
+    pub(crate) fn ftp_config(&self) -> Result<dropvault_ftp::FtpConfig, ConfigError> {
+        Ok(dropvault_ftp::FtpConfig {
+            tls: self.tls_mode()?,
+            tls_session_reuse_required: self.session_reuse_required()?,
+            passive_ports: self.passive_ports()?,
+            passive_address: self.passive_address()?,
+            active_mode: self.ftp.active_mode,
+            max_sessions: self.ftp.max_sessions,
+            max_sessions_per_ip: self.ftp.max_sessions_per_ip,
+            idle_timeout: Duration::from_secs(self.ftp.idle_timeout_secs),
+            ban_after_failures: self.ftp.ban_after_failures.max(1),
+            ban_window: Duration::from_secs(self.ftp.ban_window_secs),
+            ban_duration: Duration::from_secs(self.ftp.ban_secs),
+            drain_grace: Duration::from_secs(self.ftp.drain_grace_secs),
+            ..dropvault_ftp::FtpConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.ftp.listen, "127.0.0.1:2121");
+        assert_eq!(c.data_dir, PathBuf::from("dropvault-data"));
+        let f = c.ftp_config().expect("ftp");
+        assert_eq!(f.passive_ports, (50000, 50100));
+        assert_eq!((f.max_sessions, f.max_sessions_per_ip), (500, 20));
+        assert!(f.tls_session_reuse_required);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/dv\"\n[ftp]\nlisten = \"0.0.0.0:21\"\nmax_sessions = 7\n[log]\nformat = \"json\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("DROPVAULT_FTP_LISTEN", "127.0.0.1:2200"),
+                ("DROPVAULT_FTP_ACTIVE_MODE", "false"),
+                ("DROPVAULT_FTP_IDLE_TIMEOUT_SECS", "60"),
+                ("DROPVAULT_CONFIG", "ignored"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/dv"));
+        assert_eq!(c.ftp.listen, "127.0.0.1:2200");
+        assert_eq!(c.ftp.max_sessions, 7);
+        assert!(!c.ftp.active_mode);
+        assert_eq!(c.ftp.idle_timeout_secs, 60);
+        assert_eq!(c.log.format, "json");
+        assert_eq!(c.path("users.toml"), PathBuf::from("/srv/dv/users.toml"));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(Config::load(None, env(&[("DROPVAULT_FTP_LISTN", "x")])).is_err());
+        assert!(Config::load(None, env(&[("DROPVAULT_FTP_MAX_SESSIONS", "many")])).is_err());
+        assert!(Config::load(None, env(&[("DROPVAULT_FTP_TLS", "maybe")])).is_err());
+        assert!(Config::load(None, env(&[("DROPVAULT_FTP_PASSIVE_PORTS", "10-5")])).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[ftp]\nlisen = \"x\"\n").expect("write");
+        assert!(Config::load(Some(&path), env(&[])).is_err());
+    }
+}

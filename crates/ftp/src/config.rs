@@ -1,0 +1,91 @@
+//! The FTP front end's settings and the services it runs on.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dropvault_core::accounts::Authenticator;
+use dropvault_core::keys::Keyring;
+use dropvault_core::vault::Vault;
+
+/// Whether and how TLS is offered on the control connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS; `AUTH TLS` is refused.
+    Off,
+    /// Clients may upgrade with `AUTH TLS` (and implicit FTPS is available
+    /// when its listener is configured).
+    Optional,
+    /// Login is refused before `AUTH TLS`, and data transfers without
+    /// `PROT P`.
+    Required,
+}
+
+/// Settings of the FTP front end. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct FtpConfig {
+    /// TLS on the control connection.
+    pub tls: TlsMode,
+    /// Whether a `PROT P` data connection must resume the control
+    /// connection's TLS session.
+    pub tls_session_reuse_required: bool,
+    /// Passive data ports, inclusive.
+    pub passive_ports: (u16, u16),
+    /// Address announced in `PASV` replies; `None` = the control
+    /// connection's local address.
+    pub passive_address: Option<Ipv4Addr>,
+    /// Whether `PORT`/`EPRT` (server connects to the client) is allowed.
+    pub active_mode: bool,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Most concurrent sessions from one client address.
+    pub max_sessions_per_ip: usize,
+    /// A session with no command for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long to wait for a data connection to be made.
+    pub data_timeout: Duration,
+    /// Failed logins from one address within `ban_window` that trigger a ban.
+    pub ban_after_failures: usize,
+    /// Window in which failed logins are counted.
+    pub ban_window: Duration,
+    /// How long a banned address is refused.
+    pub ban_duration: Duration,
+    /// Delay before answering a failed login.
+    pub failed_login_delay: Duration,
+    /// On shutdown, how long transfers in flight may run before they are cut.
+    pub drain_grace: Duration,
+}
+
+impl Default for FtpConfig {
+    fn default() -> Self {
+        Self {
+            tls: TlsMode::Optional,
+            tls_session_reuse_required: true,
+            passive_ports: (50000, 50100),
+            passive_address: None,
+            active_mode: true,
+            max_sessions: 500,
+            max_sessions_per_ip: 20,
+            idle_timeout: Duration::from_secs(600),
+            data_timeout: Duration::from_secs(30),
+            ban_after_failures: 5,
+            ban_window: Duration::from_secs(300),
+            ban_duration: Duration::from_secs(900),
+            failed_login_delay: Duration::from_secs(1),
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the front end runs on: accounts, keys, storage, TLS.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// Checks logins.
+    pub auth: Arc<dyn Authenticator>,
+    /// Hands out users' data keys.
+    pub keyring: Arc<Keyring>,
+    /// Storage.
+    pub vault: Arc<Vault>,
+    /// TLS configuration; `None` when TLS is off.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}

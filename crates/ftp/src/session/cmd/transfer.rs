@@ -1,0 +1,256 @@
+//! RETR STOR APPE STOU, listings' data transfer, and ABOR while a transfer
+//! runs. Bytes stream socket → encryptor → staging file on the way in and
+//! file → decryptor → socket on the way out, in large buffers.
+
+use std::time::Instant;
+
+use dropvault_core::vault::{Download, Upload, UploadMode, VPath};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::TlsMode;
+use crate::proto::{parse_command, Command, Reply};
+use crate::session::data::{self, DataTls};
+use crate::session::errors::{data_reply, transfer_reply, vault_reply};
+use crate::session::{Flow, Input, Session};
+
+/// Copy buffer for data transfers: big enough that each read feeds the
+/// encryptor several whole segments and each write fills TLS records.
+const TRANSFER_BUF: usize = 256 * 1024;
+
+/// Which upload verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    Stor,
+    Appe,
+}
+
+/// What a data transfer moves.
+pub(crate) enum Job {
+    /// Bytes already in memory (listings).
+    Send(Vec<u8>),
+    /// A file to the client.
+    Retr(Download, VPath),
+    /// A file from the client.
+    Store(Upload, VPath),
+}
+
+/// How a transfer ended.
+enum Done {
+    Sent(u64),
+    Stored(u64, u64),
+}
+
+impl Session {
+    pub(crate) async fn cmd_retr(&mut self, arg: &str) -> std::io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        let p = match self.resolve(arg) {
+            Ok(p) => p,
+            Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
+        };
+        let Some(u) = self.user() else {
+            return Ok(Flow::Continue);
+        };
+        match u.vault.download(&p, offset).await {
+            Ok(d) => self.run_transfer(Job::Retr(d, p)).await,
+            Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
+        }
+    }
+
+    pub(crate) async fn cmd_store(&mut self, arg: &str, verb: Store) -> std::io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        let p = match self.resolve(arg) {
+            Ok(p) => p,
+            Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
+        };
+        let mode = match (verb, offset) {
+            (Store::Appe, _) => UploadMode::Append,
+            (Store::Stor, 0) => UploadMode::Replace,
+            (Store::Stor, n) => UploadMode::Resume(n),
+        };
+        if let Some(refusal) = self.data_refusal() {
+            return self.reply(refusal).await.map(|()| Flow::Continue);
+        }
+        let Some(u) = self.user() else {
+            return Ok(Flow::Continue);
+        };
+        match u.vault.upload(&p, mode).await {
+            Ok(up) => self.run_transfer(Job::Store(up, p)).await,
+            Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
+        }
+    }
+
+    /// STOU: store under a new name the server picks in the current folder.
+    pub(crate) async fn cmd_stou(&mut self) -> std::io::Result<Flow> {
+        self.rest = 0;
+        let mut r = [0u8; 6];
+        let _ = aws_lc_rs::rand::fill(&mut r);
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("upload-{name}");
+        self.cmd_store(&name, Store::Stor).await
+    }
+
+    /// Why a data transfer may not start, if it may not.
+    fn data_refusal(&self) -> Option<Reply> {
+        if self.shared.config.tls == TlsMode::Required && !self.prot_private {
+            return Some(Reply::new(
+                521,
+                "Data connections must be encrypted: use PROT P.",
+            ));
+        }
+        None
+    }
+
+    /// Makes the data connection, runs the job, and answers the control
+    /// connection meanwhile: ABOR cancels the transfer (an upload is then
+    /// not committed), STAT and NOOP are answered, anything else waits.
+    pub(crate) async fn run_transfer(&mut self, job: Job) -> std::io::Result<Flow> {
+        if let Some(refusal) = self.data_refusal() {
+            self.reply(refusal).await?;
+            return Ok(Flow::Continue);
+        }
+        let plan = std::mem::take(&mut self.data);
+        let tls = match (&self.shared.services.tls, self.prot_private) {
+            (Some(config), true) => Some(DataTls {
+                config: config.clone(),
+                require_token: self
+                    .shared
+                    .config
+                    .tls_session_reuse_required
+                    .then_some(self.tls_token)
+                    .flatten(),
+            }),
+            _ => None,
+        };
+        let peer_ip = self.peer.ip();
+        let timeout = self.shared.config.data_timeout;
+        let user = self
+            .user()
+            .map(|u| u.vault.user().to_owned())
+            .unwrap_or_default();
+        let peer = self.peer;
+        self.reply(Reply::opening_data()).await?;
+
+        let started = Instant::now();
+        let work = async move {
+            let mut stream = data::open(plan, peer_ip, timeout, tls)
+                .await
+                .map_err(|e| data_reply(&e))?;
+            let mut buf = vec![0u8; TRANSFER_BUF];
+            match job {
+                Job::Send(bytes) => {
+                    stream
+                        .write_all(&bytes)
+                        .await
+                        .map_err(|e| transfer_reply(&e))?;
+                    stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
+                    Ok((Done::Sent(bytes.len() as u64), None))
+                }
+                Job::Retr(mut download, path) => {
+                    let mut sent = 0u64;
+                    loop {
+                        let n = download
+                            .read(&mut buf)
+                            .await
+                            .map_err(|e| transfer_reply(&e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        stream
+                            .write_all(&buf[..n])
+                            .await
+                            .map_err(|e| transfer_reply(&e))?;
+                        sent += n as u64;
+                    }
+                    stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
+                    Ok((Done::Sent(sent), Some(path)))
+                }
+                Job::Store(mut upload, path) => {
+                    let mut received = 0u64;
+                    loop {
+                        // A TLS data connection that ends without
+                        // close_notify reads as an error here, so a
+                        // truncated upload is never committed.
+                        let n = stream
+                            .read(&mut buf)
+                            .await
+                            .map_err(|e| transfer_reply(&e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        upload
+                            .write_all(&buf[..n])
+                            .await
+                            .map_err(|e| transfer_reply(&e))?;
+                        received += n as u64;
+                    }
+                    let size = upload.commit().await.map_err(|e| vault_reply(&e))?;
+                    Ok((Done::Stored(received, size), Some(path)))
+                }
+            }
+        };
+        tokio::pin!(work);
+
+        let mut quit = false;
+        let outcome: Option<Result<(Done, Option<VPath>), Reply>> = loop {
+            tokio::select! {
+                r = &mut work => break Some(r),
+                line = self.next_line() => match line {
+                    Ok(Some(Input::Line(l))) => match parse_command(&l) {
+                        Ok(Command::Abor) => break None,
+                        Ok(Command::Noop) => self.reply(Reply::ok("Transfer in progress.")).await?,
+                        Ok(Command::Stat(None)) => {
+                            self.reply(Reply::new(213, "Transfer in progress.")).await?
+                        }
+                        Ok(Command::Quit) => {
+                            // Finish the transfer first, then say goodbye.
+                            quit = true;
+                        }
+                        _ => self.reply(Reply::new(450, "Transfer in progress; wait or ABOR.")).await?,
+                    },
+                    Ok(Some(Input::TooLong)) => self.reply(Reply::unrecognised("Line too long.")).await?,
+                    // The client is gone: the transfer (and an upload's
+                    // commit) is abandoned.
+                    Ok(None) | Err(_) => return Ok(Flow::Close),
+                },
+            }
+        };
+
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            None => {
+                tracing::info!(event = "transfer_aborted", user = %user, %peer);
+                self.reply(Reply::transfer_aborted("Transfer aborted."))
+                    .await?;
+                self.reply(Reply::transfer_complete("ABOR successful."))
+                    .await?;
+            }
+            Some(Ok((Done::Sent(n), path))) => {
+                if let Some(path) = path {
+                    tracing::info!(event = "download", user = %user, %peer, path = %path, bytes = n, secs);
+                }
+                self.reply(Reply::transfer_complete(format!(
+                    "Transfer complete, {n} bytes."
+                )))
+                .await?;
+            }
+            Some(Ok((Done::Stored(received, size), path))) => {
+                tracing::info!(event = "upload", user = %user, %peer,
+                    path = %path.map(|p| p.to_string()).unwrap_or_default(),
+                    bytes = received, size, secs);
+                self.reply(Reply::transfer_complete(format!(
+                    "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
+                )))
+                .await?;
+            }
+            Some(Err(reply)) => {
+                tracing::info!(event = "transfer_failed", user = %user, %peer, code = reply.code());
+                self.reply(reply).await?;
+            }
+        }
+        if quit {
+            self.reply(Reply::goodbye()).await?;
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Continue)
+    }
+}

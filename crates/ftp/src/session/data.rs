@@ -1,0 +1,126 @@
+//! The data channel: passive listeners on the configured port range that
+//! take a connection only from the control connection's peer, active
+//! connections only to that peer (no FTP bounce), and TLS on top with the
+//! session-reuse check.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::TlsAcceptor;
+
+use super::stream::Stream;
+
+/// How the next data connection will be made.
+#[derive(Debug, Default)]
+pub(crate) enum DataPlan {
+    /// Neither PASV/EPSV nor PORT/EPRT since the last transfer.
+    #[default]
+    None,
+    /// The client connects to this listener.
+    Passive(TcpListener),
+    /// The server connects to this client address.
+    Active(SocketAddr),
+}
+
+/// Why a data connection could not be made; each maps to a reply.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error("Use PASV, EPSV, PORT or EPRT first.")]
+    NoPlan,
+    #[error("No data connection within the time limit.")]
+    Timeout,
+    #[error("Cannot open data connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake on the data connection failed: {0}")]
+    Tls(std::io::Error),
+    #[error("Data connection must resume the TLS session of the control connection.")]
+    NoSessionReuse,
+}
+
+/// TLS requirements for one data connection.
+pub(crate) struct DataTls {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    /// The control session's token, when reuse is required.
+    pub(crate) require_token: Option<[u8; 16]>,
+}
+
+/// Binds a passive listener on a free port of `range`, on `ip`.
+pub(crate) async fn bind_passive(ip: IpAddr, range: (u16, u16)) -> std::io::Result<TcpListener> {
+    let (lo, hi) = range;
+    let span = u32::from(hi.saturating_sub(lo)) + 1;
+    let mut r = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    let start = u32::from_le_bytes(r) % span;
+    let mut last_err = None;
+    for i in 0..span {
+        let Ok(port) = u16::try_from(u32::from(lo) + (start + i) % span) else {
+            continue;
+        };
+        let sock = match ip {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        match sock.bind(SocketAddr::new(ip, port)) {
+            Ok(()) => return sock.listen(1),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no passive port free")))
+}
+
+/// Makes the data connection as planned, then TLS if asked.
+pub(crate) async fn open(
+    plan: DataPlan,
+    peer_ip: IpAddr,
+    timeout: Duration,
+    tls: Option<DataTls>,
+) -> Result<Stream, DataError> {
+    let tcp = match plan {
+        DataPlan::None => return Err(DataError::NoPlan),
+        DataPlan::Passive(listener) => {
+            tokio::time::timeout(timeout, accept_from(&listener, peer_ip))
+                .await
+                .map_err(|_| DataError::Timeout)??
+        }
+        DataPlan::Active(addr) => {
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| DataError::Timeout)??
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let acceptor = TlsAcceptor::from(tls.config);
+    let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| DataError::Timeout)?
+        .map_err(DataError::Tls)?;
+    if let Some(token) = tls.require_token {
+        let resumed = stream.get_ref().1.received_resumption_data();
+        if resumed != Some(&token[..]) {
+            return Err(DataError::NoSessionReuse);
+        }
+    }
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// Accepts the first connection that comes from the control connection's
+/// peer; connections from anywhere else are closed and logged.
+async fn accept_from(
+    listener: &TcpListener,
+    peer_ip: IpAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    loop {
+        let (s, from) = listener.accept().await?;
+        if from.ip() == peer_ip {
+            return Ok(s);
+        }
+        tracing::warn!(event = "data_connection_refused", %from, expected = %peer_ip,
+            "data connection from another address than the control connection");
+        drop(s);
+    }
+}

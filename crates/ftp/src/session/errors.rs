@@ -1,0 +1,59 @@
+//! The one place where storage and crypto errors become FTP replies. Texts
+//! say what the user can do; details go to the operator's log.
+
+use dropvault_core::vault::VaultError;
+
+use super::data::DataError;
+use crate::proto::Reply;
+
+/// The reply for a failed file operation.
+pub(crate) fn vault_reply(e: &VaultError) -> Reply {
+    match e {
+        VaultError::NotFound => Reply::new(550, "No such file or folder."),
+        VaultError::AlreadyExists => Reply::new(550, "Already exists."),
+        VaultError::NotADirectory => Reply::new(550, "Not a folder."),
+        VaultError::IsADirectory => Reply::new(550, "Is a folder."),
+        VaultError::NotEmpty => Reply::new(550, "Folder not empty."),
+        VaultError::InvalidPath(why) => Reply::new(553, format!("Name not allowed: {why}.")),
+        VaultError::PermissionDenied => Reply::new(550, "Not allowed."),
+        VaultError::Busy => Reply::new(450, "Another upload to this file is in progress."),
+        VaultError::BadRestOffset {
+            requested,
+            available,
+        } => Reply::new(
+            554,
+            format!("Cannot restart at {requested}; restart at {available} or at 0."),
+        ),
+        VaultError::Format(fe) => {
+            tracing::error!(error = %fe, "stored file failed to open");
+            Reply::new(451, "Stored file is damaged; it cannot be read.")
+        }
+        VaultError::Io(io) => {
+            tracing::error!(error = %io, "storage error");
+            Reply::local_error("Storage error; try again later.")
+        }
+        other => {
+            tracing::error!(error = %other, "vault error");
+            Reply::local_error("Local error.")
+        }
+    }
+}
+
+/// The reply for a data connection that could not be made.
+pub(crate) fn data_reply(e: &DataError) -> Reply {
+    match e {
+        DataError::NoPlan => Reply::bad_sequence(e.to_string()),
+        DataError::NoSessionReuse => Reply::new(522, e.to_string()),
+        DataError::Tls(_) => Reply::new(522, e.to_string()),
+        DataError::Timeout | DataError::Io(_) => Reply::cannot_open_data(e.to_string()),
+    }
+}
+
+/// The reply for a transfer that broke off mid-way.
+pub(crate) fn transfer_reply(e: &std::io::Error) -> Reply {
+    if let Some(fe) = dropvault_format::Error::from_io(e) {
+        tracing::error!(error = %fe, "stored file failed authentication during download");
+        return Reply::new(451, "Stored file is damaged; transfer stopped.");
+    }
+    Reply::transfer_aborted(format!("Transfer failed: {e}."))
+}
