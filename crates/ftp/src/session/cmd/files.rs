@@ -1,18 +1,31 @@
 //! PWD CWD CDUP MKD RMD DELE RNFR RNTO SIZE MDTM: names and metadata.
 
-use dropvault_core::vault::{EntryKind, VPath, VaultError};
+use dropvault_core::vault::{EntryKind, UserVault, VPath, VaultError};
 
 use crate::proto::{mdtm, Reply};
 use crate::session::errors::vault_reply;
 use crate::session::Session;
 
+/// Unwraps a `Result<_, Reply>`, answering with the reply on error.
+macro_rules! or_reply {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reply) => return reply,
+        }
+    };
+}
+pub(crate) use or_reply;
+
 impl Session {
-    /// Resolves a client path against the current folder.
-    pub(crate) fn resolve(&mut self, arg: &str) -> Result<VPath, Reply> {
-        let user = self
+    /// The logged-in user's vault and `arg` resolved against their current
+    /// folder.
+    pub(crate) fn target(&mut self, arg: &str) -> Result<(UserVault, VPath), Reply> {
+        let u = self
             .user()
             .ok_or_else(|| Reply::not_logged_in("Not logged in."))?;
-        VPath::resolve(&user.cwd, arg).map_err(|e| vault_reply(&e))
+        let p = VPath::resolve(&u.cwd, arg).map_err(|e| vault_reply(&e))?;
+        Ok((u.vault.clone(), p))
     }
 
     pub(crate) fn cmd_pwd(&mut self) -> Reply {
@@ -23,17 +36,14 @@ impl Session {
     }
 
     pub(crate) async fn cmd_cwd(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.stat(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.stat(&p).await {
             Ok(e) if e.kind == EntryKind::Dir => {
-                u.cwd = p;
-                Reply::file_action_ok(format!("Folder is now {}.", u.cwd))
+                let text = format!("Folder is now {p}.");
+                if let Some(u) = self.user() {
+                    u.cwd = p;
+                }
+                Reply::file_action_ok(text)
             }
             Ok(_) => vault_reply(&VaultError::NotADirectory),
             Err(e) => vault_reply(&e),
@@ -41,16 +51,10 @@ impl Session {
     }
 
     pub(crate) async fn cmd_mkd(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.mkdir(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.mkdir(&p).await {
             Ok(()) => {
-                tracing::info!(event = "mkdir", user = u.vault.user(), path = %p);
+                tracing::info!(event = "mkdir", user = v.user(), path = %p);
                 Reply::path(&p.to_string(), "created.")
             }
             Err(e) => vault_reply(&e),
@@ -58,16 +62,10 @@ impl Session {
     }
 
     pub(crate) async fn cmd_rmd(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.rmdir(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.rmdir(&p).await {
             Ok(()) => {
-                tracing::info!(event = "rmdir", user = u.vault.user(), path = %p);
+                tracing::info!(event = "rmdir", user = v.user(), path = %p);
                 Reply::file_action_ok("Folder removed.")
             }
             Err(e) => vault_reply(&e),
@@ -75,16 +73,10 @@ impl Session {
     }
 
     pub(crate) async fn cmd_dele(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.remove(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.remove(&p).await {
             Ok(()) => {
-                tracing::info!(event = "delete", user = u.vault.user(), path = %p);
+                tracing::info!(event = "delete", user = v.user(), path = %p);
                 Reply::file_action_ok("File deleted.")
             }
             Err(e) => vault_reply(&e),
@@ -92,14 +84,8 @@ impl Session {
     }
 
     pub(crate) async fn cmd_rnfr(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.stat(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.stat(&p).await {
             Ok(_) => {
                 self.rename_from = Some(p);
                 Reply::pending("Ready for RNTO.")
@@ -112,16 +98,10 @@ impl Session {
         let Some(from) = self.rename_from.take() else {
             return Reply::bad_sequence("Send RNFR first.");
         };
-        let to = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.rename(&from, &to).await {
+        let (v, to) = or_reply!(self.target(arg));
+        match v.rename(&from, &to).await {
             Ok(()) => {
-                tracing::info!(event = "rename", user = u.vault.user(), from = %from, to = %to);
+                tracing::info!(event = "rename", user = v.user(), from = %from, to = %to);
                 Reply::file_action_ok("Renamed.")
             }
             Err(e) => vault_reply(&e),
@@ -129,28 +109,16 @@ impl Session {
     }
 
     pub(crate) async fn cmd_size(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.size(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.size(&p).await {
             Ok(n) => Reply::file_status(n.to_string()),
             Err(e) => vault_reply(&e),
         }
     }
 
     pub(crate) async fn cmd_mdtm(&mut self, arg: &str) -> Reply {
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.stat(&p).await {
+        let (v, p) = or_reply!(self.target(arg));
+        match v.stat(&p).await {
             Ok(e) if e.kind == EntryKind::File => Reply::file_status(mdtm(e.modified)),
             Ok(_) => vault_reply(&VaultError::IsADirectory),
             Err(e) => vault_reply(&e),

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use dropvault_core::vault::{Entry, EntryKind, VPath};
 
 use crate::proto::{list_line, mlsx_cdir, mlsx_facts, Fact, Reply};
+use crate::session::cmd::files::or_reply;
 use crate::session::errors::vault_reply;
 use crate::session::{Flow, Session};
 
@@ -28,15 +29,12 @@ impl Session {
     /// The entries a listing of `arg` shows: a folder's contents, or a
     /// single file.
     async fn entries(&mut self, arg: Option<&str>) -> Result<(VPath, Entry, Vec<Entry>), Reply> {
-        let p = self.resolve(arg.unwrap_or(""))?;
-        let u = self
-            .user()
-            .ok_or_else(|| Reply::not_logged_in("Not logged in."))?;
-        let me = u.vault.stat(&p).await.map_err(|e| vault_reply(&e))?;
+        let (v, p) = self.target(arg.unwrap_or(""))?;
+        let me = v.stat(&p).await.map_err(|e| vault_reply(&e))?;
         if me.kind == EntryKind::File {
             return Ok((p, me.clone(), vec![me]));
         }
-        let list = u.vault.list(&p).await.map_err(|e| vault_reply(&e))?;
+        let list = v.list(&p).await.map_err(|e| vault_reply(&e))?;
         Ok((p, me, list))
     }
 
@@ -76,14 +74,8 @@ impl Session {
     }
 
     pub(crate) async fn cmd_mlst(&mut self, arg: Option<String>) -> Reply {
-        let p = match self.resolve(arg.as_deref().unwrap_or("")) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let Some(u) = self.user() else {
-            return Reply::not_logged_in("Not logged in.");
-        };
-        match u.vault.stat(&p).await {
+        let (v, p) = or_reply!(self.target(arg.as_deref().unwrap_or("")));
+        match v.stat(&p).await {
             Ok(mut e) => {
                 e.name = p.to_string();
                 Reply::multi(

@@ -43,14 +43,11 @@ enum Done {
 impl Session {
     pub(crate) async fn cmd_retr(&mut self, arg: &str) -> std::io::Result<Flow> {
         let offset = std::mem::take(&mut self.rest);
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
+        let (v, p) = match self.target(arg) {
+            Ok(x) => x,
             Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
         };
-        let Some(u) = self.user() else {
-            return Ok(Flow::Continue);
-        };
-        match u.vault.download(&p, offset).await {
+        match v.download(&p, offset).await {
             Ok(d) => self.run_transfer(Job::Retr(d, p)).await,
             Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
         }
@@ -58,8 +55,8 @@ impl Session {
 
     pub(crate) async fn cmd_store(&mut self, arg: &str, verb: Store) -> std::io::Result<Flow> {
         let offset = std::mem::take(&mut self.rest);
-        let p = match self.resolve(arg) {
-            Ok(p) => p,
+        let (v, p) = match self.target(arg) {
+            Ok(x) => x,
             Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
         };
         let mode = match (verb, offset) {
@@ -70,10 +67,7 @@ impl Session {
         if let Some(refusal) = self.data_refusal() {
             return self.reply(refusal).await.map(|()| Flow::Continue);
         }
-        let Some(u) = self.user() else {
-            return Ok(Flow::Continue);
-        };
-        match u.vault.upload(&p, mode).await {
+        match v.upload(&p, mode).await {
             Ok(up) => self.run_transfer(Job::Store(up, p)).await,
             Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
         }
