@@ -183,9 +183,17 @@ impl Session {
         }
     }
 
+    /// Sends a reply. A client that stops reading cannot hold the session:
+    /// the write gives up after the idle timeout.
     async fn reply(&mut self, reply: Reply) -> std::io::Result<()> {
-        self.control.write_all(&reply.to_bytes()).await?;
-        self.control.flush().await
+        let bytes = reply.to_bytes();
+        let write = async {
+            self.control.write_all(&bytes).await?;
+            self.control.flush().await
+        };
+        tokio::time::timeout(self.shared.config.idle_timeout, write)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
     }
 
     /// Parses, gates and dispatches one line.
@@ -318,9 +326,11 @@ impl Session {
             return Err(std::io::Error::other("control connection is already TLS"));
         };
         let token = crate::tls::session_token();
-        let tls = TlsAcceptor::from(config)
-            .accept_with(tcp, |conn| conn.set_resumption_data(&token))
-            .await?;
+        let handshake =
+            TlsAcceptor::from(config).accept_with(tcp, |conn| conn.set_resumption_data(&token));
+        let tls = tokio::time::timeout(self.shared.config.data_timeout, handshake)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.control = Stream::Tls(Box::new(tls));
         self.tls_token = Some(token);
         Ok(())
