@@ -1,15 +1,18 @@
 //! TLS for the control and data connections (rustls with the aws-lc-rs
 //! provider): certificate loading or self-signed generation, and the check
-//! that a data connection resumed its control connection's TLS session.
+//! that a data connection resumed its own control connection's TLS session.
 //!
-//! How the check works: when the control connection upgrades, the server
-//! stores a random per-session token as the TLS session's resumption data.
-//! rustls carries it inside the session it caches (TLS 1.2 session id or TLS
-//! 1.3 ticket). A data connection that resumed *that* session presents the
-//! same token; a fresh handshake, or a session from another control
-//! connection, does not. This is what vsftpd's `require_ssl_reuse` and
-//! FileZilla Server enforce: a third party cannot connect to the passive
-//! port and take the transfer even from the client's own address.
+//! How the check works: each control connection gets its own session store,
+//! shared only with its own data connections. A data connection whose
+//! handshake is a resumption can only have resumed a session of that store,
+//! that is, of its own control connection; a fresh handshake, or a session
+//! from another control connection, is not a resumption here. This is what
+//! vsftpd's `require_ssl_reuse` and FileZilla Server enforce: a third party
+//! cannot connect to the passive port and take the transfer, even from the
+//! client's own address. It works the same for TLS 1.2 (session ids) and
+//! TLS 1.3 (tickets, which may be resumed more than once here because
+//! clients resume the control connection's ticket for every transfer; early
+//! data is off, so reuse allows no replay).
 
 use std::fs;
 use std::io::{self, Write};
@@ -17,12 +20,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::{ServerConfig, ServerSessionMemoryCache};
+use std::sync::Mutex;
+
+use rustls::server::{ServerConfig, StoresServerSessions};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Sessions the server remembers for resumption.
-const SESSION_CACHE: usize = 16 * 1024;
+/// Sessions one control connection's store keeps (its own, plus those of
+/// data connections that did not resume).
+const SESSIONS_PER_CONTROL: usize = 8;
+/// TLS 1.3 tickets sent on a control connection.
+const CONTROL_TICKETS: usize = 2;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +98,10 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(io_err(&key_path))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 
@@ -128,12 +135,71 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsSetupError> 
     f.sync_all().map_err(err)
 }
 
-/// A fresh random token identifying one control connection's TLS session.
-pub(crate) fn session_token() -> [u8; 16] {
-    let mut t = [0u8; 16];
-    // The system RNG does not fail on Linux; a zero token would only make
-    // the reuse check weaker for this one session, never let data through
-    // unencrypted.
-    let _ = aws_lc_rs::rand::fill(&mut t);
-    t
+/// The TLS configurations of one control connection and its data
+/// connections, sharing a session store no other connection sees.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionTls {
+    pub(crate) control: Arc<ServerConfig>,
+    pub(crate) data: Arc<ServerConfig>,
+}
+
+impl SessionTls {
+    pub(crate) fn new(base: &ServerConfig) -> Self {
+        let store = Arc::new(SessionStore::default());
+        let mut control = base.clone();
+        control.session_storage = store.clone();
+        control.send_tls13_tickets = CONTROL_TICKETS;
+        let mut data = base.clone();
+        data.session_storage = store;
+        // Clients resume the control connection's session, never a data
+        // connection's: no tickets needed there.
+        data.send_tls13_tickets = 0;
+        Self {
+            control: Arc::new(control),
+            data: Arc::new(data),
+        }
+    }
+}
+
+/// One control connection's sessions. Bounded: once full, new sessions are
+/// not stored (the first ones stored are the control connection's own).
+/// `take` leaves the entry in place so a TLS 1.3 ticket can be resumed by
+/// every data connection.
+#[derive(Debug, Default)]
+struct SessionStore {
+    entries: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl StoresServerSessions for SessionStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut e = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = e.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+            return true;
+        }
+        if e.len() >= SESSIONS_PER_CONTROL {
+            return false;
+        }
+        e.push((key, value));
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let e = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
 }

@@ -41,9 +41,10 @@ pub(crate) enum DataError {
 
 /// TLS requirements for one data connection.
 pub(crate) struct DataTls {
+    /// The data-connection configuration of this control connection.
     pub(crate) config: Arc<rustls::ServerConfig>,
-    /// The control session's token, when reuse is required.
-    pub(crate) require_token: Option<[u8; 16]>,
+    /// Whether the handshake must resume the control connection's session.
+    pub(crate) require_resumption: bool,
 }
 
 /// Binds a passive listener on a free port of `range`, on `ip`.
@@ -99,11 +100,11 @@ pub(crate) async fn open(
         .await
         .map_err(|_| DataError::Timeout)?
         .map_err(DataError::Tls)?;
-    if let Some(token) = tls.require_token {
-        let resumed = stream.get_ref().1.received_resumption_data();
-        if resumed != Some(&token[..]) {
-            return Err(DataError::NoSessionReuse);
-        }
+    // The data configuration shares its session store with the control
+    // connection only, so a resumption here is a resumption of its session.
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if tls.require_resumption && !resumed {
+        return Err(DataError::NoSessionReuse);
     }
     Ok(Stream::Tls(Box::new(stream)))
 }

@@ -67,8 +67,8 @@ struct Session {
     local: SocketAddr,
     control: Stream,
     lines: LineBuffer,
-    /// Resumption token of the control connection's TLS session.
-    tls_token: Option<[u8; 16]>,
+    /// This connection's TLS configurations, once it is TLS.
+    tls: Option<crate::tls::SessionTls>,
     pbsz: bool,
     prot_private: bool,
     login: Login,
@@ -100,7 +100,7 @@ pub(crate) async fn run(
         local,
         control: Stream::Plain(tcp),
         lines: LineBuffer::new(),
-        tls_token: None,
+        tls: None,
         pbsz: false,
         prot_private: false,
         login: Login::None,
@@ -309,10 +309,10 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Upgrades the control connection to TLS, marking its session with a
-    /// fresh token that data connections must present when they resume it.
+    /// Upgrades the control connection to TLS, with a session store of its
+    /// own that its data connections share (see `crate::tls`).
     async fn upgrade_tls(&mut self) -> std::io::Result<()> {
-        let config = self
+        let base = self
             .shared
             .services
             .tls
@@ -325,14 +325,13 @@ impl Session {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.control, Stream::Gone) else {
             return Err(std::io::Error::other("control connection is already TLS"));
         };
-        let token = crate::tls::session_token();
-        let handshake =
-            TlsAcceptor::from(config).accept_with(tcp, |conn| conn.set_resumption_data(&token));
+        let session_tls = crate::tls::SessionTls::new(&base);
+        let handshake = TlsAcceptor::from(session_tls.control.clone()).accept(tcp);
         let tls = tokio::time::timeout(self.shared.config.data_timeout, handshake)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.control = Stream::Tls(Box::new(tls));
-        self.tls_token = Some(token);
+        self.tls = Some(session_tls);
         Ok(())
     }
 

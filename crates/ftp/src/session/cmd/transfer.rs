@@ -103,15 +103,10 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let plan = std::mem::take(&mut self.data);
-        let tls = match (&self.shared.services.tls, self.prot_private) {
-            (Some(config), true) => Some(DataTls {
-                config: config.clone(),
-                require_token: self
-                    .shared
-                    .config
-                    .tls_session_reuse_required
-                    .then_some(self.tls_token)
-                    .flatten(),
+        let tls = match (&self.tls, self.prot_private) {
+            (Some(session_tls), true) => Some(DataTls {
+                config: session_tls.data.clone(),
+                require_resumption: self.shared.config.tls_session_reuse_required,
             }),
             _ => None,
         };
