@@ -224,6 +224,9 @@ impl<R: AsyncRead + AsyncSeek + Unpin> AsyncRead for AsyncDecryptingReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let start = buf.filled().len();
+        // Fill as much of `buf` as the inner reader can supply without
+        // waiting: large reads then cost one call for many segments.
         loop {
             let Some(seg) = this.dec.layout().segment_at(this.pos) else {
                 return Poll::Ready(Ok(()));
@@ -231,6 +234,7 @@ impl<R: AsyncRead + AsyncSeek + Unpin> AsyncRead for AsyncDecryptingReader<R> {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
+            let progressed = buf.filled().len() > start;
             let skip = usize::try_from(this.pos - seg.plaintext_offset)
                 .expect("offset inside a segment is below SEGMENT_LEN");
             if let Some((index, len)) = this.cached {
@@ -238,7 +242,7 @@ impl<R: AsyncRead + AsyncSeek + Unpin> AsyncRead for AsyncDecryptingReader<R> {
                     let n = (len - skip).min(buf.remaining());
                     buf.put_slice(&this.plain[skip..skip + n]);
                     this.pos += n as u64;
-                    return Poll::Ready(Ok(()));
+                    continue;
                 }
             }
             // A fetch already under way is finished first, whatever segment
@@ -247,18 +251,34 @@ impl<R: AsyncRead + AsyncSeek + Unpin> AsyncRead for AsyncDecryptingReader<R> {
                 IoState::Seeking(s) | IoState::Filling(s, _) => s,
                 IoState::Idle => seg,
             };
-            let got = ready!(this.poll_fetch(cx, want))?;
+            let got = match this.poll_fetch(cx, want) {
+                Poll::Ready(Ok(got)) => got,
+                // Hand out what is already decrypted; the error (or the
+                // wait) comes with the next call.
+                Poll::Ready(Err(e)) if !progressed => return Poll::Ready(Err(e)),
+                Poll::Pending if !progressed => return Poll::Pending,
+                Poll::Ready(Err(_)) | Poll::Pending => return Poll::Ready(Ok(())),
+            };
             let sealed = &this.sealed[..got.ciphertext_len];
             if got == seg && skip == 0 && buf.remaining() >= seg.plaintext_len {
                 // Whole segment wanted: decrypt straight into the caller's buffer.
                 let room = buf.initialize_unfilled_to(seg.plaintext_len);
-                let n = this.dec.open(&got, sealed, room)?;
+                let n = match this.dec.open(&got, sealed, room) {
+                    Ok(n) => n,
+                    // Good bytes first; the error again on the next call.
+                    Err(_) if progressed => return Poll::Ready(Ok(())),
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                };
                 buf.advance(n);
                 this.pos += n as u64;
-                return Poll::Ready(Ok(()));
+                continue;
             }
             this.cached = None;
-            let len = this.dec.open(&got, sealed, &mut this.plain)?;
+            let len = match this.dec.open(&got, sealed, &mut this.plain) {
+                Ok(len) => len,
+                Err(_) if progressed => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            };
             this.cached = Some((got.index, len));
         }
     }

@@ -166,6 +166,31 @@ async fn round_trip_tokio_with_seeks() {
 }
 
 #[tokio::test]
+async fn async_reader_hands_out_good_segments_before_the_error() {
+    use tokio::io::AsyncReadExt;
+    let dek = key(6);
+    let plain = pattern(3 * SEGMENT_LEN);
+    let mut sealed = seal_to_vec(&plain, &dek).expect("seal");
+    let at = sealed.len() - 100;
+    sealed[at] ^= 1;
+    let mut r = AsyncDecryptingReader::new(Cursor::new(sealed), &dek)
+        .await
+        .expect("header ok");
+    let mut buf = vec![0u8; 3 * SEGMENT_LEN];
+    let n = r
+        .read(&mut buf)
+        .await
+        .expect("the first two segments are good");
+    assert_eq!(n, 2 * SEGMENT_LEN, "one read fills several segments");
+    assert!(buf[..n] == plain[..n]);
+    let err = r.read(&mut buf).await.expect_err("the third is damaged");
+    assert!(matches!(
+        dropvault_format::Error::from_io(&err),
+        Some(dropvault_format::Error::SegmentAuth { index: 2 })
+    ));
+}
+
+#[tokio::test]
 async fn async_reader_reports_tampering() {
     use tokio::io::AsyncReadExt;
     let dek = key(6);

@@ -34,6 +34,16 @@ use crate::keys::UserKey;
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
 const STAGING: &str = ".staging";
+/// I/O buffer between the sealing/opening streams and the file: each
+/// blocking read or write moves this much, not one 64 KiB segment, so a
+/// transfer costs a few thread hand-offs per MiB instead of sixteen.
+const FILE_BUF: usize = 1 << 20;
+
+/// A staging file as the encryptor writes it.
+type StagingFile = tokio::io::BufWriter<tokio::fs::File>;
+/// A stored file as the decryptor reads it.
+type StoredFile = tokio::io::BufReader<tokio::fs::File>;
+
 /// Staging files untouched for this long are removed when the vault opens.
 const STAGING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -299,9 +309,11 @@ impl UserVault {
             open_nofollow(&real, false).map_err(map_io)
         })
         .await?;
-        let mut reader =
-            AsyncDecryptingReader::new(tokio::fs::File::from_std(file), self.inner.key.data_key())
-                .await?;
+        let mut reader = AsyncDecryptingReader::new(
+            StoredFile::with_capacity(FILE_BUF, tokio::fs::File::from_std(file)),
+            self.inner.key.data_key(),
+        )
+        .await?;
         let len = reader.plaintext_len();
         if offset > len {
             return Err(VaultError::BadRestOffset {
@@ -352,7 +364,7 @@ impl UserVault {
         let writer = match mode {
             UploadMode::Resume(offset) if offset > 0 => {
                 if staged_len > 0 {
-                    let dup = file.try_clone().await?;
+                    let dup = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
                     if let Ok(w) = AsyncEncryptingWriter::resume(dup, key).await {
                         if w.plaintext_len() == offset {
                             return Ok(Upload::new(w, file, staging, target, offset));
@@ -396,7 +408,7 @@ impl UserVault {
         p: &VPath,
         file: &mut tokio::fs::File,
         len: u64,
-    ) -> Result<AsyncEncryptingWriter<tokio::fs::File>, VaultError> {
+    ) -> Result<AsyncEncryptingWriter<StagingFile>, VaultError> {
         let mut writer = fresh(file, self.inner.key.data_key()).await?;
         let mut old = self.download(p, 0).await?;
         let copied = tokio::io::copy(&mut (&mut old).take(len), &mut writer)
@@ -496,10 +508,11 @@ impl UserVault {
 async fn fresh(
     file: &mut tokio::fs::File,
     key: &dropvault_format::DataKey,
-) -> Result<AsyncEncryptingWriter<tokio::fs::File>, VaultError> {
+) -> Result<AsyncEncryptingWriter<StagingFile>, VaultError> {
     file.set_len(0).await?;
     file.seek(SeekFrom::Start(0)).await?;
-    Ok(AsyncEncryptingWriter::new(file.try_clone().await?, key)?)
+    let buffered = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
+    Ok(AsyncEncryptingWriter::new(buffered, key)?)
 }
 
 fn entry(name: &str, meta: &fs::Metadata) -> Option<Entry> {
@@ -559,7 +572,7 @@ fn sync_parent(path: &Path) -> Result<(), VaultError> {
 /// A file being read: plaintext out, decrypted segment by segment.
 #[derive(Debug)]
 pub struct Download {
-    reader: AsyncDecryptingReader<tokio::fs::File>,
+    reader: AsyncDecryptingReader<StoredFile>,
     len: u64,
 }
 
@@ -590,7 +603,7 @@ impl AsyncRead for Download {
 /// a later resume and never touches the final name.
 #[derive(Debug)]
 pub struct Upload {
-    writer: AsyncEncryptingWriter<tokio::fs::File>,
+    writer: AsyncEncryptingWriter<StagingFile>,
     /// Keeps the staging file's lock for the life of the upload.
     file: tokio::fs::File,
     staging: PathBuf,
@@ -600,7 +613,7 @@ pub struct Upload {
 
 impl Upload {
     fn new(
-        writer: AsyncEncryptingWriter<tokio::fs::File>,
+        writer: AsyncEncryptingWriter<StagingFile>,
         lock: tokio::fs::File,
         staging: PathBuf,
         target: PathBuf,
