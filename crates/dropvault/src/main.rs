@@ -167,6 +167,9 @@ fn serve(config: Config) -> Result<(), AnyError> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Signal handlers go in before anyone can learn the server is up,
+        // so a SIGTERM right after the ready line still drains.
+        let shutdown = shutdown_signal()?;
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if services.tls.is_some() => {
@@ -193,25 +196,24 @@ fn serve(config: Config) -> Result<(), AnyError> {
             control,
             implicit_tls,
         };
-        dropvault_ftp::serve(ftp, services, listeners, shutdown_signal()).await?;
+        dropvault_ftp::serve(ftp, services, listeners, shutdown).await?;
         tracing::info!(event = "stopped", "dropvault stopped");
         Ok::<(), AnyError>(())
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers now; the future completes on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {

@@ -393,7 +393,18 @@ impl UserVault {
                 Ok(e) if e.kind == EntryKind::File => {
                     self.reseal_prefix(p, &mut file, e.size).await?
                 }
-                _ => fresh(&mut file, key).await?,
+                // No committed file: append to what an interrupted upload
+                // left (the size SIZE reported), if it can be continued.
+                _ => {
+                    let dup = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
+                    match AsyncEncryptingWriter::resume(dup, key).await {
+                        Ok(w) if staged_len > 0 => {
+                            let start = w.plaintext_len();
+                            return Ok(Upload::new(w, file, staging, target, start));
+                        }
+                        _ => fresh(&mut file, key).await?,
+                    }
+                }
             },
             UploadMode::Replace | UploadMode::Resume(_) => fresh(&mut file, key).await?,
         };

@@ -86,6 +86,11 @@ impl Reply {
         Reply::new(150, "Opening data connection.")
     }
 
+    /// 150 for STOU, naming the file the server chose (RFC 1123 4.1.2.9).
+    pub fn opening_data_named(name: &str) -> Self {
+        Reply::new(150, format!("FILE: {name}"))
+    }
+
     /// 200: command okay.
     pub fn ok(text: impl Into<String>) -> Self {
         Reply::new(200, text)

@@ -63,6 +63,9 @@ pub(crate) async fn bind_passive(ip: IpAddr, range: (u16, u16)) -> std::io::Resu
             IpAddr::V4(_) => TcpSocket::new_v4()?,
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
+        // Ports of finished transfers sit in TIME_WAIT for a minute; without
+        // this a small range runs dry after as many transfers.
+        sock.set_reuseaddr(true)?;
         match sock.bind(SocketAddr::new(ip, port)) {
             Ok(()) => return sock.listen(1),
             Err(e) => last_err = Some(e),

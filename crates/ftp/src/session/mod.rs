@@ -175,6 +175,16 @@ impl Session {
                 LineEvent::TooLong => return Ok(Some(Input::TooLong)),
                 LineEvent::NeedMore => {}
             }
+            // ABOR sent as TCP urgent data (Python's ftplib does) makes the
+            // kernel end a read at the urgent mark, and tokio may then take
+            // the socket for drained and never wake up for the rest of the
+            // line. With part of a line waiting, look for the rest directly.
+            if self.lines.has_buffered() {
+                if let Some(n) = self.control.read_now(&mut buf) {
+                    self.lines.push(&buf[..n]);
+                    continue;
+                }
+            }
             let n = self.control.read(&mut buf).await?;
             if n == 0 {
                 return Ok(None);

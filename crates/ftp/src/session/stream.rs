@@ -22,6 +22,22 @@ impl Stream {
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// Reads whatever a plain connection has right now with one
+    /// non-blocking system call, bypassing tokio's readiness tracking;
+    /// `None` when nothing is there (or for TLS, where records are never
+    /// urgent data).
+    pub(crate) fn read_now(&self, buf: &mut [u8]) -> Option<usize> {
+        use std::io::Read;
+        let Stream::Plain(tcp) = self else {
+            return None;
+        };
+        let sock = socket2::SockRef::from(tcp);
+        match (&*sock).read(buf) {
+            Ok(n) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
 }
 
 fn gone() -> io::Error {

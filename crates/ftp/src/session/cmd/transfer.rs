@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::TlsMode;
 use crate::proto::{parse_command, Command, Reply};
-use crate::session::data::{self, DataTls};
+use crate::session::data::{self, DataPlan, DataTls};
 use crate::session::errors::{data_reply, transfer_reply, vault_reply};
 use crate::session::{Flow, Input, Session};
 
@@ -54,6 +54,17 @@ impl Session {
     }
 
     pub(crate) async fn cmd_store(&mut self, arg: &str, verb: Store) -> std::io::Result<Flow> {
+        self.store(arg, verb, None).await
+    }
+
+    /// STOR, APPE and STOU; `unique` is the name STOU picked, announced in
+    /// the 150 reply as RFC 1123 asks.
+    async fn store(
+        &mut self,
+        arg: &str,
+        verb: Store,
+        unique: Option<String>,
+    ) -> std::io::Result<Flow> {
         let offset = std::mem::take(&mut self.rest);
         let (v, p) = match self.target(arg) {
             Ok(x) => x,
@@ -64,11 +75,16 @@ impl Session {
             (Store::Stor, 0) => UploadMode::Replace,
             (Store::Stor, n) => UploadMode::Resume(n),
         };
+        // Refuse before touching the staging file.
         if let Some(refusal) = self.data_refusal() {
             return self.reply(refusal).await.map(|()| Flow::Continue);
         }
+        let opening = match unique {
+            Some(name) => Reply::opening_data_named(&name),
+            None => Reply::opening_data(),
+        };
         match v.upload(&p, mode).await {
-            Ok(up) => self.run_transfer(Job::Store(up, p)).await,
+            Ok(up) => self.run_transfer_with(Job::Store(up, p), opening).await,
             Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
         }
     }
@@ -80,11 +96,14 @@ impl Session {
         let _ = aws_lc_rs::rand::fill(&mut r);
         let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
         let name = format!("upload-{name}");
-        self.cmd_store(&name, Store::Stor).await
+        self.store(&name, Store::Stor, Some(name.clone())).await
     }
 
     /// Why a data transfer may not start, if it may not.
     fn data_refusal(&self) -> Option<Reply> {
+        if matches!(self.data, DataPlan::None) {
+            return Some(Reply::bad_sequence("Use PASV, EPSV, PORT or EPRT first."));
+        }
         if self.shared.config.tls == TlsMode::Required && !self.prot_private {
             return Some(Reply::new(
                 521,
@@ -98,6 +117,11 @@ impl Session {
     /// connection meanwhile: ABOR cancels the transfer (an upload is then
     /// not committed), STAT and NOOP are answered, anything else waits.
     pub(crate) async fn run_transfer(&mut self, job: Job) -> std::io::Result<Flow> {
+        self.run_transfer_with(job, Reply::opening_data()).await
+    }
+
+    /// [`Session::run_transfer`] with a given 150 reply.
+    async fn run_transfer_with(&mut self, job: Job, opening: Reply) -> std::io::Result<Flow> {
         if let Some(refusal) = self.data_refusal() {
             self.reply(refusal).await?;
             return Ok(Flow::Continue);
@@ -117,7 +141,7 @@ impl Session {
             .map(|u| u.vault.user().to_owned())
             .unwrap_or_default();
         let peer = self.peer;
-        self.reply(Reply::opening_data()).await?;
+        self.reply(opening).await?;
 
         let started = Instant::now();
         let work = async move {
@@ -172,6 +196,9 @@ impl Session {
                             .map_err(|e| transfer_reply(&e))?;
                         received += n as u64;
                     }
+                    // Answer the client's close_notify with ours (ftplib's
+                    // unwrap() waits for it); the data is all in by now.
+                    let _ = stream.shutdown().await;
                     let size = upload.commit().await.map_err(|e| vault_reply(&e))?;
                     Ok((Done::Stored(received, size), Some(path)))
                 }

@@ -1,0 +1,330 @@
+"""Fixtures of dropvault's acceptance suite.
+
+Every test gets its own server(s): a fresh data folder under the test's
+tmp_path, the control and implicit-FTPS listeners on 127.0.0.1 port 0 (the
+real ports are parsed from the server's stdout line), a passive port range
+of its own that no other server of this run uses, JSON logs on stderr in a
+file. At teardown every server is stopped (SIGTERM, then SIGKILL), and every
+data folder is scanned, file by file, for the plaintext marker that every
+uploaded file carries; finding it fails the test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import pathlib
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from dvclients import BIN, PASSWORD, USER, base_env, find_marker, run_cli
+
+START_TIMEOUT = 60
+STOP_TIMEOUT = 25
+
+# Every data folder any server of this run used, for the final check in
+# test_zz_at_rest.py.
+ALL_DATA_DIRS: list[pathlib.Path] = []
+
+# Passive ports: ranges of 40 taken in turn from 20000-31999 (below the
+# kernel's ephemeral ports), starting at a random place, one range per
+# server start. A range is only handed out when every port in it can be
+# bound right now, so ports still held by another run (or in TIME_WAIT)
+# are skipped.
+_PORTS_PER_SERVER = 40
+_POOL_LOW, _POOL_HIGH = 20000, 32000
+_RANGES = (_POOL_HIGH - _POOL_LOW) // _PORTS_PER_SERVER
+_next_range = itertools.count(random.randrange(_RANGES))
+
+READY = re.compile(
+    r"dropvault: FTP on (?P<host>[0-9.]+):(?P<port>\d+)"
+    r"(?: \(explicit FTPS available\))?"
+    r"(?:, implicit FTPS on (?P<ihost>[0-9.]+):(?P<iport>\d+))?"
+)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If pytest itself dies, its servers get SIGTERM instead of lingering.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _bindable(lo: int, hi: int) -> bool:
+    for port in range(lo, hi + 1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def passive_range(size: int = _PORTS_PER_SERVER) -> str:
+    if size > _PORTS_PER_SERVER:
+        raise ValueError("passive ranges are at most %d ports" % _PORTS_PER_SERVER)
+    for _ in range(_RANGES):
+        lo = _POOL_LOW + (next(_next_range) % _RANGES) * _PORTS_PER_SERVER
+        if _bindable(lo, lo + size - 1):
+            return f"{lo}-{lo + size - 1}"
+    raise RuntimeError("no free passive port range in %d-%d" % (_POOL_LOW, _POOL_HIGH - 1))
+
+
+class Server:
+    """One `dropvault serve` process (and its restarts) on one data folder."""
+
+    def __init__(self, data_dir: pathlib.Path, settings: dict[str, str], workdir: pathlib.Path):
+        self.data_dir = data_dir
+        self.settings = dict(settings)
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.stdout_lines: list[str] = []
+        self.log_files: list[pathlib.Path] = []
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.implicit_port: int | None = None
+        self.passive_ports = ""
+
+    # -- process -------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = base_env()
+        env.update({
+            "DROPVAULT_DATA_DIR": str(self.data_dir),
+            "DROPVAULT_FTP_LISTEN": "127.0.0.1:0",
+            "DROPVAULT_FTP_IMPLICIT_TLS_LISTEN": "127.0.0.1:0",
+            "DROPVAULT_FTP_PASSIVE_PORTS": self.passive_ports,
+            "DROPVAULT_FTP_DRAIN_GRACE_SECS": "5",
+            "DROPVAULT_LOG_FORMAT": "json",
+        })
+        for key, value in self.settings.items():
+            name = "DROPVAULT_" + key.upper()
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = str(value)
+        return env
+
+    def start(self) -> "Server":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        if "ftp_passive_ports" not in self.settings:
+            self.passive_ports = passive_range()
+        log = self.workdir / f"server-{self.data_dir.name}-{self.starts}.log"
+        self.log_files.append(log)
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [BIN, "serve"], env=self.env(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, preexec_fn=_die_with_parent,
+            )
+        lines: queue.Queue[str] = queue.Queue()
+        out = self.proc.stdout
+
+        def pump() -> None:
+            for raw in out:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.stdout_lines.append(line)
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"dropvault serve exited with {self.proc.returncode} before it was "
+                        f"ready; stderr:\n{self.log_text()[-4000:]}")
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError("dropvault serve did not print its ready line in time")
+                continue
+            m = READY.search(line)
+            if m:
+                self.host = m["host"]
+                self.port = int(m["port"])
+                self.implicit_port = int(m["iport"]) if m["iport"] else None
+                return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> "Server":
+        self.stop()
+        return self.start()
+
+    # -- logs ------------------------------------------------------------
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.log_files if p.exists())
+
+    def events(self, name: str | None = None, **fields) -> list[dict]:
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            if name is not None and record.get("event") != name:
+                continue
+            if any(str(record.get(k)) != str(v) for k, v in fields.items()):
+                continue
+            out.append(record)
+        return out
+
+    def wait_for_event(self, name: str, timeout: float = 20, count: int = 1, **fields) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name, **fields)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    # -- on disk ---------------------------------------------------------
+
+    def user_dir(self, user: str = USER) -> pathlib.Path:
+        return self.data_dir / "files" / user
+
+    def __repr__(self) -> str:
+        return f"<dropvault on {self.host}:{self.port} data={self.data_dir}>"
+
+
+@pytest.fixture(scope="session")
+def kek_template(tmp_path_factory) -> pathlib.Path:
+    """A key-encryption key and TLS certificate made once by a real first
+    start, copied into every test's fresh data folder so that each start
+    does not spend a second on RSA-4096 key generation."""
+    if not os.access(BIN, os.X_OK):
+        pytest.exit(f"dropvault binary not found at {BIN}: build it (cargo build -p dropvault) "
+                    "or set DROPVAULT_BIN", returncode=3)
+    work = tmp_path_factory.mktemp("template")
+    data = work / "data"
+    srv = Server(data, {}, work)
+    srv.start()
+    srv.stop()
+    for name in ("kek.pem", "tls-cert.pem", "tls-key.pem"):
+        assert (data / name).is_file(), f"first start did not create {name}"
+    return data
+
+
+@pytest.fixture
+def dropvault(tmp_path, kek_template):
+    """Factory: `dropvault(users={...}, data_dir=..., **settings)` starts a
+    server. Settings are config keys as `section_key` (ftp_tls="required"
+    becomes DROPVAULT_FTP_TLS=required). Users are created with
+    `dropvault user add NAME --password-stdin` before the start (default:
+    alice); `users={}` creates none. With prepare=False the data folder is
+    left for the server to create (and its key to generate)."""
+    servers: list[Server] = []
+    counter = itertools.count()
+
+    def start(users: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
+              prepare: bool = True, **settings) -> Server:
+        if data_dir is None:
+            data_dir = tmp_path / f"data{next(counter)}"
+        if prepare and not data_dir.exists():
+            data_dir.mkdir(mode=0o700, parents=True)
+            for name in ("kek.pem", "tls-cert.pem", "tls-key.pem"):
+                shutil.copy2(kek_template / name, data_dir / name)
+        if users is None:
+            users = {USER: PASSWORD}
+        for name, password in users.items():
+            r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
+            assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
+        srv = Server(data_dir, settings, tmp_path)
+        ALL_DATA_DIRS.append(data_dir)
+        servers.append(srv)
+        return srv.start()
+
+    yield start
+
+    for srv in servers:
+        try:
+            srv.stop()
+        except Exception:  # noqa: BLE001 - teardown must reach every server
+            srv.kill()
+    leaks = []
+    for data_dir in dict.fromkeys(s.data_dir for s in servers):
+        leaks += find_marker(data_dir)
+    if leaks:
+        pytest.fail("plaintext marker found on storage: " + ", ".join(map(str, leaks)),
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def all_data_dirs() -> list[pathlib.Path]:
+    """Every data folder a server of this run has used so far."""
+    return ALL_DATA_DIRS
+
+
+@pytest.fixture
+def passive_ports():
+    """Factory: a passive port range of `size` ports no other server of
+    this run uses."""
+    return passive_range
+
+
+@pytest.fixture
+def server(dropvault) -> Server:
+    """A server with default settings and user alice."""
+    return dropvault()
+
+
+@pytest.fixture
+def payload_file(tmp_path):
+    """Factory: write a marker-carrying random file of `size` bytes."""
+    from dvclients import payload
+
+    counter = itertools.count()
+
+    def make(size: int, name: str | None = None) -> pathlib.Path:
+        path = tmp_path / (name or f"payload-{next(counter)}.bin")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload(size))
+        return path
+
+    return make
+

@@ -1,0 +1,293 @@
+"""Python's ftplib over FTPS: data connections that resume the control
+connection's TLS session (TLS 1.3 and 1.2), the refusal of those that do
+not, and tls = "required" / "off"."""
+
+import datetime
+import ftplib
+import ipaddress
+import socket
+import ssl
+
+import pytest
+
+from dvclients import (PASSWORD, SEGMENT, USER, ResumingFTP_TLS, curl, epsv_port,
+                       ftp_plain, ftp_tls, ftp_url, mlsd, payload, raw, retr, stor,
+                       tls_context)
+
+
+class RecordingFTP_TLS(ResumingFTP_TLS):
+    """Records, for every protected data connection, whether TLS resumed."""
+
+    reused: list
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = super().ntransfercmd(cmd, rest)
+        if self._prot_p:
+            self.reused.append(conn.session_reused)
+        return conn, size
+
+
+def recording_client(server, version):
+    ftp = RecordingFTP_TLS(context=tls_context(version), timeout=30)
+    ftp.reused = []
+    ftp.connect(server.host, server.port)
+    ftp.auth()
+    ftp.login(USER, PASSWORD)
+    ftp.prot_p()
+    return ftp
+
+
+def refused_transfer(ftp: ftplib.FTP, cmd: str, data: bytes | None = None) -> str:
+    """Runs `cmd` expecting the server to refuse its data connection; returns
+    the final reply's text (the error's)."""
+    got = b""
+    try:
+        conn = ftp.transfercmd(cmd)
+        try:
+            if data is not None:
+                conn.sendall(data)
+            else:
+                while chunk := conn.recv(65536):
+                    got += chunk
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            conn.close()
+    except (ssl.SSLError, OSError):
+        pass
+    assert got == b"", "data flowed on a refused data connection"
+    with pytest.raises(ftplib.Error) as e:
+        ftp.voidresp()
+    return str(e.value)
+
+
+def upload_plain(server, name: str, data: bytes) -> None:
+    with ftp_plain(server) as ftp:
+        stor(ftp, name, data)
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ftplib_tls_session_resumed_for_every_transfer(server, version):
+    data = payload(3 * SEGMENT + 4321)
+    upload_plain(server, "tls.bin", data)
+    ftp = recording_client(server, version)
+    assert ftp.sock.version() == f"TLSv{version}"
+    assert mlsd(ftp)["tls.bin"]["size"] == str(len(data))
+    assert retr(ftp, "tls.bin") == data
+    for offset in (1, SEGMENT, 2 * SEGMENT + 7, len(data)):
+        assert retr(ftp, "tls.bin", rest=offset) == data[offset:]
+    assert ftp.nlst() == ["tls.bin"]
+    listing = []
+    ftp.retrlines("LIST", listing.append)
+    assert any(line.endswith(" tls.bin") and f" {len(data)} " in line for line in listing)
+    # EPSV by hand (ftplib only uses it for IPv6): connect, then TLS with the
+    # control connection's session.
+    ftp.voidcmd("TYPE I")
+    port = epsv_port(ftp.sendcmd("EPSV"))
+    sock = socket.create_connection((server.host, port), timeout=30)
+    assert ftp.sendcmd("RETR tls.bin").startswith("150")
+    conn = ftp.context.wrap_socket(sock, server_hostname=server.host, session=ftp.sock.session)
+    ftp.reused.append(conn.session_reused)
+    got = b""
+    while chunk := conn.recv(1 << 20):
+        got += chunk
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert got == data
+    ftp.quit()
+    assert len(ftp.reused) == 9 and all(ftp.reused), ftp.reused
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ftplib_tls_upload(server, version):
+    """FTP_TLS.storbinary ends the data connection with unwrap(): it sends
+    close_notify and waits for the server's."""
+    data = payload(2 * SEGMENT + 99)
+    more = payload(SEGMENT + 5)
+    ftp = recording_client(server, version)
+    stor(ftp, "up.bin", data)
+    stor(ftp, "up.bin", more, cmd="APPE")
+    assert retr(ftp, "up.bin") == data + more
+    ftp.quit()
+    assert all(ftp.reused), ftp.reused
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ftplib_tls_without_session_reuse_is_refused(server, version):
+    upload_plain(server, "secret.bin", payload(100_000))
+    ftp = ftp_tls(server, reuse=False, version=version)
+    ftp.voidcmd("TYPE I")
+    assert refused_transfer(ftp, "RETR secret.bin").startswith("522")
+    assert refused_transfer(ftp, "STOR other.bin", payload(70_000)).startswith("522")
+    # The session carries on, and nothing was stored.
+    assert ftp.voidcmd("NOOP").startswith("200")
+    ftp.prot_c()
+    assert sorted(ftp.nlst()) == ["secret.bin"]
+    ftp.quit()
+
+
+def test_tls_upload_cut_without_close_notify_is_not_committed(server):
+    """A TLS data connection that ends without close_notify may have been
+    cut by an attacker: the upload must not be committed."""
+    ftp = ftp_tls(server)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR cut.bin")
+    conn.sendall(payload(3 * SEGMENT))
+    # Close the TCP connection under TLS: no close_notify.
+    raw_sock = socket.socket(fileno=conn.detach())
+    raw_sock.close()
+    with pytest.raises(ftplib.Error, match="^4"):
+        ftp.voidresp()
+    assert "cut.bin" not in mlsd(ftp)
+    ftp.quit()
+
+
+def test_ftplib_tls_session_of_another_control_connection_is_refused(server):
+    upload_plain(server, "a.bin", payload(10_000))
+    with ftp_tls(server) as a:
+        # Same client TLS context, so that Python lets A's session be offered.
+        b = ResumingFTP_TLS(context=a.context, timeout=30)
+        b.connect(server.host, server.port)
+        b.auth()
+        b.login(USER, PASSWORD)
+        b.prot_p()
+        b.voidcmd("TYPE I")
+        # B's data connection presents A's session.
+        port = epsv_port(b.sendcmd("EPSV"))
+        s = socket.create_connection((server.host, port), timeout=30)
+        assert b.sendcmd("RETR a.bin").startswith("150")
+        got = b""
+        try:
+            conn = b.context.wrap_socket(s, server_hostname=server.host, session=a.sock.session)
+            while chunk := conn.recv(65536):
+                got += chunk
+        except (ssl.SSLError, OSError):
+            pass
+        assert got == b""
+        with pytest.raises(ftplib.error_perm, match="^522"):
+            b.voidresp()
+        b.quit()
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ftplib_tls_session_reuse_optional(dropvault, version):
+    server = dropvault(ftp_tls_session_reuse="optional")
+    data = payload(2 * SEGMENT + 1)
+    upload_plain(server, "fresh.bin", data)
+    ftp = ftp_tls(server, reuse=False, version=version)
+    assert retr(ftp, "fresh.bin") == data
+    assert retr(ftp, "fresh.bin", rest=SEGMENT + 1) == data[SEGMENT + 1:]
+    ftp.quit()
+
+
+def test_tls_required(dropvault, tmp_path):
+    server = dropvault(ftp_tls="required")
+    # Before AUTH TLS: no login at all.
+    r = raw(server)
+    code, text = r.cmd(f"USER {USER}")
+    assert code == 530, text
+    code, text = r.cmd(f"PASS {PASSWORD}")
+    assert code == 530, text
+    r.close()
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp_plain(server)
+
+    data = payload(150_000)
+    src = tmp_path / "req.bin"
+    src.write_bytes(data)
+    r = curl("--ssl-reqd", "-k", "-u", f"{USER}:{PASSWORD}", "-T", str(src),
+             ftp_url(server, "/req.bin"))
+    assert r.returncode == 0, r.stderr
+    with ftp_tls(server) as ftp:
+        assert retr(ftp, "req.bin") == data
+
+    # Logged in over TLS, but data in the clear: refused.
+    ftp = ResumingFTP_TLS(context=tls_context(), timeout=30)
+    ftp.connect(server.host, server.port)
+    ftp.auth()
+    ftp.login(USER, PASSWORD)
+    with pytest.raises(ftplib.error_perm, match="^521"):
+        retr(ftp, "req.bin")
+    with pytest.raises(ftplib.error_perm, match="^521"):
+        stor(ftp, "clear.bin", payload(1000))
+    with pytest.raises(ftplib.error_perm, match="^521"):
+        ftp.nlst()
+    ftp.voidcmd("PBSZ 0")
+    with pytest.raises(ftplib.error_perm, match="^534"):
+        ftp.voidcmd("PROT C")
+    ftp.voidcmd("PROT P")
+    ftp._prot_p = True
+    assert retr(ftp, "req.bin") == data
+    assert ftp.nlst() == ["req.bin"]
+    ftp.quit()
+
+    # Implicit FTPS needs no AUTH TLS.
+    out = tmp_path / "implicit.bin"
+    r = curl("-k", "-u", f"{USER}:{PASSWORD}", "-o", str(out),
+             ftp_url(server, "/req.bin", "ftps", implicit=True))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+
+
+def test_tls_off(dropvault):
+    server = dropvault(ftp_tls="off")
+    assert server.implicit_port is None
+    r = raw(server)
+    code, feat = r.cmd("FEAT")
+    assert code == 211
+    assert "AUTH TLS" not in feat and "PROT" not in feat and "PBSZ" not in feat
+    code, text = r.cmd("AUTH TLS")
+    assert code == 534, text
+    r.login()
+    code, _ = r.cmd("NOOP")
+    assert code == 200
+    r.close()
+
+
+def make_certificate(cert_path, key_path) -> None:
+    """A self-signed P-256 certificate for 127.0.0.1 and localhost (with the
+    `cryptography` package, which scripts/test installs)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dropvault-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+
+def test_configured_certificate_is_served(dropvault, tmp_path):
+    """tls_cert / tls_key: the server presents the configured certificate,
+    and a client that trusts only it verifies the connection."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_certificate(cert, key)
+    server = dropvault(ftp_tls_cert=str(cert), ftp_tls_key=str(key))
+    data = payload(10_000)
+    upload_plain(server, "c.bin", data)
+    with ftp_tls(server) as ftp:
+        der = ftp.sock.getpeercert(binary_form=True)
+        assert retr(ftp, "c.bin") == data
+    assert der == ssl.PEM_cert_to_DER_cert(cert.read_text())
+    out = tmp_path / "verified.bin"
+    r = curl("--ssl-reqd", "--cacert", str(cert), "-u", f"{USER}:{PASSWORD}", "-o", str(out),
+             ftp_url(server, "/c.bin"))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
