@@ -531,3 +531,26 @@ fn pam_refuses_other_uid_0_accounts() {
     assert!(matches!(err, AuthError::Refused { .. }), "{err}");
     assert!(err.to_string().contains("uid 0"), "{err}");
 }
+
+#[test]
+fn a_remembered_login_never_outlives_a_password_change_or_deletion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("users.toml");
+    let server = UserFile::open(&path).expect("open");
+    let cli = UserFile::open(&path).expect("open");
+    let old = Password::new("old password".into());
+    let new = Password::new("new password".into());
+    cli.add("rita", &old).expect("add");
+    // Twice: the second login is served from the verified-login memo.
+    for _ in 0..2 {
+        assert!(server.authenticate("rita", &old).expect("auth").is_some());
+    }
+    assert!(server.authenticate("rita", &new).expect("auth").is_none());
+    // Another process changes the password: the memo goes with the old file.
+    cli.set_password("rita", &new).expect("passwd");
+    assert!(server.authenticate("rita", &old).expect("auth").is_none());
+    assert!(server.authenticate("rita", &new).expect("auth").is_some());
+    assert!(server.authenticate("rita", &new).expect("auth").is_some());
+    cli.delete("rita").expect("delete");
+    assert!(server.authenticate("rita", &new).expect("auth").is_none());
+}

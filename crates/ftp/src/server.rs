@@ -33,6 +33,10 @@ pub(crate) struct Shared {
     limits: Mutex<Limits>,
     bans: Mutex<HashMap<IpAddr, BanState>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Password checks running at once. argon2id takes 19 MiB and a core's
+    /// worth of work per check: more at a time than cores only adds memory
+    /// and lets a login flood starve everything else.
+    pub(crate) logins: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +169,9 @@ pub async fn serve(
         limits: Mutex::new(Limits::default()),
         bans: Mutex::new(HashMap::new()),
         shutdown: rx,
+        logins: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        ),
     });
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);

@@ -14,7 +14,7 @@
 //! Readers (the server, at each login) take no lock: they stat the file and
 //! parse it again only when it is another file or has changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -26,7 +26,9 @@ use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
     ARGON2ID_IDENT,
 };
+use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::{validate_user_name, Account, AuthError, Authenticator, Password};
 
@@ -89,10 +91,18 @@ impl Stamp {
     }
 }
 
+/// Names whose password was verified against this version of the file,
+/// with an HMAC of name and password under a key that never leaves this
+/// process. A later login with the same password skips argon2id; any change
+/// to the file starts a fresh, empty memo, so a changed or deleted password
+/// is never honoured.
+type Verified = Arc<Mutex<HashMap<String, [u8; 32]>>>;
+
 /// The parsed file and the version it came from (`None`: no file).
 struct Cached {
     stamp: Option<Stamp>,
     content: Arc<Content>,
+    verified: Verified,
 }
 
 /// A users file: the `file` accounts backend.
@@ -102,6 +112,8 @@ pub struct UserFile {
     path: PathBuf,
     lock_path: PathBuf,
     cache: Mutex<Option<Cached>>,
+    /// Key of the verified-login memo; random per process.
+    memo_key: hmac::Key,
 }
 
 impl std::fmt::Debug for UserFile {
@@ -121,10 +133,14 @@ impl UserFile {
         let path = path.into();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let lock_path = path.with_file_name(format!("{name}.lock"));
+        let mut key = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(key.as_mut())
+            .map_err(|_| AuthError::Hashing("random number generator failed".into()))?;
         let file = Self {
             path,
             lock_path,
             cache: Mutex::new(None),
+            memo_key: hmac::Key::new(hmac::HMAC_SHA256, key.as_ref()),
         };
         file.current()?;
         Ok(file)
@@ -196,6 +212,11 @@ impl UserFile {
     /// The file's content, parsed again only if the file changed since the
     /// last call.
     fn current(&self) -> Result<Arc<Content>, AuthError> {
+        self.current_with_memo().map(|(content, _)| content)
+    }
+
+    /// The current content and its verified-login memo.
+    fn current_with_memo(&self) -> Result<(Arc<Content>, Verified), AuthError> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let stamp = match fs::metadata(&self.path) {
             Ok(m) => Some(Stamp::of(&m)),
@@ -203,17 +224,19 @@ impl UserFile {
             Err(e) => return Err(AuthError::io(&self.path, e)),
         };
         if let Some(c) = cache.as_ref().filter(|c| c.stamp == stamp) {
-            return Ok(Arc::clone(&c.content));
+            return Ok((Arc::clone(&c.content), Arc::clone(&c.verified)));
         }
         // The stamp kept is the one of the file actually read, which may be
         // newer than the one just seen.
         let (stamp, content) = read(&self.path)?;
         let content = Arc::new(content);
+        let verified = Verified::default();
         *cache = Some(Cached {
             stamp,
             content: Arc::clone(&content),
+            verified: Arc::clone(&verified),
         });
-        Ok(content)
+        Ok((content, verified))
     }
 
     /// Applies `change` to the file's current content under the writers'
@@ -262,7 +285,7 @@ impl UserFile {
 
 impl Authenticator for UserFile {
     fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError> {
-        let content = self.current()?;
+        let (content, verified) = self.current_with_memo()?;
         let entry = match validate_user_name(name) {
             Ok(()) => content.users.get(name),
             Err(_) => None,
@@ -275,10 +298,33 @@ impl Authenticator for UserFile {
             path: self.path.clone(),
             reason: format!("user {name:?}: {e}"),
         })?;
-        match hasher().verify_password(password.expose().as_bytes(), &hash) {
-            Ok(()) => Ok(Some(Account {
+        // Clients log in again and again (one connection per transfer, or
+        // several in parallel): a password already verified against this
+        // version of the file is recognised by its HMAC, not argon2id again.
+        let memo_input = [name.as_bytes(), b"\0", password.expose().as_bytes()].concat();
+        let memo_input = Zeroizing::new(memo_input);
+        let known = verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .is_some_and(|tag| hmac::verify(&self.memo_key, &memo_input, tag).is_ok());
+        if known {
+            return Ok(Some(Account {
                 name: name.to_owned(),
-            })),
+            }));
+        }
+        match hasher().verify_password(password.expose().as_bytes(), &hash) {
+            Ok(()) => {
+                let mut tag = [0u8; 32];
+                tag.copy_from_slice(hmac::sign(&self.memo_key, &memo_input).as_ref());
+                verified
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.to_owned(), tag);
+                Ok(Some(Account {
+                    name: name.to_owned(),
+                }))
+            }
             Err(password_hash::Error::Password) => Ok(None),
             Err(e) => Err(AuthError::Hashing(e.to_string())),
         }

@@ -38,7 +38,8 @@ impl Session {
         drop(pw);
         let user = name.clone();
         // Password checks and key unwrapping block (argon2id, PAM, RSA):
-        // run them off the async runtime.
+        // run them off the async runtime, a bounded number at a time.
+        let permit = self.shared.logins.acquire().await;
         let outcome = tokio::task::spawn_blocking(move || {
             let Some(password) = password else {
                 return Ok(None);
@@ -55,6 +56,7 @@ impl Session {
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+        drop(permit);
 
         match outcome {
             Ok(Some((account, key))) => match self.shared.services.vault.for_user(key) {
