@@ -11,39 +11,28 @@
 //! (which a later `REST` + `STOR` can resume).
 
 mod path;
+mod transfer;
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, ErrorKind, SeekFrom};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use dropvault_format::{
-    plaintext_len, resume_point, AsyncDecryptingReader, AsyncEncryptingWriter, SEGMENT_LEN,
+    plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub use path::VPath;
+pub use transfer::{Download, Upload};
 
 use crate::keys::UserKey;
 
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
 const STAGING: &str = ".staging";
-/// I/O buffer between the sealing/opening streams and the file: each
-/// blocking read or write moves this much, not one 64 KiB segment, so a
-/// transfer costs a few thread hand-offs per MiB instead of sixteen.
-const FILE_BUF: usize = 1 << 20;
-
-/// A staging file as the encryptor writes it.
-type StagingFile = tokio::io::BufWriter<tokio::fs::File>;
-/// A stored file as the decryptor reads it.
-type StoredFile = tokio::io::BufReader<tokio::fs::File>;
-
 /// Staging files untouched for this long are removed when the vault opens.
 const STAGING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -301,28 +290,26 @@ impl UserVault {
         .await
     }
 
-    /// Opens file `p` for reading from plaintext offset `offset`.
+    /// Opens file `p` for reading from plaintext offset `offset`. The
+    /// header and length are checked now; segments as they are read.
     pub async fn download(&self, p: &VPath, offset: u64) -> Result<Download, VaultError> {
-        let (me, p2) = (self.clone(), p.clone());
-        let file = blocking(move || {
-            let real = me.real(&p2)?;
-            open_nofollow(&real, false).map_err(map_io)
+        let (me, p) = (self.clone(), p.clone());
+        let (reader, len) = blocking(move || {
+            let real = me.real(&p)?;
+            let file = open_nofollow(&real, false).map_err(map_io)?;
+            let mut reader = DecryptingReader::new(file, me.inner.key.data_key())?;
+            let len = reader.plaintext_len();
+            if offset > len {
+                return Err(VaultError::BadRestOffset {
+                    requested: offset,
+                    available: len,
+                });
+            }
+            reader.seek(SeekFrom::Start(offset))?;
+            Ok((reader, len))
         })
         .await?;
-        let mut reader = AsyncDecryptingReader::new(
-            StoredFile::with_capacity(FILE_BUF, tokio::fs::File::from_std(file)),
-            self.inner.key.data_key(),
-        )
-        .await?;
-        let len = reader.plaintext_len();
-        if offset > len {
-            return Err(VaultError::BadRestOffset {
-                requested: offset,
-                available: len,
-            });
-        }
-        reader.seek(SeekFrom::Start(offset)).await?;
-        Ok(Download { reader, len })
+        Ok(Download::start(reader, len))
     }
 
     /// Starts an upload to `p`. Data written to the returned [`Upload`] is
@@ -331,104 +318,84 @@ impl UserVault {
     /// when the client resumes exactly where it ends, otherwise re-encrypt
     /// the kept prefix of the committed file under a fresh salt.
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
-        let (me, p2) = (self.clone(), p.clone());
         let staging = self.staging_path(p);
-        let staging2 = staging.clone();
-        let (target, file) = blocking(move || {
-            let target = me.real(&p2)?;
-            if p2.is_root() {
-                return Err(VaultError::IsADirectory);
-            }
-            match fs::symlink_metadata(&target) {
-                Ok(m) if m.is_dir() => return Err(VaultError::IsADirectory),
-                Ok(m) if !m.is_file() => return Err(VaultError::PermissionDenied),
-                _ => {}
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&staging2)?;
-            // One upload per path at a time, across sessions and processes.
-            file.try_lock().map_err(|_| VaultError::Busy)?;
-            Ok((target, file))
-        })
-        .await?;
-        let key = self.inner.key.data_key();
-        let mut file = tokio::fs::File::from_std(file);
-        let staged_len = file.metadata().await?.len();
+        let (me, p) = (self.clone(), p.clone());
+        let (writer, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
+        Ok(Upload::start(writer, target))
+    }
 
+    /// The blocking part of [`UserVault::upload`]: lock the staging file and
+    /// decide where sealing starts.
+    fn open_upload(
+        &self,
+        p: &VPath,
+        mode: UploadMode,
+        staging: PathBuf,
+    ) -> Result<(EncryptingWriter<fs::File>, transfer::Target), VaultError> {
+        let target = self.real(p)?;
+        if p.is_root() {
+            return Err(VaultError::IsADirectory);
+        }
+        let committed = match fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => return Err(VaultError::IsADirectory),
+            Ok(m) if !m.is_file() => return Err(VaultError::PermissionDenied),
+            Ok(m) => Some(plaintext_len(m.len())?),
+            Err(_) => None,
+        };
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&staging)?;
+        // One upload per path at a time, across sessions and processes.
+        lock.try_lock().map_err(|_| VaultError::Busy)?;
+        let staged_len = lock.metadata()?.len();
+        let key = self.inner.key.data_key();
+        // The sealed prefix of an interrupted upload, if it can go on.
+        let resumable = || -> Option<EncryptingWriter<fs::File>> {
+            if staged_len == 0 {
+                return None;
+            }
+            EncryptingWriter::resume(lock.try_clone().ok()?, key).ok()
+        };
         let writer = match mode {
-            UploadMode::Resume(offset) if offset > 0 => {
-                if staged_len > 0 {
-                    let dup = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
-                    if let Ok(w) = AsyncEncryptingWriter::resume(dup, key).await {
-                        if w.plaintext_len() == offset {
-                            return Ok(Upload::new(w, file, staging, target, offset));
-                        }
-                    }
-                }
-                let committed = self
-                    .stat(p)
-                    .await
-                    .ok()
-                    .filter(|e| e.kind == EntryKind::File);
-                match committed {
-                    Some(e) if e.size >= offset => self.reseal_prefix(p, &mut file, offset).await?,
+            UploadMode::Resume(offset) if offset > 0 => match resumable() {
+                Some(w) if w.plaintext_len() == offset => w,
+                _ => match committed {
+                    Some(size) if size >= offset => reseal(&lock, &target, key, offset)?,
                     other => {
                         let staged = resume_point(staged_len)
                             .map(|(s, _)| s * SEGMENT_LEN as u64)
                             .unwrap_or(0);
                         return Err(VaultError::BadRestOffset {
                             requested: offset,
-                            available: other.map_or(staged, |e| e.size),
+                            available: other.unwrap_or(staged),
                         });
                     }
-                }
-            }
-            UploadMode::Append => match self.stat(p).await {
-                Ok(e) if e.kind == EntryKind::File => {
-                    self.reseal_prefix(p, &mut file, e.size).await?
-                }
+                },
+            },
+            UploadMode::Append => match committed {
+                Some(size) => reseal(&lock, &target, key, size)?,
                 // No committed file: append to what an interrupted upload
                 // left (the size SIZE reported), if it can be continued.
-                _ => {
-                    let dup = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
-                    match AsyncEncryptingWriter::resume(dup, key).await {
-                        Ok(w) if staged_len > 0 => {
-                            let start = w.plaintext_len();
-                            return Ok(Upload::new(w, file, staging, target, start));
-                        }
-                        _ => fresh(&mut file, key).await?,
-                    }
-                }
+                None => match resumable() {
+                    Some(w) => w,
+                    None => fresh(&lock, key)?,
+                },
             },
-            UploadMode::Replace | UploadMode::Resume(_) => fresh(&mut file, key).await?,
+            UploadMode::Replace | UploadMode::Resume(_) => fresh(&lock, key)?,
         };
-        let start = writer.plaintext_len();
-        Ok(Upload::new(writer, file, staging, target, start))
-    }
-
-    /// Starts a new staging file holding the first `len` plaintext bytes of
-    /// the committed file `p`, re-sealed under a fresh salt.
-    async fn reseal_prefix(
-        &self,
-        p: &VPath,
-        file: &mut tokio::fs::File,
-        len: u64,
-    ) -> Result<AsyncEncryptingWriter<StagingFile>, VaultError> {
-        let mut writer = fresh(file, self.inner.key.data_key()).await?;
-        let mut old = self.download(p, 0).await?;
-        let copied = tokio::io::copy(&mut (&mut old).take(len), &mut writer)
-            .await
-            .map_err(map_io)?;
-        if copied != len {
-            return Err(VaultError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        Ok(writer)
+        Ok((
+            writer,
+            transfer::Target {
+                lock,
+                staging,
+                target,
+            },
+        ))
     }
 
     /// Deletes file `p`.
@@ -516,14 +483,38 @@ impl UserVault {
 }
 
 /// Truncates the staging file and starts a new sealed file in it.
-async fn fresh(
-    file: &mut tokio::fs::File,
+fn fresh(
+    staging: &fs::File,
     key: &dropvault_format::DataKey,
-) -> Result<AsyncEncryptingWriter<StagingFile>, VaultError> {
-    file.set_len(0).await?;
-    file.seek(SeekFrom::Start(0)).await?;
-    let buffered = StagingFile::with_capacity(FILE_BUF, file.try_clone().await?);
-    Ok(AsyncEncryptingWriter::new(buffered, key)?)
+) -> Result<EncryptingWriter<fs::File>, VaultError> {
+    staging.set_len(0)?;
+    let mut file = staging.try_clone()?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(EncryptingWriter::new(file, key)?)
+}
+
+/// Starts a new staging file holding the first `len` plaintext bytes of the
+/// committed file at `target`, re-sealed under a fresh salt.
+fn reseal(
+    staging: &fs::File,
+    target: &Path,
+    key: &dropvault_format::DataKey,
+    len: u64,
+) -> Result<EncryptingWriter<fs::File>, VaultError> {
+    let mut writer = fresh(staging, key)?;
+    let mut old = DecryptingReader::new(open_nofollow(target, false).map_err(map_io)?, key)?;
+    let mut buf = vec![0u8; transfer::CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let n = old.read(&mut buf[..want]).map_err(map_io)?;
+        if n == 0 {
+            return Err(VaultError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        writer.write_all(&buf[..n]).map_err(map_io)?;
+        left -= n as u64;
+    }
+    Ok(writer)
 }
 
 fn entry(name: &str, meta: &fs::Metadata) -> Option<Entry> {
@@ -578,113 +569,4 @@ fn sync_parent(path: &Path) -> Result<(), VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-/// A file being read: plaintext out, decrypted segment by segment.
-#[derive(Debug)]
-pub struct Download {
-    reader: AsyncDecryptingReader<StoredFile>,
-    len: u64,
-}
-
-impl Download {
-    /// Plaintext length of the whole file.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the file is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl AsyncRead for Download {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().reader).poll_read(cx, buf)
-    }
-}
-
-/// An upload in progress: plaintext in, sealed into the staging file.
-/// Dropping it without [`Upload::commit`] leaves the sealed staging file for
-/// a later resume and never touches the final name.
-#[derive(Debug)]
-pub struct Upload {
-    writer: AsyncEncryptingWriter<StagingFile>,
-    /// Keeps the staging file's lock for the life of the upload.
-    file: tokio::fs::File,
-    staging: PathBuf,
-    target: PathBuf,
-    start: u64,
-}
-
-impl Upload {
-    fn new(
-        writer: AsyncEncryptingWriter<StagingFile>,
-        lock: tokio::fs::File,
-        staging: PathBuf,
-        target: PathBuf,
-        start: u64,
-    ) -> Self {
-        Self {
-            writer,
-            file: lock,
-            staging,
-            target,
-            start,
-        }
-    }
-
-    /// Plaintext offset the upload started at (non-zero when resumed or
-    /// appended).
-    pub fn start_offset(&self) -> u64 {
-        self.start
-    }
-
-    /// Plaintext bytes in the file so far.
-    pub fn plaintext_len(&self) -> u64 {
-        self.writer.plaintext_len()
-    }
-
-    /// Seals the final segment, syncs the staging file, and renames it under
-    /// its final name (syncing the folder). Returns the plaintext size.
-    pub async fn commit(mut self) -> Result<u64, VaultError> {
-        let len = self.writer.plaintext_len();
-        self.writer.shutdown().await.map_err(map_io)?;
-        self.file.sync_all().await?;
-        let (staging, target) = (self.staging.clone(), self.target.clone());
-        blocking(move || {
-            if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                return Err(VaultError::IsADirectory);
-            }
-            fs::rename(&staging, &target).map_err(map_io)?;
-            sync_parent(&target)
-        })
-        .await?;
-        Ok(len)
-    }
-}
-
-impl AsyncWrite for Upload {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().writer).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
-    }
-
-    /// Shutting an upload down only flushes sealed segments: committing is
-    /// explicit, so a client that disconnects never commits a short file.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
-    }
 }
