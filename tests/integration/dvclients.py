@@ -174,8 +174,11 @@ def ftp_plain(server, user: str = USER, password: str = PASSWORD, timeout: float
 
 
 def ftp_tls(server, reuse: bool = True, version: str | None = None, user: str = USER,
-            password: str = PASSWORD, timeout: float = 30) -> ftplib.FTP_TLS:
-    cls = ResumingFTP_TLS if reuse else ftplib.FTP_TLS
+            password: str = PASSWORD, timeout: float = 30, cls=None) -> ftplib.FTP_TLS:
+    """Logs in over explicit FTPS with PROT P. `cls` overrides the client
+    class (default: one that resumes the TLS session when `reuse`)."""
+    if cls is None:
+        cls = ResumingFTP_TLS if reuse else ftplib.FTP_TLS
     ftp = cls(context=tls_context(version), timeout=timeout)
     ftp.connect(server.host, server.port)
     ftp.auth()

@@ -28,12 +28,8 @@ class RecordingFTP_TLS(ResumingFTP_TLS):
 
 
 def recording_client(server, version):
-    ftp = RecordingFTP_TLS(context=tls_context(version), timeout=30)
+    ftp = ftp_tls(server, version=version, cls=RecordingFTP_TLS)
     ftp.reused = []
-    ftp.connect(server.host, server.port)
-    ftp.auth()
-    ftp.login(USER, PASSWORD)
-    ftp.prot_p()
     return ftp
 
 
