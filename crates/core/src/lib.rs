@@ -14,5 +14,6 @@
 //!   files to an atomic commit, random-access downloads.
 
 pub mod accounts;
+mod fsutil;
 pub mod keys;
 pub mod vault;

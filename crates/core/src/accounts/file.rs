@@ -490,9 +490,7 @@ fn write_replace(path: &Path, data: &[u8]) -> Result<(), AuthError> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AuthError::io(dir, e))
+    crate::fsutil::sync_dir(dir).map_err(|e| AuthError::io(dir, e))
 }
 
 #[cfg(test)]

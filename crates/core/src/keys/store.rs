@@ -150,7 +150,5 @@ pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), 
 
 /// Makes a folder's entries durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), KeyError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| KeyError::io(dir, e))
+    crate::fsutil::sync_dir(dir).map_err(|e| KeyError::io(dir, e))
 }

@@ -296,7 +296,7 @@ impl UserVault {
         let (me, p) = (self.clone(), p.clone());
         let (reader, len) = blocking(move || {
             let real = me.real(&p)?;
-            let file = open_nofollow(&real, false).map_err(map_io)?;
+            let file = open_nofollow(&real).map_err(map_io)?;
             let mut reader = DecryptingReader::new(file, me.inner.key.data_key())?;
             let len = reader.plaintext_len();
             if offset > len {
@@ -502,7 +502,7 @@ fn reseal(
     len: u64,
 ) -> Result<EncryptingWriter<fs::File>, VaultError> {
     let mut writer = fresh(staging, key)?;
-    let mut old = DecryptingReader::new(open_nofollow(target, false).map_err(map_io)?, key)?;
+    let mut old = DecryptingReader::new(open_nofollow(target).map_err(map_io)?, key)?;
     let mut buf = vec![0u8; transfer::CHUNK];
     let mut left = len;
     while left > 0 {
@@ -557,16 +557,15 @@ fn real_path(home: &Path, p: &VPath) -> Result<PathBuf, VaultError> {
     Ok(real)
 }
 
-fn open_nofollow(path: &Path, write: bool) -> io::Result<fs::File> {
+/// Opens a stored file for reading, refusing a symbolic link.
+fn open_nofollow(path: &Path) -> io::Result<fs::File> {
     OpenOptions::new()
         .read(true)
-        .write(write)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
 fn sync_parent(path: &Path) -> Result<(), VaultError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::File::open(dir)?.sync_all()?;
+    crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(())
 }
