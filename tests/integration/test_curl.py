@@ -54,6 +54,35 @@ def test_curl_implicit_ftps_roundtrips(server, payload_file, tmp_path):
     _roundtrips(server, payload_file, tmp_path, implicit=True)
 
 
+@pytest.mark.parametrize("tls_max", ["1.3", "1.2"])
+def test_curl_many_ftps_transfers_on_one_control_connection(server, payload_file, tmp_path,
+                                                             tls_max):
+    """curl --next keeps one control connection; with OpenSSL it offers
+    each TLS 1.3 ticket once, so every download must leave it a new one.
+    More transfers than the server keeps sessions for.
+
+    Over TLS 1.3 the upload runs on its own connection: curl 7.x then
+    offers no session at all on the next data connection, against any
+    server (curl issue 4654), so no server can accept it."""
+    src = payload_file(200_000 + SEGMENT)
+    url = ftp_url(server, "/many.bin")
+    opts = ["--ssl-reqd", "-k", "--tls-max", tls_max, *AUTH]
+    upload = [*opts, "-T", str(src), url]
+    args = [] if tls_max == "1.3" else [*upload, "--next"]
+    if tls_max == "1.3":
+        r = curl(*upload)
+        assert r.returncode == 0, r.stderr
+    outs = [tmp_path / f"many-{i}.bin" for i in range(12)]
+    for i, out in enumerate(outs):
+        args += [*(["--next"] if i else []), *opts, "-o", str(out), url]
+    r = curl(*args)
+    assert r.returncode == 0, r.stderr
+    for out in outs:
+        assert out.read_bytes() == src.read_bytes(), out
+    # One control connection for the downloads.
+    assert len(server.events("login", user=USER)) == (2 if tls_max == "1.3" else 1)
+
+
 def test_curl_explicit_ftps_large_upload_and_download(server, payload_file, tmp_path):
     src = payload_file(5 * 1024 * 1024)
     url = ftp_url(server, "/big.bin")

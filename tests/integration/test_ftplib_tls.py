@@ -166,6 +166,40 @@ def test_ftplib_tls_session_of_another_control_connection_is_refused(server):
 
 
 @pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_session_from_a_refused_data_handshake_is_not_resumable(server, version):
+    """A full handshake on the data port is refused; the session it created
+    must not let a second connection in as a "resumption"."""
+    data = payload(10_000)
+    upload_plain(server, "a.bin", data)
+    ftp = ftp_tls(server, version=version)
+    ftp.voidcmd("TYPE I")
+    stranger = tls_context(version)
+    sessions = []
+    for attempt in range(2):
+        port = epsv_port(ftp.sendcmd("EPSV"))
+        s = socket.create_connection((server.host, port), timeout=30)
+        assert ftp.sendcmd("RETR a.bin").startswith("150")
+        got = b""
+        conn = None
+        try:
+            conn = stranger.wrap_socket(s, server_hostname=server.host,
+                                        session=sessions[-1] if sessions else None)
+            while chunk := conn.recv(65536):
+                got += chunk
+        except (ssl.SSLError, OSError):
+            pass
+        if conn is not None and conn.session is not None:
+            sessions.append(conn.session)
+        assert got == b"", f"attempt {attempt}: data flowed"
+        with pytest.raises(ftplib.error_perm, match="^522"):
+            ftp.voidresp()
+    assert sessions, "the stranger got no session to offer"
+    # The real client still transfers.
+    assert retr(ftp, "a.bin") == data
+    ftp.quit()
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
 def test_ftplib_tls_session_reuse_optional(dropvault, version):
     server = dropvault(ftp_tls_session_reuse="optional")
     data = payload(2 * SEGMENT + 1)

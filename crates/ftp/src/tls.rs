@@ -26,9 +26,11 @@ use rustls::server::{ServerConfig, StoresServerSessions};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Sessions one control connection's store keeps (its own, plus those of
-/// data connections that did not resume).
-const SESSIONS_PER_CONTROL: usize = 8;
+/// Sessions a control connection keeps of its own handshake.
+const CONTROL_SESSIONS: usize = 4;
+/// Sessions a control connection keeps from its data connections' handshakes
+/// (the newest; older ones are forgotten).
+const DATA_SESSIONS: usize = 8;
 /// TLS 1.3 tickets sent on a control connection.
 const CONTROL_TICKETS: usize = 2;
 
@@ -139,64 +141,151 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsSetupError> 
 /// connections, sharing a session store no other connection sees.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionTls {
-    pub(crate) control: Arc<ServerConfig>,
-    pub(crate) data: Arc<ServerConfig>,
+    control: Arc<ServerConfig>,
+    /// The server's configuration; each data connection gets a copy.
+    base: Arc<ServerConfig>,
+    store: Arc<SessionStore>,
 }
 
 impl SessionTls {
-    pub(crate) fn new(base: &ServerConfig) -> Self {
+    pub(crate) fn new(base: &Arc<ServerConfig>) -> Self {
         let store = Arc::new(SessionStore::default());
-        let mut control = base.clone();
-        control.session_storage = store.clone();
+        let mut control = ServerConfig::clone(base);
+        control.session_storage = Arc::new(ControlStore(store.clone()));
         control.send_tls13_tickets = CONTROL_TICKETS;
-        let mut data = base.clone();
-        data.session_storage = store;
-        // Clients resume the control connection's session, never a data
-        // connection's: no tickets needed there.
-        data.send_tls13_tickets = 0;
         Self {
             control: Arc::new(control),
-            data: Arc::new(data),
+            base: base.clone(),
+            store,
         }
+    }
+
+    /// The control connection's configuration.
+    pub(crate) fn control(&self) -> Arc<ServerConfig> {
+        self.control.clone()
+    }
+
+    /// A configuration for one data connection. Sessions its handshake
+    /// creates are held back until [`DataSessions::handshake_resumed`] says
+    /// the handshake resumed one of this control connection's sessions: a
+    /// stranger's full handshake must not leave a session a second
+    /// connection could resume.
+    ///
+    /// `sends` says whether the server sends on this connection (a
+    /// download or listing). Only then does it carry a TLS 1.3 ticket: a
+    /// client that only writes never reads it, and closing a socket with
+    /// unread data sends a reset that can destroy the client's last bytes
+    /// and close_notify before the server reads them.
+    pub(crate) fn data(&self, sends: bool) -> (Arc<ServerConfig>, Arc<DataSessions>) {
+        let sessions = Arc::new(DataSessions {
+            shared: self.store.clone(),
+            pending: Mutex::new(Vec::new()),
+        });
+        let mut config = ServerConfig::clone(&self.base);
+        config.session_storage = sessions.clone();
+        // A fresh ticket per resumed download, for clients that use each
+        // TLS 1.3 ticket only once (curl with OpenSSL does).
+        config.send_tls13_tickets = usize::from(sends);
+        (Arc::new(config), sessions)
     }
 }
 
-/// One control connection's sessions. Bounded: once full, new sessions are
-/// not stored (the first ones stored are the control connection's own).
-/// `take` leaves the entry in place so a TLS 1.3 ticket can be resumed by
-/// every data connection.
-#[derive(Debug, Default)]
-struct SessionStore {
-    entries: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+type Entry = (Vec<u8>, Vec<u8>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl StoresServerSessions for SessionStore {
+/// One control connection's sessions: those of the control connection
+/// itself (kept; there are at most a few) and those issued on data
+/// connections that resumed (the newest [`DATA_SESSIONS`] kept). Lookups
+/// leave entries in place, so a TLS 1.3 ticket can be resumed by every data
+/// connection.
+#[derive(Debug, Default)]
+struct SessionStore {
+    control: Mutex<Vec<Entry>>,
+    data: Mutex<std::collections::VecDeque<Entry>>,
+}
+
+impl SessionStore {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some((_, v)) = lock(&self.control).iter().find(|(k, _)| k == key) {
+            return Some(v.clone());
+        }
+        lock(&self.data)
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn put_bounded(entries: &mut Vec<Entry>, key: Vec<u8>, value: Vec<u8>, max: usize) -> bool {
+    if let Some(slot) = entries.iter_mut().find(|(k, _)| *k == key) {
+        slot.1 = value;
+        return true;
+    }
+    if entries.len() >= max {
+        return false;
+    }
+    entries.push((key, value));
+    true
+}
+
+/// The control connection's view of its store.
+#[derive(Debug)]
+struct ControlStore(Arc<SessionStore>);
+
+impl StoresServerSessions for ControlStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let mut e = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(slot) = e.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = value;
-            return true;
-        }
-        if e.len() >= SESSIONS_PER_CONTROL {
-            return false;
-        }
-        e.push((key, value));
-        true
+        put_bounded(&mut lock(&self.0.control), key, value, CONTROL_SESSIONS)
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let e = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        e.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0.get(key)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.get(key)
+        self.0.get(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// One data connection's view of its control connection's store.
+#[derive(Debug)]
+pub(crate) struct DataSessions {
+    shared: Arc<SessionStore>,
+    pending: Mutex<Vec<Entry>>,
+}
+
+impl DataSessions {
+    /// Called once the handshake is done and known to be a resumption:
+    /// the sessions it issued join the control connection's store.
+    pub(crate) fn handshake_resumed(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let mut data = lock(&self.shared.data);
+        for entry in pending {
+            if data.len() >= DATA_SESSIONS {
+                data.pop_front();
+            }
+            data.push_back(entry);
+        }
+    }
+}
+
+impl StoresServerSessions for DataSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        put_bounded(&mut lock(&self.pending), key, value, CONTROL_SESSIONS)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.get(key)
     }
 
     fn can_cache(&self) -> bool {

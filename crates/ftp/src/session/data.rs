@@ -41,8 +41,9 @@ pub(crate) enum DataError {
 
 /// TLS requirements for one data connection.
 pub(crate) struct DataTls {
-    /// The data-connection configuration of this control connection.
-    pub(crate) config: Arc<rustls::ServerConfig>,
+    /// A data-connection configuration of this control connection, and its
+    /// view of the control connection's sessions.
+    pub(crate) config: (Arc<rustls::ServerConfig>, Arc<crate::tls::DataSessions>),
     /// Whether the handshake must resume the control connection's session.
     pub(crate) require_resumption: bool,
 }
@@ -98,7 +99,8 @@ pub(crate) async fn open(
     let Some(tls) = tls else {
         return Ok(Stream::Plain(tcp));
     };
-    let acceptor = TlsAcceptor::from(tls.config);
+    let (config, sessions) = tls.config;
+    let acceptor = TlsAcceptor::from(config);
     let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| DataError::Timeout)?
@@ -106,7 +108,9 @@ pub(crate) async fn open(
     // The data configuration shares its session store with the control
     // connection only, so a resumption here is a resumption of its session.
     let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    if tls.require_resumption && !resumed {
+    if resumed {
+        sessions.handshake_resumed();
+    } else if tls.require_resumption {
         return Err(DataError::NoSessionReuse);
     }
     Ok(Stream::Tls(Box::new(stream)))

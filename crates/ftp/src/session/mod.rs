@@ -336,7 +336,7 @@ impl Session {
             return Err(std::io::Error::other("control connection is already TLS"));
         };
         let session_tls = crate::tls::SessionTls::new(&base);
-        let handshake = TlsAcceptor::from(session_tls.control.clone()).accept(tcp);
+        let handshake = TlsAcceptor::from(session_tls.control()).accept(tcp);
         let tls = tokio::time::timeout(self.shared.config.data_timeout, handshake)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;

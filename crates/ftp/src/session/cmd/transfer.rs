@@ -129,7 +129,7 @@ impl Session {
         let plan = std::mem::take(&mut self.data);
         let tls = match (&self.tls, self.prot_private) {
             (Some(session_tls), true) => Some(DataTls {
-                config: session_tls.data.clone(),
+                config: session_tls.data(!matches!(job, Job::Store(..))),
                 require_resumption: self.shared.config.tls_session_reuse_required,
             }),
             _ => None,
