@@ -337,3 +337,92 @@ async fn a_tampered_file_fails_to_download() {
         .expect_err("segment 1 is damaged");
     assert!(dropvault_format::Error::from_io(&err).is_some(), "{err}");
 }
+
+#[tokio::test]
+async fn large_downloads_read_in_parallel_come_back_exact_from_any_offset() {
+    let f = fixture();
+    // More than the size from which two workers open chunks in turn.
+    let data = content(20 * 1024 * 1024 + 12_345);
+    put(&f.user, "/big", &data).await;
+    let mib = 1024 * 1024;
+    for offset in [
+        0,
+        1,
+        65_535,
+        65_536,
+        mib - 1,
+        mib + 5,
+        9 * mib + 77,
+        data.len() - 3,
+    ] {
+        let back = get(&f.user, "/big", offset as u64).await;
+        assert!(back == data[offset..], "offset {offset}");
+    }
+    // Chunk by chunk, as the FTP server sends it.
+    let mut d = f.user.download(&p("/big"), 3).await.expect("download");
+    let mut back = Vec::new();
+    while let Some(chunk) = d.next_chunk().await.expect("chunk") {
+        back.extend_from_slice(&chunk);
+        d.recycle(chunk);
+    }
+    assert!(back == data[3..]);
+}
+
+#[tokio::test]
+async fn a_damaged_segment_in_a_parallel_download_stops_it_after_the_good_data() {
+    let f = fixture();
+    let data = content(12 * 1024 * 1024);
+    put(&f.user, "/big", &data).await;
+    let path = f.vault.root().join("alice/big");
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Segment 21: inside the second 1 MiB chunk, which the second worker opens.
+    bytes[96 + 21 * 65_552 + 100] ^= 1;
+    std::fs::write(&path, bytes).expect("write");
+    let mut d = f
+        .user
+        .download(&p("/big"), 0)
+        .await
+        .expect("header is fine");
+    let mut back = Vec::new();
+    let err = loop {
+        match d.next_chunk().await {
+            Ok(Some(chunk)) => back.extend_from_slice(&chunk),
+            Ok(None) => panic!("the damaged segment was not reported"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        back.len(),
+        21 * 65_536,
+        "every good segment before the bad one"
+    );
+    assert!(back == data[..back.len()]);
+    assert!(matches!(
+        dropvault_format::Error::from_io(&err),
+        Some(dropvault_format::Error::SegmentAuth { index: 21 })
+    ));
+}
+
+#[tokio::test]
+async fn a_file_cut_to_the_length_of_an_empty_one_fails_to_download() {
+    let f = fixture();
+    put(&f.user, "/c", &content(100_000)).await;
+    let path = f.vault.root().join("alice/c");
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..96 + 16]).expect("write");
+    let err = f
+        .user
+        .download(&p("/c"), 0)
+        .await
+        .expect_err("an empty file's segment must authenticate");
+    assert!(
+        matches!(
+            err,
+            VaultError::Format(dropvault_format::Error::SegmentAuth { index: 0 })
+        ),
+        "{err:?}"
+    );
+    // A genuinely empty file still downloads.
+    put(&f.user, "/e", b"").await;
+    assert!(get(&f.user, "/e", 0).await.is_empty());
+}

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::error::{Error, Result};
-use crate::header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN};
+use crate::header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN, TAG_LEN};
 use crate::keys::{DataKey, SALT_LEN};
 use crate::stream::{resume_point, Decryptor, Encryptor, Segment};
 
@@ -112,6 +112,9 @@ impl<W: Write> Write for EncryptingWriter<W> {
     }
 }
 
+/// Segments a large read fetches from the underlying reader at once.
+const BATCH: usize = 16;
+
 /// Reads the plaintext of a sealed file, with random access: a seek costs
 /// nothing, and the next read decrypts only the segment it lands in.
 #[derive(Debug)]
@@ -122,7 +125,8 @@ pub struct DecryptingReader<R> {
     pos: u64,
     /// Position of `inner`, to skip needless seeks when reading in order.
     inner_pos: u64,
-    sealed: Box<[u8]>,
+    /// Sealed bytes read, one segment or (for large reads) up to [`BATCH`].
+    sealed: Vec<u8>,
     plain: Box<[u8]>,
     /// Index of the segment held in `plain`, and its length.
     cached: Option<(u64, usize)>,
@@ -130,7 +134,8 @@ pub struct DecryptingReader<R> {
 
 impl<R: Read + Seek> DecryptingReader<R> {
     /// Opens a sealed file: reads its length and header, checks the key, the
-    /// header tag and the length. Segments are checked as they are read.
+    /// header tag and the length. Segments are checked as they are read
+    /// (the one segment of an empty file, now).
     pub fn new(mut inner: R, dek: &DataKey) -> Result<Self> {
         let len = inner.seek(SeekFrom::End(0))?;
         inner.seek(SeekFrom::Start(0))?;
@@ -138,12 +143,17 @@ impl<R: Read + Seek> DecryptingReader<R> {
         let avail = usize::try_from(len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
         inner.read_exact(&mut header[..avail])?;
         let dec = Decryptor::new(dek, &header[..avail], len)?;
+        if dec.layout().plaintext_len() == 0 {
+            let mut tag = [0u8; TAG_LEN];
+            inner.read_exact(&mut tag)?;
+            dec.check_if_empty(&tag)?;
+        }
         Ok(Self {
             inner,
             dec,
             pos: 0,
-            inner_pos: avail as u64,
-            sealed: vec![0u8; SEALED_SEGMENT_LEN].into_boxed_slice(),
+            inner_pos: u64::MAX,
+            sealed: vec![0u8; SEALED_SEGMENT_LEN],
             plain: vec![0u8; SEGMENT_LEN].into_boxed_slice(),
             cached: None,
         })
@@ -171,6 +181,50 @@ impl<R: Read + Seek> DecryptingReader<R> {
         Ok(())
     }
 
+    /// Reads the whole segments from `first` on that fit in `out` (at most
+    /// [`BATCH`]) with one read, and opens them into `out`; returns the
+    /// plaintext bytes produced.
+    fn read_whole(&mut self, first: Segment, out: &mut [u8]) -> Result<usize> {
+        let mut segs = [first; BATCH];
+        let mut count = 1;
+        let mut plain = first.plaintext_len;
+        let mut sealed_len = first.ciphertext_len;
+        while count < BATCH && !segs[count - 1].last {
+            let Some(next) = self.dec.layout().segment(first.index + count as u64) else {
+                break;
+            };
+            if out.len() - plain < next.plaintext_len {
+                break;
+            }
+            segs[count] = next;
+            plain += next.plaintext_len;
+            sealed_len += next.ciphertext_len;
+            count += 1;
+        }
+        if self.sealed.len() < sealed_len {
+            self.sealed.resize(sealed_len, 0);
+        }
+        if self.inner_pos != first.ciphertext_offset {
+            self.inner.seek(SeekFrom::Start(first.ciphertext_offset))?;
+        }
+        self.inner_pos = u64::MAX;
+        self.inner.read_exact(&mut self.sealed[..sealed_len])?;
+        self.inner_pos = first.ciphertext_offset + sealed_len as u64;
+        let (mut at, mut done) = (0, 0);
+        for seg in &segs[..count] {
+            let sealed = &self.sealed[at..at + seg.ciphertext_len];
+            match self.dec.open(seg, sealed, &mut out[done..]) {
+                Ok(n) => done += n,
+                // Hand out the good segments first; the next read starts
+                // at the bad one and reports it.
+                Err(_) if done > 0 => break,
+                Err(e) => return Err(e),
+            }
+            at += seg.ciphertext_len;
+        }
+        Ok(done)
+    }
+
     /// Reads as much as fits into `out`, segment by segment.
     fn read_some(&mut self, out: &mut [u8], done: &mut usize) -> Result<()> {
         while *done < out.len() {
@@ -187,10 +241,10 @@ impl<R: Read + Seek> DecryptingReader<R> {
                     n
                 }
                 _ if skip == 0 && room.len() >= seg.plaintext_len => {
-                    // Whole segment wanted: decrypt straight into the caller's buffer.
-                    self.read_sealed(&seg)?;
-                    let sealed = &self.sealed[..seg.ciphertext_len];
-                    self.dec.open(&seg, sealed, room)?
+                    // Whole segments wanted: read as many as fit (up to
+                    // BATCH) in one call and decrypt them straight into the
+                    // caller's buffer.
+                    self.read_whole(seg, room)?
                 }
                 _ => {
                     self.read_sealed(&seg)?;

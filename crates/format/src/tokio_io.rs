@@ -13,7 +13,7 @@ use tokio::io::{
 
 use crate::blocking::seek_target;
 use crate::error::{Error, Result};
-use crate::header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN};
+use crate::header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN, TAG_LEN};
 use crate::keys::DataKey;
 use crate::stream::{resume_point, Decryptor, Encryptor, Segment};
 
@@ -147,11 +147,16 @@ impl<R: AsyncRead + AsyncSeek + Unpin> AsyncDecryptingReader<R> {
         let avail = usize::try_from(len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
         inner.read_exact(&mut header[..avail]).await?;
         let dec = Decryptor::new(dek, &header[..avail], len)?;
+        if dec.layout().plaintext_len() == 0 {
+            let mut tag = [0u8; TAG_LEN];
+            inner.read_exact(&mut tag).await?;
+            dec.check_if_empty(&tag)?;
+        }
         Ok(Self {
             inner,
             dec,
             pos: 0,
-            inner_pos: avail as u64,
+            inner_pos: u64::MAX,
             state: IoState::Idle,
             sealed: vec![0u8; SEALED_SEGMENT_LEN].into_boxed_slice(),
             plain: vec![0u8; SEGMENT_LEN].into_boxed_slice(),

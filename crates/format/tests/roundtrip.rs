@@ -165,6 +165,38 @@ async fn round_trip_tokio_with_seeks() {
     }
 }
 
+#[test]
+fn blocking_reader_hands_out_good_segments_before_the_error() {
+    let dek = key(6);
+    // More segments than one batched read fetches, and a short last one.
+    let plain = pattern(40 * SEGMENT_LEN + 123);
+    let mut sealed = seal_to_vec(&plain, &dek).expect("seal");
+    let bad = 21u64;
+    let at = dropvault_format::HEADER_LEN + (bad as usize) * (SEGMENT_LEN + 16) + 5;
+    sealed[at] ^= 1;
+    let mut r = DecryptingReader::new(Cursor::new(sealed), &dek).expect("header ok");
+    // A buffer of many segments plus a part of one.
+    let mut buf = vec![0u8; 19 * SEGMENT_LEN + 999];
+    let mut got = Vec::new();
+    let err = loop {
+        match r.read(&mut buf) {
+            Ok(0) => panic!("the damaged segment was not reported"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        got.len() as u64,
+        bad * SEGMENT_LEN as u64,
+        "every good segment first"
+    );
+    assert!(got == plain[..got.len()]);
+    assert!(matches!(
+        dropvault_format::Error::from_io(&err),
+        Some(dropvault_format::Error::SegmentAuth { index }) if *index == bad
+    ));
+}
+
 #[tokio::test]
 async fn async_reader_hands_out_good_segments_before_the_error() {
     use tokio::io::AsyncReadExt;

@@ -225,6 +225,22 @@ fn definitions() -> Vec<Vector> {
             expect: "TrailingData",
         },
         Vector {
+            name: "empty-flip-tag",
+            comment: "empty file, bit 0 of its final segment's tag flipped",
+            plaintext_len: 0,
+            reader_key: KEY_BYTE,
+            bytes: flip(base(0), HEADER_LEN, 0x01),
+            expect: "SegmentAuth",
+        },
+        Vector {
+            name: "cut-to-empty-length",
+            comment: "cut to the length of an empty file (header and 16 bytes of segment 0)",
+            plaintext_len: three,
+            reader_key: KEY_BYTE,
+            bytes: t[..HEADER_LEN + 16].to_vec(),
+            expect: "SegmentAuth",
+        },
+        Vector {
             name: "wrong-key",
             comment: "read with a data key of all 0x43 bytes",
             plaintext_len: three,

@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use dropvault_format::{
-    plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
+    plaintext_len, resume_point, DecryptingReader, Decryptor, EncryptingWriter, HEADER_LEN,
+    SEGMENT_LEN, TAG_LEN,
 };
 
 pub use path::VPath;
@@ -294,22 +295,28 @@ impl UserVault {
     /// header and length are checked now; segments as they are read.
     pub async fn download(&self, p: &VPath, offset: u64) -> Result<Download, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let (reader, len) = blocking(move || {
+        let (file, dec) = blocking(move || {
             let real = me.real(&p)?;
             let file = open_nofollow(&real).map_err(map_io)?;
-            let mut reader = DecryptingReader::new(file, me.inner.key.data_key())?;
-            let len = reader.plaintext_len();
+            let (header, stored) = read_header(&file)?;
+            let dec = Decryptor::new(me.inner.key.data_key(), &header, stored)?;
+            let len = dec.layout().plaintext_len();
+            if len == 0 {
+                use std::os::unix::fs::FileExt;
+                let mut tag = [0u8; TAG_LEN];
+                file.read_exact_at(&mut tag, HEADER_LEN as u64)?;
+                dec.check_if_empty(&tag)?;
+            }
             if offset > len {
                 return Err(VaultError::BadRestOffset {
                     requested: offset,
                     available: len,
                 });
             }
-            reader.seek(SeekFrom::Start(offset))?;
-            Ok((reader, len))
+            Ok((file, dec))
         })
         .await?;
-        Ok(Download::start(reader, len))
+        Ok(Download::start(file, dec, offset))
     }
 
     /// Starts an upload to `p`. Data written to the returned [`Upload`] is
@@ -491,6 +498,16 @@ fn fresh(
     let mut file = staging.try_clone()?;
     file.seek(SeekFrom::Start(0))?;
     Ok(EncryptingWriter::new(file, key)?)
+}
+
+/// The header of a sealed file (all of it if shorter) and the file's
+/// length.
+fn read_header(file: &fs::File) -> Result<(Vec<u8>, u64), VaultError> {
+    use std::os::unix::fs::FileExt;
+    let stored = file.metadata()?.len();
+    let mut header = vec![0u8; usize::try_from(stored.min(HEADER_LEN as u64)).unwrap_or(0)];
+    file.read_exact_at(&mut header, 0)?;
+    Ok((header, stored))
 }
 
 /// Starts a new staging file holding the first `len` plaintext bytes of the
