@@ -5,17 +5,13 @@
 use std::time::Instant;
 
 use dropvault_core::vault::{Download, Upload, UploadMode, VPath};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::config::TlsMode;
 use crate::proto::{parse_command, Command, Reply};
 use crate::session::data::{self, DataPlan, DataTls};
 use crate::session::errors::{data_reply, transfer_reply, vault_reply};
 use crate::session::{Flow, Input, Session};
-
-/// Copy buffer for data transfers: big enough that each read feeds the
-/// encryptor several whole segments and each write fills TLS records.
-const TRANSFER_BUF: usize = 256 * 1024;
 
 /// Which upload verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +144,6 @@ impl Session {
             let mut stream = data::open(plan, peer_ip, timeout, tls)
                 .await
                 .map_err(|e| data_reply(&e))?;
-            let mut buf = vec![0u8; TRANSFER_BUF];
             match job {
                 Job::Send(bytes) => {
                     stream
@@ -160,19 +155,17 @@ impl Session {
                 }
                 Job::Retr(mut download, path) => {
                     let mut sent = 0u64;
-                    loop {
-                        let n = download
-                            .read(&mut buf)
-                            .await
-                            .map_err(|e| transfer_reply(&e))?;
-                        if n == 0 {
-                            break;
-                        }
+                    while let Some(chunk) = download
+                        .next_chunk()
+                        .await
+                        .map_err(|e| transfer_reply(&e))?
+                    {
                         stream
-                            .write_all(&buf[..n])
+                            .write_all(&chunk)
                             .await
                             .map_err(|e| transfer_reply(&e))?;
-                        sent += n as u64;
+                        sent += chunk.len() as u64;
+                        download.recycle(chunk);
                     }
                     stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
                     Ok((Done::Sent(sent), Some(path)))
@@ -183,17 +176,13 @@ impl Session {
                         // A TLS data connection that ends without
                         // close_notify reads as an error here, so a
                         // truncated upload is never committed.
-                        let n = stream
-                            .read(&mut buf)
+                        let n = upload
+                            .read_from(&mut stream)
                             .await
                             .map_err(|e| transfer_reply(&e))?;
                         if n == 0 {
                             break;
                         }
-                        upload
-                            .write_all(&buf[..n])
-                            .await
-                            .map_err(|e| transfer_reply(&e))?;
                         received += n as u64;
                     }
                     // Answer the client's close_notify with ours (ftplib's
