@@ -122,7 +122,9 @@ impl LineBuffer {
             }
             self.line.push(byte);
         }
-        self.input.clear();
+        // Free the input rather than keep its capacity: an idle session
+        // should hold no buffer.
+        self.input = Vec::new();
         self.pos = 0;
         LineEvent::NeedMore
     }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dropvault_core::vault::{UserVault, VPath};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -112,14 +112,14 @@ pub(crate) async fn run(
     };
     tracing::debug!(event = "connect", %peer, implicit);
     if implicit {
-        if let Err(e) = s.upgrade_tls().await {
+        if let Err(e) = Box::pin(s.upgrade_tls()).await {
             tracing::info!(event = "tls_failed", %peer, error = %e);
             return;
         }
         s.pbsz = true;
         s.prot_private = true;
     }
-    if s.reply(Reply::service_ready("dropvault ready."))
+    if Box::pin(s.reply(Reply::service_ready("dropvault ready.")))
         .await
         .is_err()
     {
@@ -130,12 +130,12 @@ pub(crate) async fn run(
     loop {
         let line = tokio::select! {
             () = stopped(&mut shutdown) => {
-                let _ = s.reply(Reply::closing("Server shutting down.")).await;
+                let _ = Box::pin(s.reply(Reply::closing("Server shutting down."))).await;
                 break;
             }
             r = tokio::time::timeout(idle, s.next_line()) => match r {
                 Err(_) => {
-                    let _ = s.reply(Reply::closing("Idle timeout; closing.")).await;
+                    let _ = Box::pin(s.reply(Reply::closing("Idle timeout; closing."))).await;
                     tracing::info!(event = "idle_timeout", %peer);
                     break;
                 }
@@ -143,7 +143,9 @@ pub(crate) async fn run(
                 Ok(Ok(None)) | Ok(Err(_)) => break,
             }
         };
-        match s.handle(line).await {
+        // Boxed: a command's future (a transfer's is large) is then not
+        // part of the session's own, which an idle session keeps allocated.
+        match Box::pin(s.handle(line)).await {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) | Err(_) => break,
         }
@@ -168,7 +170,6 @@ impl Session {
     /// Cancel-safe: bytes are moved into the line buffer only after a read
     /// completes.
     async fn next_line(&mut self) -> std::io::Result<Option<Input>> {
-        let mut buf = [0u8; CONTROL_READ];
         loop {
             match self.lines.next_line() {
                 LineEvent::Line(l) => return Ok(Some(Input::Line(l))),
@@ -180,17 +181,39 @@ impl Session {
             // the socket for drained and never wake up for the rest of the
             // line. With part of a line waiting, look for the rest directly.
             if self.lines.has_buffered() {
+                let mut buf = [0u8; CONTROL_READ];
                 if let Some(n) = self.control.read_now(&mut buf) {
                     self.lines.push(&buf[..n]);
                     continue;
                 }
             }
-            let n = self.control.read(&mut buf).await?;
-            if n == 0 {
+            if self.read_control().await? == 0 {
                 return Ok(None);
             }
-            self.lines.push(&buf[..n]);
         }
+    }
+
+    /// Reads once from the control connection into the line buffer. The
+    /// read buffer lives on the stack for one poll only, so a session
+    /// waiting for its next command holds no buffer at all (a pending read
+    /// consumes nothing).
+    async fn read_control(&mut self) -> std::io::Result<usize> {
+        use std::task::Poll;
+        use tokio::io::{AsyncRead, ReadBuf};
+        std::future::poll_fn(|cx| {
+            let mut buf = [0u8; CONTROL_READ];
+            let mut rb = ReadBuf::new(&mut buf);
+            match std::pin::Pin::new(&mut self.control).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    self.lines.push(rb.filled());
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Sends a reply. A client that stops reading cannot hold the session:
