@@ -163,8 +163,14 @@ fn serve(config: Config) -> Result<(), AnyError> {
         vault,
         tls,
     };
+    // Every transfer holds a blocking thread (a large download two) for
+    // its file I/O and cipher work; the rest of the pool serves logins,
+    // listings and the like, so transfers at the session limit never queue
+    // them. Threads only exist while used.
+    let blocking_threads = config.ftp.max_sessions.saturating_mul(2).saturating_add(64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking_threads.max(512))
         .build()?;
     runtime.block_on(async move {
         // Signal handlers go in before anyone can learn the server is up,
