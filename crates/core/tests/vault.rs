@@ -426,3 +426,34 @@ async fn a_file_cut_to_the_length_of_an_empty_one_fails_to_download() {
     put(&f.user, "/e", b"").await;
     assert!(get(&f.user, "/e", 0).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_large_upload_dropped_midway_keeps_its_sealed_prefix_and_resumes() {
+    // Large enough that sealed data goes to the staging file through the
+    // separate writer thread, in several batches.
+    let f = fixture();
+    let data = content(7 * 1024 * 1024 + 4321);
+    let cut = 5 * 1024 * 1024 + 777;
+    {
+        let mut up = f
+            .user
+            .upload(&p("/large"), UploadMode::Replace)
+            .await
+            .expect("upload");
+        up.write_all(&data[..cut]).await.expect("write");
+        up.flush().await.expect("flush");
+    }
+    // Everything flushed is in the staging file: whole segments up to the cut.
+    let at = f.user.size(&p("/large")).await.expect("resume point");
+    assert_eq!(at, (cut as u64 / 65_536) * 65_536);
+    let mut up = upload_when_free(&f.user, "/large", UploadMode::Resume(at))
+        .await
+        .expect("resume");
+    up.write_all(&data[at as usize..]).await.expect("write");
+    assert_eq!(up.commit().await.expect("commit"), data.len() as u64);
+    assert!(get(&f.user, "/large", 0).await == data);
+    // And a plain large upload, replaced by a smaller one.
+    put(&f.user, "/large", &data[..3 * 1024 * 1024]).await;
+    assert!(get(&f.user, "/large", 0).await == data[..3 * 1024 * 1024]);
+    assert_no_plaintext(f.dir.path());
+}
