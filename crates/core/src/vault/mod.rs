@@ -27,7 +27,7 @@ use dropvault_format::{
 };
 
 pub use path::VPath;
-pub use transfer::{Download, Upload};
+pub use transfer::{Download, Upload, UploadExited};
 
 use crate::keys::UserKey;
 

@@ -266,6 +266,8 @@ pub struct Upload {
     chunk: Vec<u8>,
     /// A flush the worker has yet to confirm.
     flushing: Option<oneshot::Receiver<io::Result<()>>>,
+    /// Closed when the worker has let go of the staging file.
+    exited: Option<oneshot::Receiver<()>>,
     start: u64,
     len: u64,
 }
@@ -276,6 +278,20 @@ impl std::fmt::Debug for Upload {
             .field("start", &self.start)
             .field("len", &self.len)
             .finish_non_exhaustive()
+    }
+}
+
+/// See [`Upload::exit_signal`].
+#[derive(Debug)]
+pub struct UploadExited(Option<oneshot::Receiver<()>>);
+
+impl UploadExited {
+    /// Waits until the upload's worker has let go of the staging file.
+    pub async fn wait(self) {
+        if let Some(rx) = self.0 {
+            // The sender is only ever dropped, never used.
+            let _ = rx.await;
+        }
     }
 }
 
@@ -293,12 +309,19 @@ impl Upload {
         let start = writer.plaintext_len();
         let (tx, rx) = mpsc::channel(AHEAD);
         let (recycle, spare) = std_mpsc::channel();
-        tokio::task::spawn_blocking(move || write_worker(writer, &target, rx, &recycle));
+        let (exited_tx, exited) = oneshot::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            write_worker(writer, &target, rx, &recycle);
+            // The staging lock goes first, then the news that it went.
+            drop(target);
+            drop(exited_tx);
+        });
         Self {
             tx: PollSender::new(tx),
             spare,
             chunk: Vec::new(),
             flushing: None,
+            exited: Some(exited),
             start,
             len: start,
         }
@@ -313,6 +336,14 @@ impl Upload {
     /// Plaintext bytes in the file so far.
     pub fn plaintext_len(&self) -> u64 {
         self.len
+    }
+
+    /// A handle that completes once this upload's worker is gone: after a
+    /// commit, or after a dropped upload has written out what it sealed and
+    /// let go of the staging file. Take it before handing the upload to
+    /// code that may drop it.
+    pub fn exit_signal(&mut self) -> UploadExited {
+        UploadExited(self.exited.take())
     }
 
     fn closed() -> io::Error {

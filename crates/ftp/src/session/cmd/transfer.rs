@@ -20,6 +20,16 @@ pub(crate) enum Store {
     Appe,
 }
 
+/// How watching a transfer ended.
+enum Watched<T> {
+    /// The transfer finished (or failed) by itself.
+    Done(T),
+    /// The client sent ABOR.
+    Aborted,
+    /// The control connection is gone (with the error, if one).
+    Gone(Option<std::io::Error>),
+}
+
 /// What a data transfer moves.
 pub(crate) enum Job {
     /// Bytes already in memory (listings).
@@ -139,6 +149,11 @@ impl Session {
         let peer = self.peer;
         self.reply(opening).await?;
 
+        let mut job = job;
+        let exited = match &mut job {
+            Job::Store(upload, _) => Some(upload.exit_signal()),
+            _ => None,
+        };
         let started = Instant::now();
         let work = async move {
             let mut stream = data::open(plan, peer_ip, timeout, tls)
@@ -193,31 +208,52 @@ impl Session {
                 }
             }
         };
-        tokio::pin!(work);
+        let mut work = Box::pin(work);
 
         let mut quit = false;
-        let outcome: Option<Result<(Done, Option<VPath>), Reply>> = loop {
+        let watched = loop {
             tokio::select! {
-                r = &mut work => break Some(r),
-                line = self.next_line() => match line {
-                    Ok(Some(Input::Line(l))) => match parse_command(&l) {
-                        Ok(Command::Abor) => break None,
-                        Ok(Command::Noop) => self.reply(Reply::ok("Transfer in progress.")).await?,
-                        Ok(Command::Stat(None)) => {
-                            self.reply(Reply::new(213, "Transfer in progress.")).await?
+                r = &mut work => break Watched::Done(r),
+                line = self.next_line() => {
+                    let reply = match line {
+                        Ok(Some(Input::Line(l))) => match parse_command(&l) {
+                            Ok(Command::Abor) => break Watched::Aborted,
+                            Ok(Command::Noop) => Some(Reply::ok("Transfer in progress.")),
+                            Ok(Command::Stat(None)) => Some(Reply::new(213, "Transfer in progress.")),
+                            Ok(Command::Quit) => {
+                                // Finish the transfer first, then say goodbye.
+                                quit = true;
+                                None
+                            }
+                            _ => Some(Reply::new(450, "Transfer in progress; wait or ABOR.")),
+                        },
+                        Ok(Some(Input::TooLong)) => Some(Reply::unrecognised("Line too long.")),
+                        // The client is gone: the transfer (and an upload's
+                        // commit) is abandoned.
+                        Ok(None) => break Watched::Gone(None),
+                        Err(e) => break Watched::Gone(Some(e)),
+                    };
+                    if let Some(reply) = reply {
+                        if let Err(e) = self.reply(reply).await {
+                            break Watched::Gone(Some(e));
                         }
-                        Ok(Command::Quit) => {
-                            // Finish the transfer first, then say goodbye.
-                            quit = true;
-                        }
-                        _ => self.reply(Reply::new(450, "Transfer in progress; wait or ABOR.")).await?,
-                    },
-                    Ok(Some(Input::TooLong)) => self.reply(Reply::unrecognised("Line too long.")).await?,
-                    // The client is gone: the transfer (and an upload's
-                    // commit) is abandoned.
-                    Ok(None) | Err(_) => return Ok(Flow::Close),
-                },
+                    }
+                }
             }
+        };
+        // An abandoned upload's worker writes out what it sealed; the
+        // session answers (or ends, and logs out) only once the staging
+        // file is complete and free, so a client that comes back at once
+        // finds the resume point and can take the file.
+        drop(work);
+        if let Some(exited) = exited {
+            let _ = tokio::time::timeout(self.shared.config.data_timeout, exited.wait()).await;
+        }
+        let outcome: Option<Result<(Done, Option<VPath>), Reply>> = match watched {
+            Watched::Done(r) => Some(r),
+            Watched::Aborted => None,
+            Watched::Gone(None) => return Ok(Flow::Close),
+            Watched::Gone(Some(e)) => return Err(e),
         };
 
         let secs = started.elapsed().as_secs_f64();
