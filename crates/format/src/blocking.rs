@@ -112,6 +112,25 @@ impl<W: Write> Write for EncryptingWriter<W> {
     }
 }
 
+/// Reads a sealed file's length and header from `inner` and checks the
+/// key, the header tag and the length, and for an empty file its one
+/// segment (without that, a file cut to the length of an empty one would
+/// read as empty). Other segments are for the caller to check as it reads.
+pub fn open_decryptor<R: Read + Seek>(inner: &mut R, dek: &DataKey) -> Result<Decryptor> {
+    let len = inner.seek(SeekFrom::End(0))?;
+    inner.seek(SeekFrom::Start(0))?;
+    let mut header = [0u8; HEADER_LEN];
+    let avail = usize::try_from(len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
+    inner.read_exact(&mut header[..avail])?;
+    let dec = Decryptor::new(dek, &header[..avail], len)?;
+    if dec.layout().plaintext_len() == 0 {
+        let mut tag = [0u8; TAG_LEN];
+        inner.read_exact(&mut tag)?;
+        dec.check_if_empty(&tag)?;
+    }
+    Ok(dec)
+}
+
 /// Segments a large read fetches from the underlying reader at once.
 const BATCH: usize = 16;
 
@@ -137,17 +156,7 @@ impl<R: Read + Seek> DecryptingReader<R> {
     /// header tag and the length. Segments are checked as they are read
     /// (the one segment of an empty file, now).
     pub fn new(mut inner: R, dek: &DataKey) -> Result<Self> {
-        let len = inner.seek(SeekFrom::End(0))?;
-        inner.seek(SeekFrom::Start(0))?;
-        let mut header = [0u8; HEADER_LEN];
-        let avail = usize::try_from(len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
-        inner.read_exact(&mut header[..avail])?;
-        let dec = Decryptor::new(dek, &header[..avail], len)?;
-        if dec.layout().plaintext_len() == 0 {
-            let mut tag = [0u8; TAG_LEN];
-            inner.read_exact(&mut tag)?;
-            dec.check_if_empty(&tag)?;
-        }
+        let dec = open_decryptor(&mut inner, dek)?;
         Ok(Self {
             inner,
             dec,
@@ -170,14 +179,21 @@ impl<R: Read + Seek> DecryptingReader<R> {
     }
 
     fn read_sealed(&mut self, seg: &Segment) -> io::Result<()> {
-        if self.inner_pos != seg.ciphertext_offset {
-            self.inner.seek(SeekFrom::Start(seg.ciphertext_offset))?;
+        self.read_sealed_range(seg.ciphertext_offset, seg.ciphertext_len)
+    }
+
+    /// Reads `len` sealed bytes at file offset `offset` into `sealed`.
+    fn read_sealed_range(&mut self, offset: u64, len: usize) -> io::Result<()> {
+        if self.sealed.len() < len {
+            self.sealed.resize(len, 0);
+        }
+        if self.inner_pos != offset {
+            self.inner.seek(SeekFrom::Start(offset))?;
         }
         // Until read_exact succeeds the inner position is unknown.
         self.inner_pos = u64::MAX;
-        self.inner
-            .read_exact(&mut self.sealed[..seg.ciphertext_len])?;
-        self.inner_pos = seg.ciphertext_offset + seg.ciphertext_len as u64;
+        self.inner.read_exact(&mut self.sealed[..len])?;
+        self.inner_pos = offset + len as u64;
         Ok(())
     }
 
@@ -201,15 +217,7 @@ impl<R: Read + Seek> DecryptingReader<R> {
             sealed_len += next.ciphertext_len;
             count += 1;
         }
-        if self.sealed.len() < sealed_len {
-            self.sealed.resize(sealed_len, 0);
-        }
-        if self.inner_pos != first.ciphertext_offset {
-            self.inner.seek(SeekFrom::Start(first.ciphertext_offset))?;
-        }
-        self.inner_pos = u64::MAX;
-        self.inner.read_exact(&mut self.sealed[..sealed_len])?;
-        self.inner_pos = first.ciphertext_offset + sealed_len as u64;
+        self.read_sealed_range(first.ciphertext_offset, sealed_len)?;
         let (mut at, mut done) = (0, 0);
         for seg in &segs[..count] {
             let sealed = &self.sealed[at..at + seg.ciphertext_len];

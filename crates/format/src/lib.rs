@@ -24,7 +24,7 @@ pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio_io;
 
-pub use blocking::{open_to_vec, seal_to_vec, DecryptingReader, EncryptingWriter};
+pub use blocking::{open_decryptor, open_to_vec, seal_to_vec, DecryptingReader, EncryptingWriter};
 pub use error::{Error, Result};
 pub use header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN, TAG_LEN};
 pub use keys::{DataKey, KeyId, DATA_KEY_LEN, KEY_ID_LEN, SALT_LEN};

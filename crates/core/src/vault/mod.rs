@@ -22,8 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use dropvault_format::{
-    plaintext_len, resume_point, DecryptingReader, Decryptor, EncryptingWriter, HEADER_LEN,
-    SEGMENT_LEN, TAG_LEN,
+    open_decryptor, plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
 };
 
 pub use path::VPath;
@@ -298,15 +297,8 @@ impl UserVault {
         let (file, dec) = blocking(move || {
             let real = me.real(&p)?;
             let file = open_nofollow(&real).map_err(map_io)?;
-            let (header, stored) = read_header(&file)?;
-            let dec = Decryptor::new(me.inner.key.data_key(), &header, stored)?;
+            let dec = open_decryptor(&mut &file, me.inner.key.data_key())?;
             let len = dec.layout().plaintext_len();
-            if len == 0 {
-                use std::os::unix::fs::FileExt;
-                let mut tag = [0u8; TAG_LEN];
-                file.read_exact_at(&mut tag, HEADER_LEN as u64)?;
-                dec.check_if_empty(&tag)?;
-            }
             if offset > len {
                 return Err(VaultError::BadRestOffset {
                     requested: offset,
@@ -498,16 +490,6 @@ fn fresh(
     let mut file = staging.try_clone()?;
     file.seek(SeekFrom::Start(0))?;
     Ok(EncryptingWriter::new(file, key)?)
-}
-
-/// The header of a sealed file (all of it if shorter) and the file's
-/// length.
-fn read_header(file: &fs::File) -> Result<(Vec<u8>, u64), VaultError> {
-    use std::os::unix::fs::FileExt;
-    let stored = file.metadata()?.len();
-    let mut header = vec![0u8; usize::try_from(stored.min(HEADER_LEN as u64)).unwrap_or(0)];
-    file.read_exact_at(&mut header, 0)?;
-    Ok((header, stored))
 }
 
 /// Starts a new staging file holding the first `len` plaintext bytes of the

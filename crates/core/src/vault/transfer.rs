@@ -350,6 +350,17 @@ impl Upload {
         io::Error::new(io::ErrorKind::BrokenPipe, "upload worker stopped")
     }
 
+    /// After a chunk went to the worker, starts the next one in a buffer
+    /// the worker gave back, or a new one.
+    fn take_spare_chunk(&mut self) {
+        if self.chunk.capacity() == 0 {
+            self.chunk = self
+                .spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        }
+    }
+
     /// Hands the current chunk to the worker.
     fn poll_send_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.chunk.is_empty() {
@@ -370,12 +381,7 @@ impl Upload {
         if self.chunk.len() >= CHUNK {
             std::future::poll_fn(|cx| self.poll_send_chunk(cx)).await?;
         }
-        if self.chunk.capacity() == 0 {
-            self.chunk = self
-                .spare
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        }
+        self.take_spare_chunk();
         // The chunk has room (len < CHUNK <= capacity), so read_buf fills
         // its spare capacity and never grows it.
         let n = from.read_buf(&mut self.chunk).await?;
@@ -410,12 +416,7 @@ impl AsyncWrite for Upload {
         if this.chunk.len() >= CHUNK {
             ready!(this.poll_send_chunk(cx))?;
         }
-        if this.chunk.capacity() == 0 {
-            this.chunk = this
-                .spare
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        }
+        this.take_spare_chunk();
         let n = buf.len().min(CHUNK - this.chunk.len());
         this.chunk.extend_from_slice(&buf[..n]);
         this.len += n as u64;

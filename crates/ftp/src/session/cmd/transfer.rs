@@ -127,7 +127,7 @@ impl Session {
     }
 
     /// [`Session::run_transfer`] with a given 150 reply.
-    async fn run_transfer_with(&mut self, job: Job, opening: Reply) -> std::io::Result<Flow> {
+    async fn run_transfer_with(&mut self, mut job: Job, opening: Reply) -> std::io::Result<Flow> {
         if let Some(refusal) = self.data_refusal() {
             self.reply(refusal).await?;
             return Ok(Flow::Continue);
@@ -149,7 +149,6 @@ impl Session {
         let peer = self.peer;
         self.reply(opening).await?;
 
-        let mut job = job;
         let exited = match &mut job {
             Job::Store(upload, _) => Some(upload.exit_signal()),
             _ => None,
