@@ -3,11 +3,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dropvault_core::keys::{
-    DataKey, KeyError, KeyFileStore, KeyProvider, Keyring, LocalRsaProvider, Wrapped,
+    generate_rsa_pair, DataKey, KekStatus, KeyError, KeyFileStore, KeyProvider, Keyring,
+    LocalRsaProvider, RecoveryKey, RecoveryPrivateKey, Wrapped,
 };
 
 /// One generated RSA-4096 key for all tests (generation takes a second or
@@ -209,6 +210,135 @@ impl KeyProvider for Counting {
         self.unwraps.fetch_add(1, Ordering::SeqCst);
         self.inner.unwrap(user, w)
     }
+    fn status(&self) -> Result<KekStatus, KeyError> {
+        self.inner.status()
+    }
+}
+
+/// A real RSA provider whose KEK "version" can be raised, as a transit key
+/// is rotated: wraps carry the current version; any version unwraps.
+#[derive(Debug)]
+struct Versioned {
+    inner: Arc<LocalRsaProvider>,
+    version: AtomicU32,
+    wraps: AtomicUsize,
+}
+
+impl KeyProvider for Versioned {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn key_name(&self) -> &str {
+        self.inner.key_name()
+    }
+    fn wrap(&self, user: &str, dek: &DataKey) -> Result<Wrapped, KeyError> {
+        self.wraps.fetch_add(1, Ordering::SeqCst);
+        let w = self.inner.wrap(user, dek)?;
+        Ok(Wrapped {
+            key_version: self.version.load(Ordering::SeqCst),
+            ..w
+        })
+    }
+    fn unwrap(&self, user: &str, w: &Wrapped) -> Result<DataKey, KeyError> {
+        self.inner.unwrap(user, w)
+    }
+    fn current_version(&self) -> Result<u32, KeyError> {
+        Ok(self.version.load(Ordering::SeqCst))
+    }
+    fn status(&self) -> Result<KekStatus, KeyError> {
+        self.inner.status()
+    }
+}
+
+fn versioned() -> Arc<Versioned> {
+    Arc::new(Versioned {
+        inner: provider(),
+        version: AtomicU32::new(1),
+        wraps: AtomicUsize::new(0),
+    })
+}
+
+/// A recovery key pair written to `dir`: (public, private).
+fn recovery_pair(dir: &Path) -> (RecoveryKey, RecoveryPrivateKey) {
+    static PAIR: OnceLock<(String, String)> = OnceLock::new();
+    let (private, public) = PAIR.get_or_init(|| {
+        let (private, public) =
+            generate_rsa_pair(aws_lc_rs::rsa::KeySize::Rsa3072).expect("generate");
+        (private.to_string(), public)
+    });
+    std::fs::write(dir.join("rec.pem"), private).expect("write");
+    std::fs::write(dir.join("rec.pub.pem"), public).expect("write");
+    (
+        RecoveryKey::open(&dir.join("rec.pub.pem")).expect("public"),
+        RecoveryPrivateKey::open(&dir.join("rec.pem")).expect("private"),
+    )
+}
+
+#[test]
+fn a_login_after_rotation_rewraps_the_key_file_lazily() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = KeyFileStore::open(dir.path()).expect("store");
+    let kek = versioned();
+    let ring = Keyring::new(kek.clone(), store.clone());
+    let id = ring.unlock("hana").expect("create").data_key().id();
+    assert_eq!(
+        store.load("hana").expect("load").expect("file").key_version,
+        1
+    );
+
+    // Same version: a login does not rewrite the file.
+    drop(ring.unlock("hana").expect("unlock"));
+    assert_eq!(kek.wraps.load(Ordering::SeqCst), 1);
+
+    kek.version.store(3, Ordering::SeqCst);
+    let key = ring.unlock("hana").expect("unlock after rotation");
+    assert_eq!(key.data_key().id(), id, "same data key, new wrap");
+    let kf = store.load("hana").expect("load").expect("file");
+    assert_eq!(kf.key_version, 3);
+    assert_eq!(kek.wraps.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn rotate_rewraps_stale_files_adds_recovery_wraps_and_never_revives_a_shredded_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let store = KeyFileStore::open(&keys).expect("store");
+    let kek = versioned();
+    let plain = Keyring::new(kek.clone(), store.clone());
+    for user in ["ivan", "jill", "kemal"] {
+        drop(plain.unlock(user).expect("create"));
+    }
+    kek.version.store(2, Ordering::SeqCst);
+    let (public, private) = recovery_pair(dir.path());
+    let ring = Keyring::new(kek.clone(), store.clone()).with_recovery(Some(public));
+    let report = ring.rotate().expect("rotate");
+    assert_eq!(report.files, 3);
+    assert_eq!(report.rewrapped, 3);
+    assert_eq!(report.recovery_added, 3);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    for user in ["ivan", "jill", "kemal"] {
+        let kf = store.load(user).expect("load").expect("file");
+        assert_eq!(kf.key_version, 2);
+        let wrap = kf.recovery.expect("recovery wrap");
+        assert_eq!(wrap.key_name, private.name());
+        let dek = private.unwrap(user, &wrap.wrapped_key).expect("recover");
+        let live = ring.open_existing(user).expect("open");
+        assert_eq!(dek.id(), live.data_key().id());
+    }
+    // Nothing left to do.
+    let again = ring.rotate().expect("rotate again");
+    assert_eq!((again.unchanged, again.rewrapped), (3, 0));
+
+    // A destroyed key file stays destroyed, whatever re-wrap comes later.
+    let stale = store.load("jill").expect("load").expect("file");
+    assert!(store.destroy("jill").expect("destroy"));
+    assert!(!store.replace(&stale).expect("replace"));
+    assert!(store.load("jill").expect("load").is_none());
+    assert!(matches!(
+        ring.open_existing("jill"),
+        Err(KeyError::NoKeyFile { .. })
+    ));
+    assert!(!store.destroy("jill").expect("destroy twice"));
 }
 
 #[test]

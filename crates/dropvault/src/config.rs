@@ -108,10 +108,57 @@ pub(crate) struct Auth {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Kms {
-    /// local
+    /// local | transit
     pub(crate) provider: String,
     /// RSA private key of the `local` provider.
     pub(crate) local_key: String,
+    /// OpenBao/Vault address of the `transit` provider.
+    pub(crate) transit_address: String,
+    /// Mount path of the transit engine.
+    pub(crate) transit_mount: String,
+    /// Transit key name.
+    pub(crate) transit_key: String,
+    /// Key version new wraps use; 0 = latest.
+    pub(crate) transit_key_version: i64,
+    /// Token (else DROPVAULT_KMS_TRANSIT_TOKEN, VAULT_TOKEN, BAO_TOKEN).
+    pub(crate) transit_token: Secret,
+    /// AppRole role id (instead of a token).
+    pub(crate) transit_role_id: String,
+    /// File holding the AppRole secret id.
+    pub(crate) transit_secret_id_file: String,
+    /// CA certificate (PEM) for an https:// address.
+    pub(crate) transit_ca_cert: String,
+    /// Limit for one request to the key service, in seconds.
+    pub(crate) transit_timeout_secs: i64,
+    /// RSA public key (SPKI PEM) every data key is also wrapped to.
+    pub(crate) recovery_public_key: String,
+}
+
+/// A secret setting: never shown by `Debug`, zeroized when dropped.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// `[storage]`
@@ -183,6 +230,16 @@ impl Default for Kms {
         Self {
             provider: "local".into(),
             local_key: "kek.pem".into(),
+            transit_address: String::new(),
+            transit_mount: "transit".into(),
+            transit_key: "dropvault".into(),
+            transit_key_version: 0,
+            transit_token: Secret::default(),
+            transit_role_id: String::new(),
+            transit_secret_id_file: String::new(),
+            transit_ca_cert: String::new(),
+            transit_timeout_secs: 10,
+            recovery_public_key: String::new(),
         }
     }
 }
@@ -293,8 +350,31 @@ impl Config {
         if !matches!(self.auth.backend.as_str(), "file" | "pam") {
             return Err(invalid("auth.backend", "must be \"file\" or \"pam\""));
         }
-        if self.kms.provider != "local" {
-            return Err(invalid("kms.provider", "must be \"local\""));
+        match self.kms.provider.as_str() {
+            "local" => {}
+            "transit" => {
+                if self.kms.transit_address.is_empty() {
+                    return Err(invalid(
+                        "kms.transit_address",
+                        "needed with provider = \"transit\"",
+                    ));
+                }
+                if u32::try_from(self.kms.transit_key_version).is_err() {
+                    return Err(invalid("kms.transit_key_version", "must be 0 or more"));
+                }
+                if !(1..=3600).contains(&self.kms.transit_timeout_secs) {
+                    return Err(invalid("kms.transit_timeout_secs", "must be 1 to 3600"));
+                }
+                if !self.kms.transit_role_id.is_empty()
+                    && self.kms.transit_secret_id_file.is_empty()
+                {
+                    return Err(invalid(
+                        "kms.transit_secret_id_file",
+                        "needed with transit_role_id",
+                    ));
+                }
+            }
+            _ => return Err(invalid("kms.provider", "must be \"local\" or \"transit\"")),
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));

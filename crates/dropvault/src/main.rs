@@ -2,6 +2,8 @@
 //! runs — the server, and user management for the `file` account backend.
 
 mod config;
+mod ops;
+mod progress;
 
 use std::io::{BufRead, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -11,7 +13,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use dropvault_core::accounts::{Authenticator, PamAuthenticator, Password, UserFile};
-use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
 use dropvault_core::vault::Vault;
 
 use config::Config;
@@ -40,6 +41,76 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Key-encryption key status, rotation, recovery key pair.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Decrypt one stored file to a plaintext file (or `-o -` for standard
+    /// output), with the configured key provider or, when the key service
+    /// is gone, the recovery key's private half.
+    Decrypt {
+        /// Whose file it is.
+        #[arg(long)]
+        user: String,
+        /// The file's path as the user sees it, e.g. /reports/q3.pdf.
+        path: String,
+        /// Where to write the plaintext; `-` for standard output.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Private recovery key (PKCS#8 PEM) instead of the key provider.
+        #[arg(long)]
+        recovery_key: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Read every stored file (of one user, or of all) and check its header
+    /// and every segment. Exit status 1 if any file fails.
+    Verify {
+        /// Only this user's files.
+        #[arg(long)]
+        user: Option<String>,
+        /// Private recovery key (PKCS#8 PEM) instead of the key provider.
+        #[arg(long)]
+        recovery_key: Option<PathBuf>,
+    },
+    /// Seal an existing plaintext folder tree into a user's vault. Reports
+    /// each file it skips and why (links, special files, names already in
+    /// the vault); exit status 1 if any was skipped. The source is left
+    /// as it is.
+    Import {
+        /// Whose vault receives the files.
+        #[arg(long)]
+        user: String,
+        /// The folder to import.
+        src: PathBuf,
+        /// Folder in the vault to import into.
+        #[arg(long, default_value = "/")]
+        dest: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Provider, KEK name and versions, and how many key files sit at each
+    /// version. Exit status 1 if the key service cannot be asked.
+    Status,
+    /// Re-wrap every key file under the KEK's current version (after
+    /// rotating the key in the key service), and add missing recovery
+    /// wraps. File data is not touched.
+    Rotate,
+    /// Generate a recovery key pair: keep the private half offline, set
+    /// kms.recovery_public_key to the public half.
+    RecoveryKeygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        private: PathBuf,
+        /// Where to write the public key (SubjectPublicKeyInfo PEM).
+        public: PathBuf,
+        /// RSA modulus size: 3072 or 4096.
+        #[arg(long, default_value_t = 4096)]
+        bits: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,11 +134,16 @@ enum UserAction {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Delete a user (their files and key file stay; delete the key file to
-    /// crypto-shred the files).
+    /// Delete a user. Their files and key file stay unless --shred.
     Delete {
         /// User name.
         name: String,
+        /// Destroy the user's key file first (their files become
+        /// unreadable for good, even from backups of the ciphertext), then
+        /// their files. With auth.backend = "pam", shreds the data and
+        /// leaves the system account alone.
+        #[arg(long)]
+        shred: bool,
     },
 }
 
@@ -82,11 +158,27 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
     let result = match cli.command {
-        Command::Serve => serve(config),
-        Command::User { action } => user(&config, action),
+        Command::Serve => serve(config).map(|()| true),
+        Command::User { action } => user(&config, action).map(|()| true),
+        Command::Keys { action } => keys(&config, action),
+        Command::Decrypt {
+            user,
+            path,
+            out,
+            recovery_key,
+            force,
+        } => data_dir(&config).and_then(|()| {
+            ops::decrypt(&config, &user, &path, &out, recovery_key.as_deref(), force).map(|()| true)
+        }),
+        Command::Verify { user, recovery_key } => data_dir(&config)
+            .and_then(|()| ops::verify(&config, user.as_deref(), recovery_key.as_deref())),
+        Command::Import { user, src, dest } => data_dir(&config)
+            .and_then(|()| known_user(&config, &user))
+            .and_then(|()| ops::import(&config, &user, &src, &dest)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!("{e}");
             eprintln_safe(&format!("dropvault: {e}"));
@@ -95,7 +187,7 @@ fn main() -> ExitCode {
     }
 }
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -119,15 +211,43 @@ fn data_dir(config: &Config) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// With the `file` backend, refuses a name that is not an account, so a
+/// typo does not create a key and a folder for nobody.
+fn known_user(config: &Config, name: &str) -> Result<(), AnyError> {
+    if config.auth.backend == "file" {
+        let users = UserFile::open(config.path(&config.auth.users_file))?;
+        if !users.list()?.iter().any(|u| u == name) {
+            return Err(format!("no user {name:?}").into());
+        }
+    }
+    Ok(())
+}
+
+fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
+    if let KeysAction::RecoveryKeygen {
+        private,
+        public,
+        bits,
+    } = action
+    {
+        return ops::recovery_keygen(&private, &public, bits).map(|()| true);
+    }
+    data_dir(config)?;
+    match action {
+        KeysAction::Status => ops::keys_status(config),
+        KeysAction::Rotate => ops::keys_rotate(config),
+        KeysAction::RecoveryKeygen { .. } => Ok(true),
+    }
+}
+
 fn serve(config: Config) -> Result<(), AnyError> {
     data_dir(&config)?;
-    let provider = Arc::new(LocalRsaProvider::open_or_create(
-        &config.path(&config.kms.local_key),
-    )?);
-    let keyring = Arc::new(Keyring::new(
-        provider,
-        KeyFileStore::open(config.path(&config.storage.keys_dir))?,
-    ));
+    let keyring = Arc::new(ops::keyring(&config)?);
+    tracing::info!(
+        provider = keyring.provider().kind(),
+        kek = keyring.provider().key_name(),
+        "key provider ready"
+    );
     let vault = Arc::new(Vault::open(config.path(&config.storage.root))?);
     let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
         "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
@@ -223,6 +343,36 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
+    if let UserAction::Delete { name, shred: true } = &action {
+        data_dir(config)?;
+        if config.auth.backend == "file" {
+            // The account must exist: a typo must not shred someone else.
+            known_user(config, name)?;
+            let users = UserFile::open(config.path(&config.auth.users_file))?;
+            let (had_key, removed) = ops::shred(config, name)?;
+            users.delete(name)?;
+            println_safe(&format!(
+                "deleted {name}; shredded: {}, {removed} files removed",
+                if had_key {
+                    "key file destroyed"
+                } else {
+                    "no key file"
+                }
+            ));
+        } else {
+            let (had_key, removed) = ops::shred(config, name)?;
+            println_safe(&format!(
+                "shredded the data of {name}: {}, {removed} files removed (the system account \
+                 stays)",
+                if had_key {
+                    "key file destroyed"
+                } else {
+                    "no key file"
+                }
+            ));
+        }
+        return Ok(());
+    }
     if config.auth.backend != "file" {
         return Err(
             "user management is for auth.backend = \"file\"; PAM users are system accounts".into(),
@@ -260,7 +410,7 @@ fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
                 println_safe(&format!("password of {name} changed"));
             }
         }
-        UserAction::Delete { name } => {
+        UserAction::Delete { name, .. } => {
             users.delete(&name)?;
             println_safe(&format!("deleted {name}"));
         }
@@ -307,7 +457,7 @@ fn random_password() -> String {
         .collect()
 }
 
-fn println_safe(text: &str) {
+pub(crate) fn println_safe(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();

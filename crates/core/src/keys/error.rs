@@ -76,9 +76,48 @@ pub enum KeyError {
     /// The random number generator failed.
     #[error("random number generator failed")]
     Random,
+    /// The key service could not be reached, or did not answer in time.
+    #[error("key service at {address} unreachable: {reason}")]
+    Unavailable {
+        /// The service's address.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The key service refused the request; its own error messages,
+    /// verbatim.
+    #[error("key service answered {status}: {errors}")]
+    Service {
+        /// HTTP status.
+        status: u16,
+        /// The service's `errors`, joined by "; ".
+        errors: String,
+    },
+    /// The key service answered something this client cannot use.
+    #[error("key service sent an unexpected answer: {0}")]
+    BadResponse(String),
+    /// The user has no key file (never logged in, or shredded).
+    #[error("no key file for user {user:?}")]
+    NoKeyFile {
+        /// The user.
+        user: String,
+    },
+    /// The provider's settings cannot be used.
+    #[error("key provider settings: {0}")]
+    BadConfig(String),
 }
 
 impl KeyError {
+    /// Whether trying again later may succeed: the key service is down,
+    /// sealed, or overloaded, rather than refusing this key for good.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyError::Unavailable { .. } => true,
+            KeyError::Service { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         KeyError::Io {
             path: path.into(),

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::local::hex;
-use super::{DataKey, KeyError, KeyFile, KeyFileStore, KeyProvider, KEY_FILE_FORMAT};
+use super::{
+    DataKey, KeyError, KeyFile, KeyFileStore, KeyProvider, RecoveryKey, RecoveryWrap,
+    KEY_FILE_FORMAT,
+};
 
 /// A user's unwrapped data key, held for the length of a login. Clone the
 /// `Arc` to share it; when the last `Arc` drops, the key bytes are zeroized.
@@ -16,6 +19,14 @@ pub struct UserKey {
 }
 
 impl UserKey {
+    /// A key obtained outside a keyring (offline recovery).
+    pub fn new(user: &str, key: DataKey) -> Self {
+        Self {
+            user: user.to_owned(),
+            key,
+        }
+    }
+
     /// The user this key belongs to.
     pub fn user(&self) -> &str {
         &self.user
@@ -43,7 +54,23 @@ type Slot = Arc<Mutex<Weak<UserKey>>>;
 pub struct Keyring {
     provider: Arc<dyn KeyProvider>,
     store: KeyFileStore,
+    recovery: Option<RecoveryKey>,
     slots: Mutex<HashMap<String, Slot>>,
+}
+
+/// What [`Keyring::rotate`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RotateReport {
+    /// Key files looked at.
+    pub files: usize,
+    /// Re-wrapped to the current KEK version.
+    pub rewrapped: usize,
+    /// Given a (new) recovery wrap.
+    pub recovery_added: usize,
+    /// Already current.
+    pub unchanged: usize,
+    /// Could not be brought up to date: path and reason.
+    pub failed: Vec<(String, String)>,
 }
 
 impl Keyring {
@@ -52,8 +79,109 @@ impl Keyring {
         Self {
             provider,
             store,
+            recovery: None,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also wraps every data key to `recovery`: new keys when created,
+    /// existing ones at their next login or `rotate`.
+    pub fn with_recovery(mut self, recovery: Option<RecoveryKey>) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// The key provider.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+
+    /// The data key of a user who already has one (never creates a key).
+    /// For offline tools; does not share with or update the login slots.
+    pub fn open_existing(&self, user: &str) -> Result<UserKey, KeyError> {
+        let kf = self.store.load(user)?.ok_or_else(|| KeyError::NoKeyFile {
+            user: user.to_owned(),
+        })?;
+        Ok(UserKey::new(user, self.unwrap_file(&kf)?))
+    }
+
+    /// Brings every key file up to date: re-wraps those under an older KEK
+    /// version (in batches, through the provider's rewrap, so the keys need
+    /// not pass through this process), and adds a recovery wrap where one
+    /// is configured and missing (that needs the key itself). Key files
+    /// destroyed meanwhile stay destroyed.
+    pub fn rotate(&self) -> Result<RotateReport, KeyError> {
+        let target = self.provider.current_version()?;
+        let mut report = RotateReport::default();
+        let mut stale = Vec::new();
+        let mut current = Vec::new();
+        for (path, parsed) in self.store.list()? {
+            report.files += 1;
+            match parsed {
+                Ok(kf)
+                    if kf.provider != self.provider.kind()
+                        || kf.key_name != self.provider.key_name() =>
+                {
+                    report.failed.push((
+                        path.display().to_string(),
+                        format!(
+                            "wrapped by {}:{}, not by this server's KEK",
+                            kf.provider, kf.key_name
+                        ),
+                    ));
+                }
+                Ok(kf) if kf.key_version < target => stale.push((path, kf)),
+                Ok(kf) => current.push((path, kf, false)),
+                Err(e) => report
+                    .failed
+                    .push((path.display().to_string(), e.to_string())),
+            }
+        }
+        let items: Vec<(&str, super::Wrapped)> = stale
+            .iter()
+            .map(|(_, kf)| (kf.user.as_str(), kf.wrapped()))
+            .collect();
+        let refs: Vec<(&str, &super::Wrapped)> = items.iter().map(|(u, w)| (*u, w)).collect();
+        let results = self.provider.rewrap(&refs);
+        for ((path, mut kf), result) in stale.into_iter().zip(results) {
+            match result {
+                Ok(w) => {
+                    kf.key_version = w.key_version;
+                    kf.wrapped_key = w.ciphertext;
+                    match self.store.replace(&kf) {
+                        Ok(true) => {
+                            report.rewrapped += 1;
+                            current.push((path, kf, true));
+                        }
+                        Ok(false) => {}
+                        Err(e) => report
+                            .failed
+                            .push((path.display().to_string(), e.to_string())),
+                    }
+                }
+                Err(e) => report
+                    .failed
+                    .push((path.display().to_string(), e.to_string())),
+            }
+        }
+        for (path, kf, rewrapped) in current {
+            if !self.needs_recovery_wrap(&kf) {
+                report.unchanged += usize::from(!rewrapped);
+                continue;
+            }
+            let updated = self
+                .unwrap_file(&kf)
+                .and_then(|dek| self.add_recovery(kf, &dek))
+                .and_then(|kf| self.store.replace(&kf));
+            match updated {
+                Ok(true) => report.recovery_added += 1,
+                Ok(false) => {}
+                Err(e) => report
+                    .failed
+                    .push((path.display().to_string(), e.to_string())),
+            }
+        }
+        Ok(report)
     }
 
     /// The user's data key: the one already unlocked by another session, or
@@ -105,7 +233,9 @@ impl Keyring {
 
     fn load_or_create(&self, user: &str) -> Result<DataKey, KeyError> {
         if let Some(kf) = self.store.load(user)? {
-            return self.unwrap_file(&kf);
+            let dek = self.unwrap_file(&kf)?;
+            self.refresh(kf, &dek);
+            return Ok(dek);
         }
         let dek = DataKey::generate().map_err(|_| KeyError::Random)?;
         let wrapped = self.provider.wrap(user, &dek)?;
@@ -117,7 +247,9 @@ impl Keyring {
             key_version: wrapped.key_version,
             key_id: hex(&dek.id().0),
             wrapped_key: wrapped.ciphertext,
+            recovery: None,
         };
+        let kf = self.add_recovery(kf, &dek)?;
         match self.store.create(&kf) {
             Ok(path) => {
                 tracing::info!(user, path = %path.display(), "created data key");
@@ -132,6 +264,62 @@ impl Keyring {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// At login: re-wraps a key file under an older KEK version, adds a
+    /// missing recovery wrap. Failures are logged, not fatal: the user has
+    /// their key, and the next login or `keys rotate` tries again.
+    fn refresh(&self, mut kf: KeyFile, dek: &DataKey) {
+        let user = kf.user.clone();
+        let mut changed = false;
+        match self.provider.current_version() {
+            Ok(v) if v > kf.key_version => match self.provider.wrap(&user, dek) {
+                Ok(w) => {
+                    tracing::info!(
+                        user,
+                        from = kf.key_version,
+                        to = w.key_version,
+                        "re-wrapping data key under the newer KEK version"
+                    );
+                    kf.key_version = w.key_version;
+                    kf.wrapped_key = w.ciphertext;
+                    changed = true;
+                }
+                Err(e) => tracing::warn!(user, error = %e, "re-wrapping the data key failed"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(user, error = %e, "cannot read the KEK version"),
+        }
+        if self.needs_recovery_wrap(&kf) {
+            match self.add_recovery(kf.clone(), dek) {
+                Ok(updated) => {
+                    kf = updated;
+                    changed = true;
+                }
+                Err(e) => tracing::warn!(user, error = %e, "adding the recovery wrap failed"),
+            }
+        }
+        if changed {
+            if let Err(e) = self.store.replace(&kf) {
+                tracing::warn!(user, error = %e, "updating the key file failed");
+            }
+        }
+    }
+
+    fn needs_recovery_wrap(&self, kf: &KeyFile) -> bool {
+        self.recovery
+            .as_ref()
+            .is_some_and(|r| kf.recovery.as_ref().is_none_or(|w| w.key_name != r.name()))
+    }
+
+    fn add_recovery(&self, mut kf: KeyFile, dek: &DataKey) -> Result<KeyFile, KeyError> {
+        if let Some(r) = &self.recovery {
+            kf.recovery = Some(RecoveryWrap {
+                key_name: r.name().to_owned(),
+                wrapped_key: r.wrap(&kf.user, dek)?,
+            });
+        }
+        Ok(kf)
     }
 
     fn unwrap_file(&self, kf: &KeyFile) -> Result<DataKey, KeyError> {

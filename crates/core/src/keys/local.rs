@@ -16,17 +16,17 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::{DataKey, KeyError, KeyProvider, Wrapped};
+use super::{binding_label, DataKey, KekStatus, KeyError, KeyProvider, Wrapped};
 use crate::keys::store::write_new_file;
 
-const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-const PEM_END: &str = "-----END PRIVATE KEY-----";
+/// PEM type of a PKCS#8 private key.
+pub(crate) const PRIVATE_PEM: &str = "PRIVATE KEY";
+/// PEM type of an X.509 SubjectPublicKeyInfo.
+pub(crate) const PUBLIC_PEM: &str = "PUBLIC KEY";
 /// Smallest RSA key accepted (bits): 128-bit security.
-const MIN_BITS: usize = 3072;
-/// Largest KEK file read (an RSA-8192 PEM is about 6.5 KiB).
-const MAX_PEM_LEN: u64 = 64 * 1024;
-/// OAEP label prefix; the user name follows, binding the key to its user.
-const LABEL_PREFIX: &[u8] = b"dropvault v1 data key for ";
+pub(crate) const MIN_BITS: usize = 3072;
+/// Largest key file read (an RSA-8192 PEM is about 6.5 KiB).
+pub(crate) const MAX_PEM_LEN: u64 = 64 * 1024;
 
 /// RSA-OAEP-SHA256 with a private key file on this machine.
 pub struct LocalRsaProvider {
@@ -74,8 +74,8 @@ impl LocalRsaProvider {
             return Err(bad(path, "file too large"));
         }
         let pem = Zeroizing::new(fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?);
-        let der =
-            pem_decode(&pem).ok_or_else(|| bad(path, "not a PEM \"PRIVATE KEY\" (PKCS#8)"))?;
+        let der = pem_decode(&pem, PRIVATE_PEM)
+            .ok_or_else(|| bad(path, "not a PEM \"PRIVATE KEY\" (PKCS#8)"))?;
         let key = PrivateDecryptingKey::from_pkcs8(&der)
             .map_err(|_| bad(path, "not an RSA PKCS#8 key"))?;
         if key.key_size_bits() < MIN_BITS {
@@ -85,8 +85,7 @@ impl LocalRsaProvider {
             .public_key()
             .as_der()
             .map_err(|_| bad(path, "cannot encode the public key"))?;
-        let fp = digest::digest(&digest::SHA256, public_der.as_ref());
-        let name = format!("rsa-{}", hex(&fp.as_ref()[..8]));
+        let name = fingerprint(public_der.as_ref());
         let public = OaepPublicEncryptingKey::new(key.public_key())
             .map_err(|_| bad(path, "unusable public key"))?;
         let private =
@@ -103,9 +102,7 @@ impl LocalRsaProvider {
     /// written and synced before it appears under its name). Leaves an
     /// existing file alone.
     fn create(path: &Path) -> Result<(), KeyError> {
-        let key = PrivateDecryptingKey::generate(KeySize::Rsa4096).map_err(|_| KeyError::Random)?;
-        let der = key.as_der().map_err(|_| KeyError::Random)?;
-        let pem = Zeroizing::new(pem_encode(der.as_ref()));
+        let (pem, _) = generate_rsa_pair(KeySize::Rsa4096)?;
         match write_new_file(path, pem.as_bytes(), 0o600) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "generated a new RSA-4096 key-encryption key");
@@ -140,7 +137,7 @@ impl KeyProvider for LocalRsaProvider {
                 &OAEP_SHA256_MGF1SHA256,
                 dek.expose_secret(),
                 &mut out,
-                Some(&label(user)),
+                Some(&binding_label("data key", user)),
             )
             .map_err(|_| KeyError::WrapFailed)?;
         Ok(Wrapped {
@@ -159,14 +156,43 @@ impl KeyProvider for LocalRsaProvider {
         let mut out = Zeroizing::new(vec![0u8; self.private.min_output_size()]);
         let plain = self
             .private
-            .decrypt(&OAEP_SHA256_MGF1SHA256, &ct, &mut out, Some(&label(user)))
+            .decrypt(
+                &OAEP_SHA256_MGF1SHA256,
+                &ct,
+                &mut out,
+                Some(&binding_label("data key", user)),
+            )
             .map_err(|_| failed())?;
         DataKey::from_slice(plain).ok_or_else(failed)
     }
+
+    fn status(&self) -> Result<KekStatus, KeyError> {
+        Ok(KekStatus {
+            provider: self.kind(),
+            key_name: self.name.clone(),
+            key_type: format!("rsa-{}", self.public.key_size_bits()),
+            latest_version: 1,
+            min_decryption_version: 1,
+            current_version: 1,
+        })
+    }
 }
 
-fn label(user: &str) -> Vec<u8> {
-    [LABEL_PREFIX, user.as_bytes()].concat()
+/// A new RSA key pair: the private key as PKCS#8 PEM (zeroized on drop)
+/// and the public key as SubjectPublicKeyInfo PEM.
+pub fn generate_rsa_pair(size: KeySize) -> Result<(Zeroizing<String>, String), KeyError> {
+    let key = PrivateDecryptingKey::generate(size).map_err(|_| KeyError::Random)?;
+    let der = key.as_der().map_err(|_| KeyError::Random)?;
+    let private = Zeroizing::new(pem_encode(der.as_ref(), PRIVATE_PEM));
+    let public = key.public_key().as_der().map_err(|_| KeyError::Random)?;
+    Ok((private, pem_encode(public.as_ref(), PUBLIC_PEM)))
+}
+
+/// A short name for an RSA public key: `rsa-` and the first 8 bytes of the
+/// SHA-256 of its SubjectPublicKeyInfo, in hex.
+pub(crate) fn fingerprint(spki_der: &[u8]) -> String {
+    let fp = digest::digest(&digest::SHA256, spki_der);
+    format!("rsa-{}", hex(&fp.as_ref()[..8]))
 }
 
 fn bad(path: &Path, reason: &'static str) -> KeyError {
@@ -176,24 +202,27 @@ fn bad(path: &Path, reason: &'static str) -> KeyError {
     }
 }
 
-fn pem_encode(der: &[u8]) -> String {
+pub(crate) fn pem_encode(der: &[u8], kind: &str) -> String {
     let b64 = Zeroizing::new(B64.encode(der));
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
-    out.push_str(PEM_BEGIN);
-    out.push('\n');
+    out.push_str(&format!("-----BEGIN {kind}-----\n"));
     for line in b64.as_bytes().chunks(64) {
         // base64 output is ASCII, so every chunk is valid UTF-8.
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
-    out.push_str(PEM_END);
-    out.push('\n');
+    out.push_str(&format!("-----END {kind}-----\n"));
     out
 }
 
-fn pem_decode(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
-    let start = pem.find(PEM_BEGIN)? + PEM_BEGIN.len();
-    let end = start + pem[start..].find(PEM_END)?;
+/// The DER inside the first PEM block of type `kind`.
+pub(crate) fn pem_decode(pem: &str, kind: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let (begin, end_marker) = (
+        format!("-----BEGIN {kind}-----"),
+        format!("-----END {kind}-----"),
+    );
+    let start = pem.find(&begin)? + begin.len();
+    let end = start + pem[start..].find(&end_marker)?;
     let b64: Zeroizing<String> = Zeroizing::new(
         pem[start..end]
             .chars()

@@ -7,13 +7,17 @@
 mod error;
 mod keyring;
 mod local;
+mod recovery;
 mod store;
+mod transit;
 
 pub use dropvault_format::DataKey;
 pub use error::KeyError;
-pub use keyring::{Keyring, UserKey};
-pub use local::LocalRsaProvider;
-pub use store::{KeyFile, KeyFileStore, KEY_FILE_FORMAT};
+pub use keyring::{Keyring, RotateReport, UserKey};
+pub use local::{generate_rsa_pair, LocalRsaProvider};
+pub use recovery::{RecoveryKey, RecoveryPrivateKey};
+pub use store::{KeyFile, KeyFileStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
+pub use transit::{TransitAuth, TransitConfig, TransitProvider};
 
 use std::fmt;
 
@@ -53,4 +57,47 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 
     /// Unwraps a key wrapped for `user`.
     fn unwrap(&self, user: &str, wrapped: &Wrapped) -> Result<DataKey, KeyError>;
+
+    /// The KEK version new wraps use. Key files wrapped under an older
+    /// version are re-wrapped: lazily at login, all at once by
+    /// `dropvault keys rotate`.
+    fn current_version(&self) -> Result<u32, KeyError> {
+        Ok(1)
+    }
+
+    /// Re-wraps keys under [`current_version`](Self::current_version), in
+    /// batches where the service can, without the keys passing through this
+    /// process where it can. One result per item, in order.
+    fn rewrap(&self, items: &[(&str, &Wrapped)]) -> Vec<Result<Wrapped, KeyError>> {
+        items
+            .iter()
+            .map(|(user, w)| self.wrap(user, &self.unwrap(user, w)?))
+            .collect()
+    }
+
+    /// What the provider knows about its KEK, for `dropvault keys status`.
+    fn status(&self) -> Result<KekStatus, KeyError>;
+}
+
+/// A KEK as its provider describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KekStatus {
+    /// Provider kind.
+    pub provider: &'static str,
+    /// KEK name as recorded in key files.
+    pub key_name: String,
+    /// Key type (`rsa-4096`, `aes256-gcm96`, …).
+    pub key_type: String,
+    /// Newest version of the KEK.
+    pub latest_version: u32,
+    /// Oldest version the KEK still decrypts with.
+    pub min_decryption_version: u32,
+    /// The version new wraps use (the latest, or a pinned one).
+    pub current_version: u32,
+}
+
+/// The OAEP label (local, recovery) or the binding hashed into the wrapped
+/// plaintext (transit) that ties a data key to its user.
+pub(crate) fn binding_label(purpose: &str, user: &str) -> Vec<u8> {
+    format!("dropvault v1 {purpose} for {user}").into_bytes()
 }

@@ -10,6 +10,7 @@
 //! name is always whole, and a crash leaves at most a sealed staging file
 //! (which a later `REST` + `STOR` can resume).
 
+mod offline;
 mod path;
 mod transfer;
 
@@ -25,6 +26,7 @@ use dropvault_format::{
     open_decryptor, plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
 };
 
+pub use offline::{Oddity, StoredFile};
 pub use path::VPath;
 pub use transfer::{Download, Upload, UploadExited};
 
@@ -144,6 +146,14 @@ impl Vault {
         }
     }
 
+    /// The folder of `user`'s files (which may not exist yet).
+    fn home(&self, user: &str) -> Result<PathBuf, VaultError> {
+        if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0', '\\']) {
+            return Err(VaultError::InvalidPath("user name cannot be a folder name"));
+        }
+        Ok(self.root.join(user))
+    }
+
     /// The storage root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -153,10 +163,7 @@ impl Vault {
     /// first use). Holding the returned value is being logged in.
     pub fn for_user(&self, key: Arc<UserKey>) -> Result<UserVault, VaultError> {
         let user = key.user().to_owned();
-        if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0', '\\']) {
-            return Err(VaultError::InvalidPath("user name cannot be a folder name"));
-        }
-        let home = self.root.join(&user);
+        let home = self.home(&user)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -476,9 +483,25 @@ impl UserVault {
         ctx.update(b"\0");
         ctx.update(p.to_string().as_bytes());
         let hash = ctx.finish();
-        let name: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        self.inner.staging.join(format!("{name}.part"))
+        self.inner.staging.join(format!(
+            "{}-{}.part",
+            staging_prefix(self.user()),
+            hex(&hash.as_ref()[..16])
+        ))
     }
+}
+
+/// The start of every staging file name of `user`: a hash of the name, so
+/// a user's staging files can be found (and shredded) without a list.
+fn staging_prefix(user: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"dropvault staging\0");
+    ctx.update(user.as_bytes());
+    hex(&ctx.finish().as_ref()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Truncates the staging file and starts a new sealed file in it.

@@ -37,26 +37,37 @@ impl Session {
             .map(Password::new);
         drop(pw);
         let user = name.clone();
-        // Password checks and key unwrapping block (argon2id, PAM, RSA):
-        // run them off the async runtime, a bounded number at a time.
+        // Password checks block and burn CPU (argon2id, PAM): off the async
+        // runtime, a bounded number at a time.
         let permit = self.shared.logins.acquire().await;
-        let outcome = tokio::task::spawn_blocking(move || {
+        let auth = services.clone();
+        let checked = tokio::task::spawn_blocking(move || {
             let Some(password) = password else {
                 return Ok(None);
             };
-            match services.auth.authenticate(&user, &password) {
-                Ok(Some(account)) => services
-                    .keyring
-                    .unlock(&account.name)
-                    .map(|key| Some((account, key)))
-                    .map_err(Refusal::Key),
-                Ok(None) => Ok(None),
-                Err(e) => Err(Refusal::Auth(e.to_string())),
-            }
+            auth.auth
+                .authenticate(&user, &password)
+                .map_err(|e| Refusal::Auth(e.to_string()))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         drop(permit);
+        // Unwrapping the key blocks too (RSA, or a request to the key
+        // service), but outside the permit: a slow key service must not
+        // hold up password checks of other logins.
+        let outcome = match checked {
+            Ok(Some(account)) => tokio::task::spawn_blocking(move || {
+                services
+                    .keyring
+                    .unlock(&account.name)
+                    .map(|key| Some((account, key)))
+                    .map_err(Refusal::Key)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
 
         match outcome {
             Ok(Some((account, key))) => match self.shared.services.vault.for_user(key) {
@@ -85,7 +96,7 @@ impl Session {
             }
             Err(Refusal::Key(e)) => {
                 tracing::error!(event = "login_refused", user = %name, %peer, error = %e,
-                    "key service failed");
+                    transient = e.is_transient(), "key service failed");
                 self.reply(Reply::new(
                     530,
                     "Login refused: the key service is unavailable. Try again later.",

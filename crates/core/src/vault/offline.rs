@@ -1,0 +1,272 @@
+//! What operators' commands do to stored files while no session is
+//! involved: find a user's files, read one, check them, seal files in from
+//! outside (import), and remove all of a user's files (shredding). All of
+//! it blocking.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use dropvault_format::{DecryptingReader, EncryptingWriter};
+
+use super::{
+    hex, map_io, open_nofollow, real_path, staging_prefix, sync_parent, transfer, VPath, Vault,
+    VaultError,
+};
+use crate::keys::UserKey;
+
+/// One stored file of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Its path as the user sees it.
+    pub path: VPath,
+    /// Where it is on disk.
+    pub disk: PathBuf,
+    /// Stored (sealed) length in bytes.
+    pub stored_len: u64,
+}
+
+/// A user's folder held something that is not a sealed file or a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oddity {
+    /// Where it is on disk.
+    pub disk: PathBuf,
+    /// What it is.
+    pub what: &'static str,
+}
+
+impl Vault {
+    /// Users with a folder in the storage root.
+    pub fn user_folders(&self) -> Result<Vec<String>, VaultError> {
+        let mut users = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with('.') && entry.file_type()?.is_dir() {
+                users.push(name);
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+
+    /// Every stored file of `user`, sorted by path, and anything else found
+    /// in their folder (symbolic links, special files, names that are not
+    /// UTF-8), which no session ever serves.
+    pub fn walk_user(&self, user: &str) -> Result<(Vec<StoredFile>, Vec<Oddity>), VaultError> {
+        let home = self.home(user)?;
+        let (mut files, mut odd) = (Vec::new(), Vec::new());
+        match fs::symlink_metadata(&home) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(VaultError::NotADirectory),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((files, odd)),
+            Err(e) => return Err(e.into()),
+        }
+        let mut stack = vec![(home, VPath::root())];
+        while let Some((dir, vdir)) = stack.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let disk = entry.path();
+                let meta = entry.metadata()?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    odd.push(Oddity {
+                        disk,
+                        what: "name is not UTF-8",
+                    });
+                    continue;
+                };
+                let Ok(vpath) = VPath::resolve(&vdir, &name) else {
+                    odd.push(Oddity {
+                        disk,
+                        what: "name no client can use",
+                    });
+                    continue;
+                };
+                if meta.is_dir() {
+                    stack.push((disk, vpath));
+                } else if meta.is_file() {
+                    files.push(StoredFile {
+                        path: vpath,
+                        disk,
+                        stored_len: meta.len(),
+                    });
+                } else if meta.file_type().is_symlink() {
+                    odd.push(Oddity {
+                        disk,
+                        what: "symbolic link",
+                    });
+                } else {
+                    odd.push(Oddity {
+                        disk,
+                        what: "special file",
+                    });
+                }
+            }
+        }
+        files.sort_by_key(|f| f.path.to_string());
+        Ok((files, odd))
+    }
+
+    /// Opens `user`'s file at `p` for reading with `key`: header and length
+    /// checked, every segment authenticated as it is read.
+    pub fn open_stored(
+        &self,
+        key: &UserKey,
+        p: &VPath,
+    ) -> Result<DecryptingReader<fs::File>, VaultError> {
+        let real = real_path(&self.home(key.user())?, p)?;
+        let file = open_nofollow(&real).map_err(map_io)?;
+        if file.metadata()?.is_dir() {
+            return Err(VaultError::IsADirectory);
+        }
+        Ok(DecryptingReader::new(file, key.data_key())?)
+    }
+
+    /// Reads `user`'s file at `p` to the end, authenticating every segment;
+    /// calls `progress` with the plaintext bytes of each read. The
+    /// plaintext goes nowhere.
+    pub fn check_stored(
+        &self,
+        key: &UserKey,
+        p: &VPath,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, VaultError> {
+        let mut reader = self.open_stored(key, p)?;
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; transfer::CHUNK]);
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(map_io)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+            progress(n as u64);
+        }
+    }
+
+    /// Seals everything `src` yields into a new file of `key`'s user at
+    /// `p`, creating missing folders. The sealed data goes to a staging
+    /// file first and appears under its name only when complete and synced;
+    /// an existing file is never replaced ([`VaultError::AlreadyExists`]).
+    /// Returns the plaintext length.
+    pub fn import(
+        &self,
+        key: &UserKey,
+        p: &VPath,
+        src: &mut dyn Read,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, VaultError> {
+        let home = self.home(key.user())?;
+        if p.is_root() {
+            return Err(VaultError::IsADirectory);
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&home)?;
+        // Create missing folders one by one, never through a link.
+        let mut folder = VPath::root();
+        for part in &p.parts()[..p.parts().len() - 1] {
+            folder = VPath::resolve(&folder, part)?;
+            let real = real_path(&home, &folder)?;
+            match fs::DirBuilder::new().mode(0o700).create(&real) {
+                Ok(()) => sync_parent(&real)?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(map_io(e)),
+            }
+            if !fs::symlink_metadata(&real)?.is_dir() {
+                return Err(VaultError::NotADirectory);
+            }
+        }
+        let target = real_path(&home, p)?;
+        if fs::symlink_metadata(&target).is_ok() {
+            return Err(VaultError::AlreadyExists);
+        }
+        let mut nonce = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
+        let tmp = self.staging.join(format!(
+            "{}-import-{}.part",
+            staging_prefix(key.user()),
+            hex(&nonce)
+        ));
+        let result = (|| {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut writer = EncryptingWriter::new(file, key.data_key())?;
+            let mut buf = zeroize::Zeroizing::new(vec![0u8; transfer::CHUNK]);
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(VaultError::Io(e)),
+                };
+                writer.write_all(&buf[..n]).map_err(map_io)?;
+                progress(n as u64);
+            }
+            let len = writer.plaintext_len();
+            let file = writer.finish()?;
+            file.sync_all()?;
+            // A link fails if the name was taken meanwhile: never replaces.
+            fs::hard_link(&tmp, &target).map_err(map_io)?;
+            Ok(len)
+        })();
+        let _ = fs::remove_file(&tmp);
+        let len = result?;
+        sync_parent(&target)?;
+        Ok(len)
+    }
+
+    /// Removes all of `user`'s files: their folder, and their uploads in
+    /// progress. Returns how many files were removed.
+    pub fn remove_user_files(&self, user: &str) -> Result<u64, VaultError> {
+        let home = self.home(user)?;
+        let mut removed = 0u64;
+        let prefix = format!("{}-", staging_prefix(user));
+        for entry in fs::read_dir(&self.staging)? {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        match fs::symlink_metadata(&home) {
+            Ok(m) if m.file_type().is_symlink() => {
+                fs::remove_file(&home)?;
+            }
+            Ok(_) => {
+                removed += count_files(&home)?;
+                fs::remove_dir_all(&home)?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        crate::fsutil::sync_dir(&self.root)?;
+        crate::fsutil::sync_dir(&self.staging)?;
+        Ok(removed)
+    }
+}
+
+fn count_files(dir: &std::path::Path) -> io::Result<u64> {
+    let mut n = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let t = entry.file_type()?;
+        n += if t.is_dir() {
+            count_files(&entry.path())?
+        } else {
+            1
+        };
+    }
+    Ok(n)
+}
