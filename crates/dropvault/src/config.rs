@@ -130,6 +130,8 @@ pub(crate) struct Kms {
     pub(crate) transit_ca_cert: String,
     /// Limit for one request to the key service, in seconds.
     pub(crate) transit_timeout_secs: i64,
+    /// How long the transit key's version numbers are cached, in seconds.
+    pub(crate) transit_version_cache_secs: i64,
     /// RSA public key (SPKI PEM) every data key is also wrapped to.
     pub(crate) recovery_public_key: String,
 }
@@ -239,6 +241,7 @@ impl Default for Kms {
             transit_secret_id_file: String::new(),
             transit_ca_cert: String::new(),
             transit_timeout_secs: 10,
+            transit_version_cache_secs: 30,
             recovery_public_key: String::new(),
         }
     }
@@ -364,6 +367,12 @@ impl Config {
                 }
                 if !(1..=3600).contains(&self.kms.transit_timeout_secs) {
                     return Err(invalid("kms.transit_timeout_secs", "must be 1 to 3600"));
+                }
+                if !(0..=86400).contains(&self.kms.transit_version_cache_secs) {
+                    return Err(invalid(
+                        "kms.transit_version_cache_secs",
+                        "must be 0 to 86400",
+                    ));
                 }
                 if !self.kms.transit_role_id.is_empty()
                     && self.kms.transit_secret_id_file.is_empty()
@@ -535,5 +544,39 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[ftp]\nlisen = \"x\"\n").expect("write");
         assert!(Config::load(Some(&path), env(&[])).is_err());
+    }
+
+    #[test]
+    fn transit_settings_are_checked() {
+        let transit = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("DROPVAULT_KMS_PROVIDER", "transit")];
+            pairs.extend_from_slice(extra);
+            Config::load(None, env(&pairs))
+        };
+        assert!(transit(&[]).is_err(), "no address");
+        let ok = transit(&[
+            ("DROPVAULT_KMS_TRANSIT_ADDRESS", "http://127.0.0.1:8200"),
+            ("DROPVAULT_KMS_TRANSIT_TOKEN", "s.secret"),
+        ])
+        .expect("valid");
+        assert_eq!(ok.kms.transit_token.expose(), "s.secret");
+        assert!(
+            !format!("{ok:?}").contains("s.secret"),
+            "token in Debug output"
+        );
+        assert!(
+            transit(&[
+                ("DROPVAULT_KMS_TRANSIT_ADDRESS", "http://127.0.0.1:8200"),
+                ("DROPVAULT_KMS_TRANSIT_ROLE_ID", "role"),
+            ])
+            .is_err(),
+            "AppRole without a secret id file"
+        );
+        assert!(transit(&[
+            ("DROPVAULT_KMS_TRANSIT_ADDRESS", "http://127.0.0.1:8200"),
+            ("DROPVAULT_KMS_TRANSIT_KEY_VERSION", "-1"),
+        ])
+        .is_err());
+        assert!(Config::load(None, env(&[("DROPVAULT_KMS_PROVIDER", "hsm")])).is_err());
     }
 }

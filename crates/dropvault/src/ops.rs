@@ -56,6 +56,9 @@ pub(crate) fn provider(config: &Config) -> Result<Arc<dyn KeyProvider>, AnyError
                 ca_cert: (!kms.transit_ca_cert.is_empty())
                     .then(|| config.path(&kms.transit_ca_cert)),
                 timeout: Duration::from_secs(u64::try_from(kms.transit_timeout_secs).unwrap_or(10)),
+                version_cache: Duration::from_secs(
+                    u64::try_from(kms.transit_version_cache_secs).unwrap_or(30),
+                ),
             })?;
             Ok(Arc::new(provider))
         }

@@ -32,8 +32,6 @@ const ENVELOPE_LEN: usize = MAGIC.len() + 32 + 32;
 /// Largest answer read from the service (a key with many RSA versions is
 /// tens of KiB).
 const MAX_RESPONSE: u64 = 1 << 20;
-/// How long the key's version numbers are trusted before asking again.
-const INFO_TTL: Duration = Duration::from_secs(30);
 /// Items per `rewrap` request.
 const REWRAP_BATCH: usize = 100;
 /// Largest secret-id file read.
@@ -62,6 +60,10 @@ pub struct TransitConfig {
     pub ca_cert: Option<PathBuf>,
     /// Limit for one request, connect to last byte.
     pub timeout: Duration,
+    /// How long the key's version numbers are trusted before the service
+    /// is asked again (a login after a rotation re-wraps at most this much
+    /// later).
+    pub version_cache: Duration,
 }
 
 /// How the provider authenticates to the service.
@@ -121,6 +123,7 @@ pub struct TransitProvider {
     mount: String,
     key: String,
     key_version: u32,
+    version_cache: Duration,
     name: String,
     auth: TransitAuth,
     token: Mutex<Option<Token>>,
@@ -201,6 +204,7 @@ impl TransitProvider {
             mount,
             key: config.key,
             key_version: config.key_version,
+            version_cache: config.version_cache,
             auth: config.auth,
             token: Mutex::new(None),
             info: Mutex::new(None),
@@ -404,7 +408,7 @@ impl TransitProvider {
         if !fresh {
             let held = self.info.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((at, info)) = held.as_ref() {
-                if at.elapsed() < INFO_TTL {
+                if at.elapsed() < self.version_cache {
                     return Ok(info.clone());
                 }
             }
@@ -670,6 +674,7 @@ mod tests {
             auth: TransitAuth::Token(Zeroizing::new("s.secret-token".into())),
             ca_cert: None,
             timeout: Duration::from_secs(1),
+            version_cache: Duration::from_secs(30),
         };
         assert!(TransitProvider::new(config("ftp://x", "transit", "k")).is_err());
         assert!(TransitProvider::new(config("http://x", "../sys", "k")).is_err());
