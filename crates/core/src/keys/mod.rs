@@ -8,14 +8,16 @@ mod error;
 mod keyring;
 mod local;
 mod recovery;
+mod rsa;
 mod store;
 mod transit;
 
 pub use dropvault_format::DataKey;
 pub use error::KeyError;
 pub use keyring::{Keyring, RotateReport, UserKey};
-pub use local::{generate_rsa_pair, LocalRsaProvider};
+pub use local::LocalRsaProvider;
 pub use recovery::{RecoveryKey, RecoveryPrivateKey};
+pub use rsa::generate_rsa_pair;
 pub use store::{KeyFile, KeyFileStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
 pub use transit::{TransitAuth, TransitConfig, TransitProvider};
 

@@ -160,22 +160,9 @@ impl KeyFileStore {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = temp_name(&path)?;
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| KeyError::io(&tmp, e))?;
-            f.write_all(&json).map_err(|e| KeyError::io(&tmp, e))?;
-            f.sync_all().map_err(|e| KeyError::io(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| KeyError::io(&path, e))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        write_via_temp(&path, &json, 0o600, |tmp| {
+            fs::rename(tmp, &path).map_err(|e| KeyError::io(&path, e))
+        })?;
         fsync_dir(&self.dir)?;
         drop(locked);
         Ok(true)
@@ -269,7 +256,25 @@ fn temp_name(path: &Path) -> Result<PathBuf, KeyError> {
 /// folder. A crash leaves either no file or a complete one (plus at most a
 /// stray temporary, which is never read).
 pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    write_via_temp(path, data, mode, |tmp| match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(KeyError::KeyFileExists {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(KeyError::io(path, e)),
+    })?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `data` to a fresh temporary file next to `path` (mode `mode`),
+/// syncs it, and hands its name to `place` (link or rename it into place).
+/// The temporary name is gone afterwards, whatever happened.
+fn write_via_temp(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    place: impl FnOnce(&Path) -> Result<(), KeyError>,
+) -> Result<(), KeyError> {
     let tmp = temp_name(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -280,17 +285,12 @@ pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), 
             .map_err(|e| KeyError::io(&tmp, e))?;
         f.write_all(data).map_err(|e| KeyError::io(&tmp, e))?;
         f.sync_all().map_err(|e| KeyError::io(&tmp, e))?;
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(KeyError::KeyFileExists {
-                path: path.to_owned(),
-            }),
-            Err(e) => Err(KeyError::io(path, e)),
-        }
+        place(&tmp)
     })();
+    // After a rename there is nothing left to remove; after a link or a
+    // failure, the temporary name goes.
     let _ = fs::remove_file(&tmp);
-    result?;
-    fsync_dir(dir)
+    result
 }
 
 /// Makes a folder's entries durable.

@@ -470,13 +470,7 @@ impl KeyProvider for TransitProvider {
             .into_bytes(),
         );
         let answer = self.call(&format!("{}/encrypt/{}", self.mount, self.key), Some(&body))?;
-        let ciphertext = answer["data"]["ciphertext"]
-            .as_str()
-            .ok_or_else(|| KeyError::BadResponse("encrypt answer without ciphertext".into()))?;
-        Ok(Wrapped {
-            key_version: ciphertext_version(ciphertext)?,
-            ciphertext: ciphertext.to_owned(),
-        })
+        wrapped(answer["data"]["ciphertext"].as_str())
     }
 
     fn unwrap(&self, user: &str, wrapped: &Wrapped) -> Result<DataKey, KeyError> {
@@ -538,10 +532,7 @@ impl KeyProvider for TransitProvider {
             match results {
                 Some(results) => out.extend(results.iter().map(|r| {
                     match (r["ciphertext"].as_str(), r["error"].as_str()) {
-                        (Some(ct), _) if !ct.is_empty() => Ok(Wrapped {
-                            key_version: ciphertext_version(ct)?,
-                            ciphertext: ct.to_owned(),
-                        }),
+                        (Some(ct), _) if !ct.is_empty() => wrapped(Some(ct)),
                         (_, Some(err)) => Err(KeyError::Service {
                             status: 400,
                             errors: err.to_owned(),
@@ -589,18 +580,21 @@ impl TransitProvider {
         }
         let body = serde_json::to_vec(&body).map_err(|e| KeyError::BadResponse(e.to_string()))?;
         let answer = self.call(path, Some(&body))?;
-        let ct = answer["data"]["ciphertext"]
-            .as_str()
-            .ok_or_else(|| KeyError::BadResponse("rewrap answer without ciphertext".into()))?;
-        Ok(Wrapped {
-            key_version: ciphertext_version(ct)?,
-            ciphertext: ct.to_owned(),
-        })
+        wrapped(answer["data"]["ciphertext"].as_str())
     }
 }
 
 fn user_binding(user: &str) -> digest::Digest {
     digest::digest(&digest::SHA256, &binding_label("data key", user))
+}
+
+/// A transit ciphertext as a wrapped key.
+fn wrapped(ciphertext: Option<&str>) -> Result<Wrapped, KeyError> {
+    let ct = ciphertext.ok_or_else(|| KeyError::BadResponse("answer without ciphertext".into()))?;
+    Ok(Wrapped {
+        key_version: ciphertext_version(ct)?,
+        ciphertext: ct.to_owned(),
+    })
 }
 
 /// The key version in a transit ciphertext, `vault:v<N>:…`.
