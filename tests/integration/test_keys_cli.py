@@ -116,6 +116,11 @@ def test_decrypt_with_the_live_key_then_the_recovery_key_and_shredding(dropvault
                  "--recovery-key", str(private)], data_dir, extra_env=env)
     assert r.returncode == 0, r.stderr
     assert out2.read_bytes() == data
+    # Without it, the command says the KEK is missing and makes no new one.
+    r = run_cli(["decrypt", "--user", USER, "/in/report.bin", "-o", str(tmp_path / "y")],
+                data_dir, extra_env=env)
+    assert r.returncode != 0 and "kek.pem" in r.stderr, r.stderr
+    assert not (data_dir / "kek.pem").exists()
     # The wrong recovery key does not open it.
     other_private, _ = openssl_recovery_pair(tmp_path / "out", bits=3072)
     r = run_cli(["decrypt", "--user", USER, "/in/report.bin", "-o", str(tmp_path / "x"),

@@ -242,7 +242,7 @@ fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
 
 fn serve(config: Config) -> Result<(), AnyError> {
     data_dir(&config)?;
-    let keyring = Arc::new(ops::keyring(&config)?);
+    let keyring = Arc::new(ops::keyring(&config, ops::Kek::Create)?);
     tracing::info!(
         provider = keyring.provider().kind(),
         kek = keyring.provider().key_name(),

@@ -21,8 +21,17 @@ use crate::config::Config;
 use crate::progress::{human, Progress};
 use crate::{println_safe, AnyError};
 
+/// Whether a missing `local` KEK file may be generated: by the server and
+/// by commands that create data keys, never by commands that only read
+/// (a new KEK could not open anything stored).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kek {
+    Create,
+    Existing,
+}
+
 /// The key provider the configuration names.
-pub(crate) fn provider(config: &Config) -> Result<Arc<dyn KeyProvider>, AnyError> {
+pub(crate) fn provider(config: &Config, kek: Kek) -> Result<Arc<dyn KeyProvider>, AnyError> {
     let kms = &config.kms;
     match kms.provider.as_str() {
         "transit" => {
@@ -62,7 +71,10 @@ pub(crate) fn provider(config: &Config) -> Result<Arc<dyn KeyProvider>, AnyError
             })?;
             Ok(Arc::new(provider))
         }
-        _ => Ok(Arc::new(LocalRsaProvider::open_or_create(
+        _ if kek == Kek::Create => Ok(Arc::new(LocalRsaProvider::open_or_create(
+            &config.path(&kms.local_key),
+        )?)),
+        _ => Ok(Arc::new(LocalRsaProvider::open(
             &config.path(&kms.local_key),
         )?)),
     }
@@ -74,7 +86,7 @@ pub(crate) fn key_store(config: &Config) -> Result<KeyFileStore, AnyError> {
 }
 
 /// The keyring: provider, key files, and the recovery key if configured.
-pub(crate) fn keyring(config: &Config) -> Result<Keyring, AnyError> {
+pub(crate) fn keyring(config: &Config, kek: Kek) -> Result<Keyring, AnyError> {
     let recovery = if config.kms.recovery_public_key.is_empty() {
         None
     } else {
@@ -82,7 +94,7 @@ pub(crate) fn keyring(config: &Config) -> Result<Keyring, AnyError> {
             &config.path(&config.kms.recovery_public_key),
         )?)
     };
-    Ok(Keyring::new(provider(config)?, key_store(config)?).with_recovery(recovery))
+    Ok(Keyring::new(provider(config, kek)?, key_store(config)?).with_recovery(recovery))
 }
 
 /// Where users' keys come from for an offline command: the live provider,
@@ -96,7 +108,7 @@ impl KeySource {
     pub(crate) fn new(config: &Config, recovery_key: Option<&Path>) -> Result<Self, AnyError> {
         Ok(match recovery_key {
             Some(path) => KeySource::Recovery(key_store(config)?, RecoveryPrivateKey::open(path)?),
-            None => KeySource::Provider(keyring(config)?),
+            None => KeySource::Provider(keyring(config, Kek::Existing)?),
         })
     }
 
@@ -139,7 +151,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `dropvault keys status`.
 pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
-    let keyring = keyring(config)?;
+    let keyring = keyring(config, Kek::Existing)?;
     let provider = keyring.provider();
     println_safe(&format!("provider: {}", provider.kind()));
     let status = provider.status();
@@ -213,7 +225,7 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
 
 /// `dropvault keys rotate`.
 pub(crate) fn keys_rotate(config: &Config) -> Result<bool, AnyError> {
-    let keyring = keyring(config)?;
+    let keyring = keyring(config, Kek::Existing)?;
     let version = keyring.provider().current_version()?;
     let report = keyring.rotate()?;
     for (path, reason) in &report.failed {
@@ -421,7 +433,7 @@ pub(crate) fn import(
         return Err(format!("{}: not a folder", src.display()).into());
     }
     let vault = Vault::open(config.path(&config.storage.root))?;
-    let keyring = keyring(config)?;
+    let keyring = keyring(config, Kek::Create)?;
     let key = keyring.unlock(user)?;
     // The plan first: what to import, what to skip and why.
     let mut todo: Vec<(PathBuf, VPath, u64)> = Vec::new();
