@@ -2,7 +2,7 @@
 //! storage, and nothing about FTP.
 //!
 //! - [`keys`]: where a data key comes from — the [`keys::KeyProvider`]
-//!   that wraps it (local RSA file today, OpenBao/Vault transit next), the
+//!   that wraps it (a local RSA file, or OpenBao/Vault transit), the
 //!   per-user key files, and the [`keys::Keyring`] that shares one unwrapped
 //!   key among a user's sessions and drops it with the last one.
 //!
@@ -12,8 +12,17 @@
 //! - [`vault`]: one user's encrypted view of storage — normalised paths,
 //!   listings with plaintext sizes, streaming sealed uploads through staging
 //!   files to an atomic commit, random-access downloads.
+//!
+//! - [`scan`]: the verdict on an upload before it is committed — clamd
+//!   over INSTREAM and a command hook, fed the plaintext as it streams.
+//!
+//! - [`events`]: login, upload, download and the like, delivered to a
+//!   webhook and a command through a bounded queue, off the hot path.
 
 pub mod accounts;
+pub mod events;
 mod fsutil;
+mod http;
 pub mod keys;
+pub mod scan;
 pub mod vault;

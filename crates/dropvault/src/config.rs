@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
-const SECTIONS: [&str; 5] = ["ftp", "auth", "kms", "storage", "log"];
+const SECTIONS: [&str; 7] = ["ftp", "auth", "kms", "storage", "scan", "hooks", "log"];
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +50,68 @@ pub(crate) struct Config {
     pub(crate) kms: Kms,
     /// Storage.
     pub(crate) storage: Storage,
+    /// Malware scanning of uploads.
+    pub(crate) scan: Scan,
+    /// Event hooks.
+    pub(crate) hooks: Hooks,
     /// Logging.
     pub(crate) log: Log,
+}
+
+/// `[scan]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Scan {
+    /// clamd: "unix:/path" or "tcp:host:port"; empty = none.
+    pub(crate) clamd: String,
+    /// Pre-commit command hook (argv); empty = none.
+    pub(crate) command: Vec<String>,
+    /// reject | accept
+    pub(crate) on_error: String,
+    /// Limit for each wait on a scanner.
+    pub(crate) timeout_secs: i64,
+    /// Keep rejected uploads, sealed, for operators.
+    pub(crate) quarantine: bool,
+}
+
+/// `[hooks]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Hooks {
+    /// URL that receives each event as an HTTP POST of JSON.
+    pub(crate) webhook_url: String,
+    /// Command (argv) run for each event.
+    pub(crate) command: Vec<String>,
+    /// Events waiting at most before new ones are dropped.
+    pub(crate) queue_size: i64,
+    /// Delivery attempts after a failed one.
+    pub(crate) retries: i64,
+    /// Limit for one delivery attempt.
+    pub(crate) timeout_secs: i64,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Self {
+            clamd: String::new(),
+            command: Vec::new(),
+            on_error: "reject".into(),
+            timeout_secs: 60,
+            quarantine: false,
+        }
+    }
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            webhook_url: String::new(),
+            command: Vec::new(),
+            queue_size: 1024,
+            retries: 3,
+            timeout_secs: 10,
+        }
+    }
 }
 
 /// `[ftp]`
@@ -189,6 +249,8 @@ impl Default for Config {
             auth: Auth::default(),
             kms: Kms::default(),
             storage: Storage::default(),
+            scan: Scan::default(),
+            hooks: Hooks::default(),
             log: Log::default(),
         }
     }
@@ -320,6 +382,10 @@ impl Config {
                     .parse::<bool>()
                     .map(toml::Value::Boolean)
                     .map_err(|e| invalid(&name, e))?,
+                // Lists (commands) as JSON arrays of strings.
+                Some(toml::Value::Array(_)) => serde_json::from_str::<Vec<String>>(&value)
+                    .map(|v| toml::Value::Array(v.into_iter().map(toml::Value::String).collect()))
+                    .map_err(|e| invalid(&name, format!("a JSON array of strings: {e}")))?,
                 Some(_) => toml::Value::String(value),
                 None => return Err(invalid(&name, "no such setting")),
             };
@@ -385,10 +451,72 @@ impl Config {
             }
             _ => return Err(invalid("kms.provider", "must be \"local\" or \"transit\"")),
         }
+        self.scan_settings()?;
+        if !(1..=1_000_000).contains(&self.hooks.queue_size) {
+            return Err(invalid("hooks.queue_size", "must be 1 to 1000000"));
+        }
+        if !(0..=100).contains(&self.hooks.retries) {
+            return Err(invalid("hooks.retries", "must be 0 to 100"));
+        }
+        if !(1..=3600).contains(&self.hooks.timeout_secs) {
+            return Err(invalid("hooks.timeout_secs", "must be 1 to 3600"));
+        }
+        if !self.hooks.webhook_url.is_empty()
+            && !self.hooks.webhook_url.starts_with("http://")
+            && !self.hooks.webhook_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "hooks.webhook_url",
+                "must start with http:// or https://",
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
         Ok(())
+    }
+
+    /// The scanner settings, checked.
+    pub(crate) fn scan_settings(&self) -> Result<dropvault_core::scan::ScanSettings, ConfigError> {
+        use dropvault_core::scan::{parse_clamd, OnError, ScanSettings};
+        let clamd = if self.scan.clamd.is_empty() {
+            None
+        } else {
+            Some(parse_clamd(&self.scan.clamd).map_err(|e| invalid("scan.clamd", e))?)
+        };
+        let on_error = match self.scan.on_error.as_str() {
+            "reject" => OnError::Reject,
+            "accept" => OnError::Accept,
+            _ => return Err(invalid("scan.on_error", "must be \"reject\" or \"accept\"")),
+        };
+        if !(1..=3600).contains(&self.scan.timeout_secs) {
+            return Err(invalid("scan.timeout_secs", "must be 1 to 3600"));
+        }
+        if self.scan.command.first().is_some_and(String::is_empty) {
+            return Err(invalid("scan.command", "empty program name"));
+        }
+        Ok(ScanSettings {
+            clamd,
+            command: self.scan.command.clone(),
+            on_error,
+            timeout: std::time::Duration::from_secs(
+                u64::try_from(self.scan.timeout_secs).unwrap_or(60),
+            ),
+            quarantine: self.scan.quarantine,
+        })
+    }
+
+    /// The event hook settings.
+    pub(crate) fn hook_settings(&self) -> dropvault_core::events::HookSettings {
+        dropvault_core::events::HookSettings {
+            webhook_url: Some(self.hooks.webhook_url.clone()).filter(|u| !u.is_empty()),
+            command: self.hooks.command.clone(),
+            queue: usize::try_from(self.hooks.queue_size).unwrap_or(1024),
+            retries: u32::try_from(self.hooks.retries).unwrap_or(3),
+            timeout: std::time::Duration::from_secs(
+                u64::try_from(self.hooks.timeout_secs).unwrap_or(10),
+            ),
+        }
     }
 
     /// A path setting resolved against `data_dir`.

@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         recovery_key: Option<PathBuf>,
     },
+    /// Uploads the scanner rejected, kept sealed when scan.quarantine = true.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Seal an existing plaintext folder tree into a user's vault. Reports
     /// each file it skips and why (links, special files, names already in
     /// the vault); exit status 1 if any was skipped. The source is left
@@ -88,6 +93,26 @@ enum Command {
         /// Folder in the vault to import into.
         #[arg(long, default_value = "/")]
         dest: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineAction {
+    /// Rejected uploads kept in quarantine: id, user, path, size, finding.
+    List,
+    /// Put a quarantined upload into its user's vault (where it was going,
+    /// or --dest), never over an existing file.
+    Release {
+        /// The id `list` shows.
+        id: String,
+        /// Path in the user's vault instead of the original one.
+        #[arg(long)]
+        dest: Option<String>,
+    },
+    /// Delete a quarantined upload.
+    Delete {
+        /// The id `list` shows.
+        id: String,
     },
 }
 
@@ -172,6 +197,9 @@ fn main() -> ExitCode {
         }),
         Command::Verify { user, recovery_key } => data_dir(&config)
             .and_then(|()| ops::verify(&config, user.as_deref(), recovery_key.as_deref())),
+        Command::Quarantine { action } => {
+            data_dir(&config).and_then(|()| quarantine(&config, action))
+        }
         Command::Import { user, src, dest } => data_dir(&config)
             .and_then(|()| known_user(&config, &user))
             .and_then(|()| ops::import(&config, &user, &src, &dest)),
@@ -211,6 +239,45 @@ fn data_dir(config: &Config) -> Result<(), AnyError> {
     Ok(())
 }
 
+fn quarantine(config: &Config, action: QuarantineAction) -> Result<bool, AnyError> {
+    let vault = Vault::open(config.path(&config.storage.root))?;
+    match action {
+        QuarantineAction::List => {
+            let entries = vault.quarantine_list()?;
+            for q in &entries {
+                println_safe(&format!(
+                    "{}\t{}\t{}\t{} bytes\t{}",
+                    q.id, q.user, q.path, q.size, q.finding
+                ));
+            }
+            if entries.is_empty() {
+                println_safe("quarantine is empty");
+            }
+        }
+        QuarantineAction::Release { id, dest } => {
+            let dest = dest
+                .map(|d| {
+                    dropvault_core::vault::VPath::resolve(&dropvault_core::vault::VPath::root(), &d)
+                })
+                .transpose()?;
+            let (user, path) = vault.quarantine_release(&id, dest.as_ref())?;
+            tracing::warn!(event = "quarantine_released", id, user, path = %path);
+            println_safe(&format!("released {id} to {user}:{path}"));
+        }
+        QuarantineAction::Delete { id } => {
+            let q = vault.quarantine_delete(&id)?;
+            tracing::info!(
+                event = "quarantine_deleted",
+                id,
+                user = q.user,
+                path = q.path
+            );
+            println_safe(&format!("deleted {id} ({}:{})", q.user, q.path));
+        }
+    }
+    Ok(true)
+}
+
 /// With the `file` backend, refuses a name that is not an account, so a
 /// typo does not create a key and a folder for nobody.
 fn known_user(config: &Config, name: &str) -> Result<(), AnyError> {
@@ -248,7 +315,16 @@ fn serve(config: Config) -> Result<(), AnyError> {
         kek = keyring.provider().key_name(),
         "key provider ready"
     );
-    let vault = Arc::new(Vault::open(config.path(&config.storage.root))?);
+    let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
+    if scanner.is_some() {
+        tracing::info!(clamd = %config.scan.clamd, command = ?config.scan.command,
+            on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
+            "uploads are scanned before they are committed");
+    }
+    let vault = Arc::new(Vault::open(config.path(&config.storage.root))?.with_scanner(scanner));
+    let events = Arc::new(dropvault_core::events::Hooks::start(
+        config.hook_settings(),
+    )?);
     let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
         "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
         _ => {
@@ -282,6 +358,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
         keyring,
         vault,
         tls,
+        events: events.clone(),
     };
     // Every transfer holds a blocking thread (a large download two) for
     // its file I/O and cipher work; the rest of the pool serves logins,
@@ -323,9 +400,12 @@ fn serve(config: Config) -> Result<(), AnyError> {
             implicit_tls,
         };
         dropvault_ftp::serve(ftp, services, listeners, shutdown).await?;
-        tracing::info!(event = "stopped", "dropvault stopped");
         Ok::<(), AnyError>(())
-    })
+    })?;
+    // Events still queued get a few seconds to go out.
+    events.shutdown(std::time::Duration::from_secs(5));
+    tracing::info!(event = "stopped", "dropvault stopped");
+    Ok(())
 }
 
 /// Registers SIGTERM and SIGINT handlers now; the future completes on the

@@ -88,4 +88,6 @@ pub struct Services {
     pub vault: Arc<Vault>,
     /// TLS configuration; `None` when TLS is off.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where events (login, upload, …) go besides the log.
+    pub events: Arc<dropvault_core::events::Hooks>,
 }

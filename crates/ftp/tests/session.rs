@@ -40,6 +40,7 @@ async fn start(config: FtpConfig) -> Server {
         )),
         vault: Arc::new(Vault::open(dir.path().join("files")).expect("vault")),
         tls: None,
+        events: Arc::new(dropvault_core::events::Hooks::disabled()),
     };
     let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = control.local_addr().expect("addr");

@@ -14,7 +14,7 @@
 //! token reaches its maximum TTL or is refused).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -36,13 +36,6 @@ const MAX_RESPONSE: u64 = 1 << 20;
 const REWRAP_BATCH: usize = 100;
 /// Largest secret-id file read.
 const MAX_SECRET_ID_LEN: u64 = 4096;
-/// CA bundles tried for `https://` when no `transit_ca_cert` is set.
-const SYSTEM_CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
 /// Where the transit engine is and how to log in to it.
 #[derive(Debug, Clone)]
 pub struct TransitConfig {
@@ -166,37 +159,8 @@ impl TransitProvider {
         if !safe(&config.key) || config.key.contains('/') {
             return Err(bad("transit_key must be a name of letters, digits, - _ ."));
         }
-        let ca = match &config.ca_cert {
-            Some(path) => Some(std::fs::read(path).map_err(|e| KeyError::io(path, e))?),
-            None if https => SYSTEM_CA_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()),
-            None => None,
-        };
-        let mut tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ));
-        if let Some(pem) = ca {
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(bad("transit_ca_cert holds no PEM certificate"));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
-        }
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(config.timeout))
-                .max_redirects(0)
-                .user_agent("dropvault")
-                .tls_config(tls.build())
-                .build(),
-        );
+        let agent = crate::http::agent(config.timeout, config.ca_cert.as_deref(), https)
+            .map_err(|e| KeyError::BadConfig(format!("transit_ca_cert: {e}")))?;
         Ok(Self {
             agent,
             name: format!("{mount}/{}", config.key),

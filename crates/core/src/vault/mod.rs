@@ -26,15 +26,18 @@ use dropvault_format::{
     open_decryptor, plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
 };
 
-pub use offline::{Oddity, StoredFile};
+pub use offline::{Oddity, Quarantined, StoredFile};
 pub use path::VPath;
 pub use transfer::{Download, Upload, UploadExited};
 
 use crate::keys::UserKey;
+use crate::scan::Scanner;
 
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
 const STAGING: &str = ".staging";
+/// Rejected uploads kept for operators (sealed, never served).
+const QUARANTINE: &str = ".quarantine";
 /// Staging files untouched for this long are removed when the vault opens.
 const STAGING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -81,6 +84,20 @@ pub enum VaultError {
     /// The storage failed.
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
+    /// A scanner found something in an upload; it was not committed.
+    #[error("upload rejected by the scanner: {finding}")]
+    Rejected {
+        /// What the scanner found.
+        finding: String,
+        /// Plaintext bytes of the rejected file.
+        size: u64,
+    },
+    /// No scanner verdict (and `on_error = "reject"`); not committed.
+    #[error("upload not committed: malware scan failed: {reason}")]
+    ScanFailed {
+        /// Why.
+        reason: String,
+    },
 }
 
 fn map_io(e: io::Error) -> VaultError {
@@ -112,6 +129,8 @@ async fn blocking<T: Send + 'static>(
 pub struct Vault {
     root: PathBuf,
     staging: PathBuf,
+    quarantine: PathBuf,
+    scanner: Option<Arc<Scanner>>,
 }
 
 impl Vault {
@@ -124,9 +143,25 @@ impl Vault {
             .recursive(true)
             .mode(0o700)
             .create(&staging)?;
-        let vault = Self { root, staging };
+        let quarantine = root.join(QUARANTINE);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&quarantine)?;
+        let vault = Self {
+            root,
+            staging,
+            quarantine,
+            scanner: None,
+        };
         vault.expire_staging();
         Ok(vault)
+    }
+
+    /// Scans every upload with `scanner` before it is committed.
+    pub fn with_scanner(mut self, scanner: Option<Arc<Scanner>>) -> Self {
+        self.scanner = scanner;
+        self
     }
 
     fn expire_staging(&self) {
@@ -175,6 +210,8 @@ impl Vault {
             inner: Arc::new(Inner {
                 home,
                 staging: self.staging.clone(),
+                quarantine: self.quarantine.clone(),
+                scanner: self.scanner.clone(),
                 key,
             }),
         })
@@ -220,6 +257,8 @@ pub enum UploadMode {
 struct Inner {
     home: PathBuf,
     staging: PathBuf,
+    quarantine: PathBuf,
+    scanner: Option<Arc<Scanner>>,
     key: Arc<UserKey>,
 }
 
@@ -326,8 +365,20 @@ impl UserVault {
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
         let staging = self.staging_path(p);
         let (me, p) = (self.clone(), p.clone());
+        let plan = self
+            .inner
+            .scanner
+            .clone()
+            .map(|scanner| transfer::ScanPlan {
+                scanner,
+                user: self.user().to_owned(),
+                path: p.to_string(),
+                key: self.inner.key.clone(),
+                quarantine: self.inner.quarantine.clone(),
+                prefix: staging_prefix(self.user()),
+            });
         let (writer, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
-        Ok(Upload::start(writer, target))
+        Ok(Upload::start(writer, target, plan))
     }
 
     /// The blocking part of [`UserVault::upload`]: lock the staging file and

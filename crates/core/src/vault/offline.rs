@@ -27,6 +27,23 @@ pub struct StoredFile {
     pub stored_len: u64,
 }
 
+/// A rejected upload kept in quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Quarantined {
+    /// Its id (what `release` and `delete` take).
+    pub id: String,
+    /// Whose upload it was.
+    pub user: String,
+    /// Where it was going.
+    pub path: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// What the scanner found.
+    pub finding: String,
+    /// When, in seconds since the Unix epoch.
+    pub time: u64,
+}
+
 /// A user's folder held something that is not a sealed file or a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Oddity {
@@ -223,21 +240,104 @@ impl Vault {
         Ok(len)
     }
 
-    /// Removes all of `user`'s files: their folder, and their uploads in
-    /// progress. Returns how many files were removed.
+    /// Every upload in quarantine, oldest first.
+    pub fn quarantine_list(&self) -> Result<Vec<Quarantined>, VaultError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.quarantine)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            match self.quarantined(id) {
+                Ok(q) => out.push(q),
+                Err(e) => tracing::warn!(id, error = %e, "unreadable quarantine entry"),
+            }
+        }
+        out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok(out)
+    }
+
+    fn quarantined(&self, id: &str) -> Result<Quarantined, VaultError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(VaultError::InvalidPath("not a quarantine id"));
+        }
+        let file = open_nofollow(&self.quarantine.join(format!("{id}.json"))).map_err(map_io)?;
+        let mut text = String::new();
+        file.take(64 * 1024).read_to_string(&mut text)?;
+        let q: Quarantined = serde_json::from_str(&text)
+            .map_err(|e| VaultError::Io(io::Error::new(ErrorKind::InvalidData, e)))?;
+        if q.id != id {
+            return Err(VaultError::Io(io::Error::new(
+                ErrorKind::InvalidData,
+                "quarantine entry names another id",
+            )));
+        }
+        Ok(q)
+    }
+
+    /// Puts a quarantined upload into its user's vault, at `dest` or where
+    /// it was going; never over an existing file. Returns where it went.
+    pub fn quarantine_release(
+        &self,
+        id: &str,
+        dest: Option<&VPath>,
+    ) -> Result<(String, VPath), VaultError> {
+        let q = self.quarantined(id)?;
+        let path = match dest {
+            Some(p) => p.clone(),
+            None => VPath::resolve(&VPath::root(), &q.path)?,
+        };
+        if path.is_root() {
+            return Err(VaultError::IsADirectory);
+        }
+        let home = self.home(&q.user)?;
+        let target = real_path(&home, &path)?;
+        let parent_is_dir = target
+            .parent()
+            .and_then(|p| fs::symlink_metadata(p).ok())
+            .is_some_and(|m| m.is_dir());
+        if !parent_is_dir {
+            return Err(VaultError::NotFound);
+        }
+        let sealed = self.quarantine.join(format!("{id}.sealed"));
+        // A link fails if the name is taken: nothing is replaced.
+        fs::hard_link(&sealed, &target).map_err(map_io)?;
+        sync_parent(&target)?;
+        fs::remove_file(&sealed)?;
+        fs::remove_file(self.quarantine.join(format!("{id}.json")))?;
+        crate::fsutil::sync_dir(&self.quarantine)?;
+        Ok((q.user, path))
+    }
+
+    /// Deletes a quarantined upload.
+    pub fn quarantine_delete(&self, id: &str) -> Result<Quarantined, VaultError> {
+        let q = self.quarantined(id)?;
+        match fs::remove_file(self.quarantine.join(format!("{id}.sealed"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        fs::remove_file(self.quarantine.join(format!("{id}.json")))?;
+        crate::fsutil::sync_dir(&self.quarantine)?;
+        Ok(q)
+    }
+
+    /// Removes all of `user`'s files: their folder, their uploads in
+    /// progress and in quarantine. Returns how many files were removed.
     pub fn remove_user_files(&self, user: &str) -> Result<u64, VaultError> {
         let home = self.home(user)?;
         let mut removed = 0u64;
         let prefix = format!("{}-", staging_prefix(user));
-        for entry in fs::read_dir(&self.staging)? {
-            let entry = entry?;
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&prefix))
-            {
-                fs::remove_file(entry.path())?;
-                removed += 1;
+        for dir in [&self.staging, &self.quarantine] {
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) {
+                    fs::remove_file(entry.path())?;
+                    removed += u64::from(!name.ends_with(".json"));
+                }
             }
         }
         match fs::symlink_metadata(&home) {
@@ -253,6 +353,7 @@ impl Vault {
         }
         crate::fsutil::sync_dir(&self.root)?;
         crate::fsutil::sync_dir(&self.staging)?;
+        crate::fsutil::sync_dir(&self.quarantine)?;
         Ok(removed)
     }
 }

@@ -7,9 +7,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use dropvault_format::{Decryptor, EncryptingWriter, SEGMENT_LEN};
@@ -18,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use super::{map_io, sync_parent, VaultError};
+use crate::keys::UserKey;
+use crate::scan::{OnError, ScanJob, Scanner, Verdict};
 
 /// Plaintext bytes per chunk handed between the async side and the worker.
 pub(super) const CHUNK: usize = 1 << 20;
@@ -303,15 +307,31 @@ pub(super) struct Target {
     pub(super) target: PathBuf,
 }
 
+/// How an upload is scanned before it is committed.
+pub(super) struct ScanPlan {
+    pub(super) scanner: Arc<Scanner>,
+    pub(super) user: String,
+    pub(super) path: String,
+    /// To read a resumed upload's staging file back from its start.
+    pub(super) key: Arc<UserKey>,
+    pub(super) quarantine: PathBuf,
+    /// Start of the user's staging (and quarantine) file names.
+    pub(super) prefix: String,
+}
+
 impl Upload {
-    /// Starts the worker sealing into `writer`.
-    pub(super) fn start(writer: EncryptingWriter<File>, target: Target) -> Self {
+    /// Starts the worker sealing into `writer` (and feeding `scan`).
+    pub(super) fn start(
+        writer: EncryptingWriter<File>,
+        target: Target,
+        scan: Option<ScanPlan>,
+    ) -> Self {
         let start = writer.plaintext_len();
         let (tx, rx) = mpsc::channel(AHEAD);
         let (recycle, spare) = std_mpsc::channel();
         let (exited_tx, exited) = oneshot::channel::<()>();
         tokio::task::spawn_blocking(move || {
-            write_worker(writer, &target, rx, &recycle);
+            write_worker(writer, &target, rx, &recycle, scan.as_ref());
             // The staging lock goes first, then the news that it went.
             drop(target);
             drop(exited_tx);
@@ -459,15 +479,25 @@ fn write_worker(
     target: &Target,
     mut rx: mpsc::Receiver<Msg>,
     recycle: &std_mpsc::Sender<Vec<u8>>,
+    scan: Option<&ScanPlan>,
 ) {
     let mut failed: Option<io::Error> = None;
     let mut kicked = 0u64;
+    // A fresh upload is scanned as it streams; one that continues sealed
+    // data (resume, append) is read back whole at commit instead, so the
+    // scanner always sees the entire file.
+    let mut job = scan
+        .filter(|_| writer.plaintext_len() == 0)
+        .map(|s| s.scanner.begin(&s.user, &s.path));
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(mut chunk) => {
                 if failed.is_none() {
                     failed = writer.write_all(&chunk).err();
                     kicked = start_writeback(writer.get_ref(), kicked);
+                    if let Some(job) = job.as_mut() {
+                        job.feed(&chunk);
+                    }
                 }
                 chunk.clear();
                 let _ = recycle.send(chunk);
@@ -482,7 +512,7 @@ fn write_worker(
             Msg::Commit(reply) => {
                 let result = match failed {
                     Some(e) => Err(map_io(e)),
-                    None => commit(writer, target),
+                    None => commit(writer, target, scan, job.take()),
                 };
                 let _ = reply.send(result);
                 return;
@@ -490,6 +520,64 @@ fn write_worker(
         }
     }
     let _ = writer.flush();
+}
+
+/// The verdict on a whole sealed staging file, read back from its start.
+fn rescan(plan: &ScanPlan, staging: &std::path::Path) -> Verdict {
+    use std::io::Read;
+    let mut job = plan.scanner.begin(&plan.user, &plan.path);
+    let read = (|| -> io::Result<()> {
+        let file = File::open(staging)?;
+        let mut reader = dropvault_format::DecryptingReader::new(file, plan.key.data_key())
+            .map_err(io::Error::from)?;
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            job.feed(&buf[..n]);
+        }
+    })();
+    let verdict = job.finish();
+    match read {
+        Ok(()) => verdict,
+        Err(e) => Verdict::Failed {
+            reason: format!("reading the upload back for the scan failed: {e}"),
+        },
+    }
+}
+
+/// Moves a rejected upload, still sealed, into the quarantine folder with a
+/// description next to it (written first, so a quarantined file always has
+/// one).
+fn quarantine(plan: &ScanPlan, t: &Target, size: u64, finding: &str) -> Result<(), VaultError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut nonce = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
+    let id = format!("{}-{now}-{}", plan.prefix, super::hex(&nonce));
+    let about = serde_json::json!({
+        "id": id,
+        "user": plan.user,
+        "path": plan.path,
+        "size": size,
+        "finding": finding,
+        "time": now,
+    });
+    let json_path = plan.quarantine.join(format!("{id}.json"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&json_path)?;
+    f.write_all(about.to_string().as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&t.staging, plan.quarantine.join(format!("{id}.sealed")))?;
+    crate::fsutil::sync_dir(&plan.quarantine)?;
+    tracing::info!(event = "quarantined", user = %plan.user, path = %plan.path, id, finding);
+    Ok(())
 }
 
 /// Starts asynchronous writeback of what was written since `from` once
@@ -517,10 +605,42 @@ fn start_writeback(file: &File, from: u64) -> u64 {
     pos
 }
 
-fn commit(writer: EncryptingWriter<File>, t: &Target) -> Result<u64, VaultError> {
+fn commit(
+    writer: EncryptingWriter<File>,
+    t: &Target,
+    scan: Option<&ScanPlan>,
+    job: Option<ScanJob>,
+) -> Result<u64, VaultError> {
     let len = writer.plaintext_len();
     let file = writer.finish()?;
     file.sync_all()?;
+    if let Some(plan) = scan {
+        let verdict = match job {
+            Some(job) => job.finish(),
+            None => rescan(plan, &t.staging),
+        };
+        match verdict {
+            Verdict::Clean => {}
+            Verdict::Rejected { finding } => {
+                if plan.scanner.quarantine() {
+                    quarantine(plan, t, len, &finding)?;
+                } else {
+                    fs::remove_file(&t.staging)?;
+                }
+                return Err(VaultError::Rejected { finding, size: len });
+            }
+            Verdict::Failed { reason } => match plan.scanner.on_error() {
+                OnError::Accept => {
+                    tracing::warn!(event = "scan_failed", user = %plan.user, path = %plan.path,
+                        error = %reason, "no scan verdict; committing anyway (scan.on_error = accept)");
+                }
+                OnError::Reject => {
+                    fs::remove_file(&t.staging)?;
+                    return Err(VaultError::ScanFailed { reason });
+                }
+            },
+        }
+    }
     if fs::symlink_metadata(&t.target).is_ok_and(|m| m.is_dir()) {
         return Err(VaultError::IsADirectory);
     }

@@ -28,6 +28,17 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
             tracing::error!(error = %fe, "stored file failed to open");
             Reply::new(451, "Stored file is damaged; it cannot be read.")
         }
+        VaultError::Rejected { finding, .. } => Reply::new(
+            550,
+            format!("Upload rejected: {finding}. The file was not stored."),
+        ),
+        VaultError::ScanFailed { reason } => {
+            tracing::error!(error = %reason, "malware scan failed; upload refused");
+            Reply::new(
+                451,
+                "Upload not stored: the malware scan is unavailable. Try again later.",
+            )
+        }
         VaultError::Io(io) => {
             tracing::error!(error = %io, "storage error");
             Reply::local_error("Storage error; try again later.")

@@ -46,11 +46,17 @@ struct LoggedIn {
     vault: UserVault,
     cwd: VPath,
     peer: SocketAddr,
+    events: Arc<dropvault_core::events::Hooks>,
 }
 
 impl Drop for LoggedIn {
     fn drop(&mut self) {
         tracing::info!(event = "logout", user = self.vault.user(), peer = %self.peer);
+        self.events.emit(
+            dropvault_core::events::Event::new("logout")
+                .user(self.vault.user())
+                .peer(self.peer),
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! PWD CWD CDUP MKD RMD DELE RNFR RNTO SIZE MDTM: names and metadata.
 
+use dropvault_core::events::Event;
 use dropvault_core::vault::{EntryKind, UserVault, VPath, VaultError};
 
 use crate::proto::{mdtm, Reply};
@@ -77,6 +78,10 @@ impl Session {
         match v.remove(&p).await {
             Ok(()) => {
                 tracing::info!(event = "delete", user = v.user(), path = %p);
+                self.shared
+                    .services
+                    .events
+                    .emit(Event::new("delete").user(v.user()).peer(self.peer).path(&p));
                 Reply::file_action_ok("File deleted.")
             }
             Err(e) => vault_reply(&e),
@@ -102,6 +107,13 @@ impl Session {
         match v.rename(&from, &to).await {
             Ok(()) => {
                 tracing::info!(event = "rename", user = v.user(), from = %from, to = %to);
+                self.shared.services.events.emit(
+                    Event::new("rename")
+                        .user(v.user())
+                        .peer(self.peer)
+                        .path(&from)
+                        .to(&to),
+                );
                 Reply::file_action_ok("Renamed.")
             }
             Err(e) => vault_reply(&e),

@@ -2,6 +2,7 @@
 //! delayed, counted per client address, and lead to a ban.
 
 use dropvault_core::accounts::Password;
+use dropvault_core::events::Event;
 use dropvault_core::keys::KeyError;
 
 use crate::proto::{self, Reply};
@@ -74,10 +75,13 @@ impl Session {
                 Ok(vault) => {
                     self.shared.login_succeeded(peer.ip());
                     tracing::info!(event = "login", user = %account.name, %peer, tls = self.control.is_tls());
+                    let events = self.shared.services.events.clone();
+                    events.emit(Event::new("login").user(&account.name).peer(peer));
                     self.login = Login::In(LoggedIn {
                         vault,
                         cwd: dropvault_core::vault::VPath::root(),
                         peer,
+                        events,
                     });
                     self.reply(Reply::logged_in()).await?;
                     Ok(Flow::Continue)
@@ -110,6 +114,10 @@ impl Session {
     async fn failed_login(&mut self, name: &str) -> std::io::Result<Flow> {
         let peer = self.peer;
         tracing::warn!(event = "login_failed", user = %name, %peer);
+        self.shared
+            .services
+            .events
+            .emit(Event::new("login_failed").user(name).peer(peer));
         tokio::time::sleep(self.shared.config.failed_login_delay).await;
         if self.shared.login_failed(peer.ip()) {
             tracing::warn!(event = "banned", %peer, "too many failed logins");

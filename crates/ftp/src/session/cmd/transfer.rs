@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use dropvault_core::vault::{Download, Upload, UploadMode, VPath};
+use dropvault_core::events::Event;
+use dropvault_core::vault::{Download, Upload, UploadMode, VPath, VaultError};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::TlsMode;
@@ -147,6 +148,8 @@ impl Session {
             .map(|u| u.vault.user().to_owned())
             .unwrap_or_default();
         let peer = self.peer;
+        let events = self.shared.services.events.clone();
+        let rejected_by = (user.clone(), events.clone());
         self.reply(opening).await?;
 
         let exited = match &mut job {
@@ -202,7 +205,25 @@ impl Session {
                     // Answer the client's close_notify with ours (ftplib's
                     // unwrap() waits for it); the data is all in by now.
                     let _ = stream.shutdown().await;
-                    let size = upload.commit().await.map_err(|e| vault_reply(&e))?;
+                    let size = match upload.commit().await {
+                        Ok(size) => size,
+                        Err(e) => {
+                            if let VaultError::Rejected { finding, size } = &e {
+                                let (user, events) = rejected_by;
+                                tracing::warn!(event = "upload_rejected", user = %user, %peer,
+                                    path = %path, size, signature = %finding);
+                                events.emit(
+                                    Event::new("upload_rejected")
+                                        .user(user)
+                                        .peer(peer)
+                                        .path(&path)
+                                        .size(*size)
+                                        .finding(finding.clone()),
+                                );
+                            }
+                            return Err(vault_reply(&e));
+                        }
+                    };
                     Ok((Done::Stored(received, size), Some(path)))
                 }
             }
@@ -267,6 +288,13 @@ impl Session {
             Some(Ok((Done::Sent(n), path))) => {
                 if let Some(path) = path {
                     tracing::info!(event = "download", user = %user, %peer, path = %path, bytes = n, secs);
+                    events.emit(
+                        Event::new("download")
+                            .user(&user)
+                            .peer(peer)
+                            .path(&path)
+                            .size(n),
+                    );
                 }
                 self.reply(Reply::transfer_complete(format!(
                     "Transfer complete, {n} bytes."
@@ -274,9 +302,16 @@ impl Session {
                 .await?;
             }
             Some(Ok((Done::Stored(received, size), path))) => {
-                tracing::info!(event = "upload", user = %user, %peer,
-                    path = %path.map(|p| p.to_string()).unwrap_or_default(),
+                let path = path.map(|p| p.to_string()).unwrap_or_default();
+                tracing::info!(event = "upload", user = %user, %peer, path = %path,
                     bytes = received, size, secs);
+                events.emit(
+                    Event::new("upload")
+                        .user(&user)
+                        .peer(peer)
+                        .path(path)
+                        .size(size),
+                );
                 self.reply(Reply::transfer_complete(format!(
                     "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
                 )))
