@@ -163,10 +163,14 @@ def hook_script(tmp_path, name: str, body: str):
     return path
 
 
-def test_command_hook_gets_the_plaintext_and_decides(dropvault, tmp_path):
+def test_command_hook_gets_the_plaintext_and_decides(dropvault, tmp_path, monkeypatch):
     seen = tmp_path / "hook-events.jsonl"
+    leaked = tmp_path / "hook-env.txt"
+    # The server's secrets stay out of the hook's environment.
+    monkeypatch.setenv("VAULT_TOKEN", "s.not-for-hooks")
     hook = hook_script(tmp_path, "dlp.sh", f"""\
 printf '%s\\n' "$DROPVAULT_EVENT" >> {seen}
+env | grep -E '^(DROPVAULT_|VAULT_TOKEN|BAO_TOKEN)' | grep -v '^DROPVAULT_EVENT=' >> {leaked}
 if grep -q 'SECRET-DLP-TOKEN'; then
     echo "DLP: secret token found" >&2
     exit 3
@@ -186,6 +190,7 @@ exit 0
     assert [(c["user"], c["path"]) for c in calls] == [(USER, "/leak.txt"), (USER, "/ok.bin")]
     rejections = server.wait_for_event("upload_rejected")
     assert rejections[-1]["signature"] == "DLP: secret token found"
+    assert leaked.read_text() == "", leaked.read_text()
 
 
 class Receiver:

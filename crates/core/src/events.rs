@@ -7,7 +7,7 @@
 //! logged, so a slow receiver never slows a transfer.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Mutex, PoisonError};
@@ -312,14 +312,14 @@ fn post(agent: &ureq::Agent, url: &str, json: &str) -> Result<(), String> {
 }
 
 fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
+    let program = argv.first().map_or("", String::as_str);
+    let mut child = crate::fsutil::hook_command(argv)
         .env("DROPVAULT_EVENT", json)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("{}: {e}", argv[0]))?;
+        .map_err(|e| format!("{program}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         // An event is a few hundred bytes: it fits the pipe, no deadlock.
         let _ = stdin.write_all(json.as_bytes());
@@ -328,11 +328,11 @@ fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
     loop {
         match child.try_wait() {
             Ok(Some(s)) if s.success() => return Ok(()),
-            Ok(Some(s)) => return Err(format!("{} exited with {s}", argv[0])),
+            Ok(Some(s)) => return Err(format!("{program} exited with {s}")),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{} took longer than {timeout:?}; killed", argv[0]));
+                return Err(format!("{program} took longer than {timeout:?}; killed"));
             }
             Ok(None) => thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e.to_string()),

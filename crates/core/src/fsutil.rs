@@ -9,3 +9,20 @@ use std::path::Path;
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// A command for a hook (scan or event): `argv`, with the server's own
+/// secrets taken out of the environment it inherits (the key service
+/// token, and every `DROPVAULT_` setting, which may hold one).
+pub(crate) fn hook_command(argv: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(argv.first().map_or("", String::as_str));
+    cmd.args(argv.iter().skip(1));
+    for (name, _) in std::env::vars_os() {
+        let secret = name.to_str().is_none_or(|n| {
+            n.starts_with("DROPVAULT_") || matches!(n, "VAULT_TOKEN" | "BAO_TOKEN")
+        });
+        if secret {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,8 +44,7 @@ impl Job {
             failed: None,
         };
         let event = serde_json::json!({ "event": "upload_scan", "user": user, "path": path });
-        let spawned = Command::new(&program)
-            .args(&argv[1..])
+        let spawned = crate::fsutil::hook_command(argv)
             .env("DROPVAULT_EVENT", event.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
