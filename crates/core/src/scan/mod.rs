@@ -15,6 +15,8 @@ mod clamd;
 mod command;
 
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 pub use clamd::ClamdAddr;
@@ -102,63 +104,133 @@ impl Scanner {
         self.settings.quarantine
     }
 
-    /// Starts scanning an upload of `user` to `path`. Never fails: a
-    /// scanner that cannot start records why, and the verdict says so.
+    /// Starts scanning an upload of `user` to `path`, on a thread of its
+    /// own so that scanning overlaps with sealing. Never fails: a scanner
+    /// that cannot start records why, and the verdict says so.
     pub fn begin(&self, user: &str, path: &str) -> ScanJob {
-        let clamd = self
-            .settings
-            .clamd
-            .as_ref()
-            .map(|addr| clamd::Job::start(addr, self.settings.timeout));
-        let command = (!self.settings.command.is_empty()).then(|| {
-            command::Job::start(&self.settings.command, user, path, self.settings.timeout)
-        });
-        ScanJob { clamd, command }
+        let settings = self.settings.clone();
+        let (user, path) = (user.to_owned(), path.to_owned());
+        let (tx, rx) = mpsc::sync_channel::<Feed>(AHEAD);
+        let (back, spare) = mpsc::channel::<Vec<u8>>();
+        let worker = thread::Builder::new()
+            .name("dropvault-scan".into())
+            .spawn(move || scan_worker(&settings, &user, &path, &rx, &back));
+        match worker {
+            Ok(handle) => ScanJob {
+                tx: Some(tx),
+                spare,
+                worker: Some(handle),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a scan thread");
+                ScanJob {
+                    tx: None,
+                    spare,
+                    worker: None,
+                }
+            }
+        }
     }
+}
+
+/// Chunks queued for a scan thread at most (each up to 1 MiB).
+const AHEAD: usize = 4;
+
+/// What the upload's worker tells its scan thread.
+enum Feed {
+    Data(Vec<u8>),
+    /// The upload is complete: give the verdict.
+    Finish,
+}
+
+/// Feeds every scanner, returns their buffers; gives the verdict on
+/// `Finish`, or `None` if the upload was abandoned (the scanners are
+/// dropped: a hook is killed, clamd's connection closed).
+fn scan_worker(
+    settings: &ScanSettings,
+    user: &str,
+    path: &str,
+    rx: &mpsc::Receiver<Feed>,
+    back: &mpsc::Sender<Vec<u8>>,
+) -> Option<Verdict> {
+    let mut clamd = settings
+        .clamd
+        .as_ref()
+        .map(|addr| clamd::Job::start(addr, settings.timeout));
+    let mut command = (!settings.command.is_empty())
+        .then(|| command::Job::start(&settings.command, user, path, settings.timeout));
+    for feed in rx {
+        match feed {
+            Feed::Data(mut data) => {
+                if let Some(j) = clamd.as_mut() {
+                    j.feed(&data);
+                }
+                if let Some(j) = command.as_mut() {
+                    j.feed(&data);
+                }
+                data.clear();
+                let _ = back.send(data);
+            }
+            Feed::Finish => {
+                let verdicts = [
+                    clamd.map(clamd::Job::finish),
+                    command.map(command::Job::finish),
+                ];
+                return Some(combine(verdicts.into_iter().flatten()));
+            }
+        }
+    }
+    None
+}
+
+/// A finding wins over a failure, a failure over clean.
+fn combine(verdicts: impl Iterator<Item = Verdict>) -> Verdict {
+    let mut failed = None;
+    for v in verdicts {
+        match v {
+            Verdict::Rejected { .. } => return v,
+            Verdict::Failed { .. } if failed.is_none() => failed = Some(v),
+            _ => {}
+        }
+    }
+    failed.unwrap_or(Verdict::Clean)
 }
 
 /// One upload being scanned.
+#[derive(Debug)]
 pub struct ScanJob {
-    clamd: Option<clamd::Job>,
-    command: Option<command::Job>,
-}
-
-impl std::fmt::Debug for ScanJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScanJob")
-            .field("clamd", &self.clamd.is_some())
-            .field("command", &self.command.is_some())
-            .finish()
-    }
+    tx: Option<mpsc::SyncSender<Feed>>,
+    spare: mpsc::Receiver<Vec<u8>>,
+    worker: Option<thread::JoinHandle<Option<Verdict>>>,
 }
 
 impl ScanJob {
-    /// The next plaintext bytes of the upload.
+    /// The next plaintext bytes of the upload. Copied to the scan thread;
+    /// waits only when the scanners are [`AHEAD`] chunks behind.
     pub fn feed(&mut self, data: &[u8]) {
-        if let Some(j) = &mut self.clamd {
-            j.feed(data);
-        }
-        if let Some(j) = &mut self.command {
-            j.feed(data);
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.extend_from_slice(data);
+        if tx.send(Feed::Data(buf)).is_err() {
+            self.tx = None;
         }
     }
 
-    /// The end of the upload: every scanner's verdict, combined. A finding
-    /// wins over a failure, a failure over clean.
-    pub fn finish(self) -> Verdict {
-        let verdicts = [
-            self.clamd.map(clamd::Job::finish),
-            self.command.map(command::Job::finish),
-        ];
-        let mut failed = None;
-        for v in verdicts.into_iter().flatten() {
-            match v {
-                Verdict::Rejected { .. } => return v,
-                Verdict::Failed { .. } if failed.is_none() => failed = Some(v),
-                _ => {}
-            }
+    /// The end of the upload: every scanner's verdict, combined.
+    pub fn finish(mut self) -> Verdict {
+        let sent = self
+            .tx
+            .take()
+            .is_some_and(|tx| tx.send(Feed::Finish).is_ok());
+        let verdict = self.worker.take().and_then(|w| w.join().ok()).flatten();
+        match verdict {
+            Some(v) if sent => v,
+            _ => Verdict::Failed {
+                reason: "the scan thread stopped".into(),
+            },
         }
-        failed.unwrap_or(Verdict::Clean)
     }
 }
 
