@@ -156,6 +156,18 @@ def test_on_error_policies_when_clamd_is_down_or_its_limit_is_passed(dropvault, 
     daemon.close()
 
 
+def test_a_scanner_slower_than_the_timeout_is_no_verdict(dropvault, tmp_path):
+    slow = hook_script(tmp_path, "slow.sh", "sleep 30\n")
+    strict = dropvault(scan_command=json.dumps([str(slow)]), scan_timeout_secs="2")
+    with ftp_plain(strict) as ftp:
+        with pytest.raises(ftplib.error_temp) as err:
+            stor(ftp, "late.bin", payload(1000))
+        assert str(err.value).startswith("451"), err.value
+        assert ftp.nlst() == []
+    failures = [r for r in strict.events() if "gave no verdict" in r.get("error", "")]
+    assert failures, strict.log_text()[-2000:]
+
+
 def hook_script(tmp_path, name: str, body: str):
     path = tmp_path / name
     path.write_text("#!/bin/sh\n" + body)
@@ -197,9 +209,11 @@ class Receiver:
     """A loopback HTTP server that records every JSON body POSTed to it,
     optionally taking `delay` seconds to answer each."""
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, fail_first: int = 0):
         self.bodies: list[dict] = []
+        self.refused = 0
         received = self.bodies
+        outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's naming
@@ -207,6 +221,12 @@ class Receiver:
                 body = self.rfile.read(length)
                 if delay:
                     time.sleep(delay)
+                if outer.refused < fail_first:
+                    # A receiver having a bad moment: the sender retries.
+                    outer.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 received.append(json.loads(body))
                 self.send_response(204)
                 self.end_headers()
@@ -228,7 +248,7 @@ class Receiver:
 
 
 def test_every_event_kind_reaches_the_webhook_and_the_command(dropvault, tmp_path):
-    receiver = Receiver()
+    receiver = Receiver(fail_first=2)
     log = tmp_path / "events.jsonl"
     command = hook_script(tmp_path, "event.sh", f'printf "%s\\n" "$DROPVAULT_EVENT" >> {log}\n')
     reject = hook_script(tmp_path, "reject.sh", """\
@@ -254,6 +274,7 @@ if grep -q 'REJECT-ME'; then echo "policy: REJECT-ME seen" >&2; exit 1; fi
         assert by_kind["upload_rejected"]["finding"] == "policy: REJECT-ME seen"
         assert by_kind["login_failed"]["user"] == USER and "peer" in by_kind["login_failed"]
         assert all(b["user"] == USER and b["time"] > 1e9 for b in receiver.bodies)
+        assert receiver.refused == 2  # and yet every kind arrived: retried
         assert wait_until(lambda: log.exists() and kinds <= {
             json.loads(line)["event"] for line in log.read_text().splitlines()}, timeout=30)
     finally:
