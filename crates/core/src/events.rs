@@ -324,19 +324,11 @@ fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
         // An event is a few hundred bytes: it fits the pipe, no deadlock.
         let _ = stdin.write_all(json.as_bytes());
     }
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) if s.success() => return Ok(()),
-            Ok(Some(s)) => return Err(format!("{program} exited with {s}")),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{program} took longer than {timeout:?}; killed"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e.to_string()),
-        }
+    match crate::fsutil::wait_or_kill(&mut child, timeout) {
+        Ok(Some(s)) if s.success() => Ok(()),
+        Ok(Some(s)) => Err(format!("{program} exited with {s}")),
+        Ok(None) => Err(format!("{program} took longer than {timeout:?}; killed")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

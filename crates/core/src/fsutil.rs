@@ -26,3 +26,23 @@ pub(crate) fn hook_command(argv: &[String]) -> std::process::Command {
     }
     cmd
 }
+
+/// Waits for `child` to exit, at most `timeout`; then kills it. `Ok(None)`
+/// means it was killed.
+pub(crate) fn wait_or_kill(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -131,21 +131,13 @@ impl Job {
                 reason: self.failed.take().unwrap_or_default(),
             };
         };
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!(
-                        "scan command {} gave no verdict within {:?}; killed",
-                        self.program, self.timeout
-                    ));
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(5)),
-                Err(e) => break Err(format!("scan command {}: {e}", self.program)),
-            }
+        let status = match crate::fsutil::wait_or_kill(&mut child, self.timeout) {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err(format!(
+                "scan command {} gave no verdict within {:?}; killed",
+                self.program, self.timeout
+            )),
+            Err(e) => Err(format!("scan command {}: {e}", self.program)),
         };
         let stderr = self
             .stderr
