@@ -72,9 +72,9 @@ impl Job {
             thread::spawn(move || {
                 let mut buf = Vec::new();
                 let _ = (&mut err).take(MAX_STDERR).read_to_end(&mut buf);
+                let _ = tx.send(buf);
                 // Drain the rest so the hook never blocks on a full pipe.
                 let _ = io::copy(&mut err, &mut io::sink());
-                let _ = tx.send(buf);
             });
             job.stderr = Some(rx);
         }
