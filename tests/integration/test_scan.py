@@ -295,3 +295,22 @@ def test_a_slow_webhook_drops_counted_events_and_never_holds_up_transfers(dropva
         assert drops and drops[-1]["dropped_total"] >= 1, server.log_text()[-2000:]
     finally:
         receiver.close()
+
+
+def test_import_scans_every_file_too(dropvault, clamd, tmp_path):
+    server = dropvault(scan_clamd=clamd.unix)
+    src = tmp_path / "legacy"
+    src.mkdir()
+    (src / "infected.bin").write_bytes(with_eicar(200_000, 65536 - 10))
+    clean = payload(90_000)
+    (src / "clean.bin").write_bytes(clean)
+    r = run_cli(["import", "--user", USER, str(src)], server.data_dir,
+                extra_env={"DROPVAULT_SCAN_CLAMD": clamd.unix})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (f"skipped {src / 'infected.bin'}: rejected by the malware scan: {SIGNATURE}"
+            in r.stdout), r.stdout
+    assert "imported 1 files" in r.stdout, r.stdout
+    with ftp_plain(server) as ftp:
+        assert ftp.nlst() == ["clean.bin"]
+        assert retr(ftp, "clean.bin") == clean
+    assert staging(server) == []

@@ -432,7 +432,8 @@ pub(crate) fn import(
     if !meta.is_dir() {
         return Err(format!("{}: not a folder", src.display()).into());
     }
-    let vault = Vault::open(config.path(&config.storage.root))?;
+    let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
+    let vault = Vault::open(config.path(&config.storage.root))?.with_scanner(scanner);
     let keyring = keyring(config, Kek::Create)?;
     let key = keyring.unlock(user)?;
     // The plan first: what to import, what to skip and why.
@@ -508,6 +509,12 @@ pub(crate) fn import(
                     .import(&key, vpath, &mut f, |n| bar.bytes(n))
                     .map_err(|e| match e {
                         VaultError::AlreadyExists => "already in the vault".to_owned(),
+                        VaultError::Rejected { finding, .. } => {
+                            format!("rejected by the malware scan: {finding}")
+                        }
+                        VaultError::ScanFailed { reason } => {
+                            format!("no malware scan verdict: {reason}")
+                        }
                         other => other.to_string(),
                     })
             });

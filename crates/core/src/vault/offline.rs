@@ -15,6 +15,7 @@ use super::{
     VaultError,
 };
 use crate::keys::UserKey;
+use crate::scan::{OnError, Verdict};
 
 /// One stored file of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +166,9 @@ impl Vault {
     }
 
     /// Seals everything `src` yields into a new file of `key`'s user at
-    /// `p`, creating missing folders. The sealed data goes to a staging
+    /// `p`, creating missing folders. With a scanner, the file is scanned
+    /// as it is sealed and imported only if it passes (or `on_error`
+    /// allows). The sealed data goes to a staging
     /// file first and appears under its name only when complete and synced;
     /// an existing file is never replaced ([`VaultError::AlreadyExists`]).
     /// Returns the plaintext length.
@@ -216,6 +219,11 @@ impl Vault {
                 .mode(0o600)
                 .open(&tmp)?;
             let mut writer = EncryptingWriter::new(file, key.data_key())?;
+            // Imported files pass the same scan as uploads.
+            let mut job = self
+                .scanner
+                .as_ref()
+                .map(|s| s.begin(key.user(), &p.to_string()));
             let mut buf = zeroize::Zeroizing::new(vec![0u8; transfer::CHUNK]);
             loop {
                 let n = match src.read(&mut buf) {
@@ -225,11 +233,28 @@ impl Vault {
                     Err(e) => return Err(VaultError::Io(e)),
                 };
                 writer.write_all(&buf[..n]).map_err(map_io)?;
+                if let Some(job) = job.as_mut() {
+                    job.feed(&buf[..n]);
+                }
                 progress(n as u64);
             }
             let len = writer.plaintext_len();
             let file = writer.finish()?;
             file.sync_all()?;
+            if let (Some(job), Some(scanner)) = (job, &self.scanner) {
+                match job.finish() {
+                    Verdict::Clean => {}
+                    Verdict::Rejected { finding } => {
+                        return Err(VaultError::Rejected { finding, size: len })
+                    }
+                    Verdict::Failed { reason } => match scanner.on_error() {
+                        OnError::Accept => tracing::warn!(event = "scan_failed",
+                            user = key.user(), path = %p, error = %reason,
+                            "no scan verdict; importing anyway (scan.on_error = accept)"),
+                        OnError::Reject => return Err(VaultError::ScanFailed { reason }),
+                    },
+                }
+            }
             // A link fails if the name was taken meanwhile: never replaces.
             fs::hard_link(&tmp, &target).map_err(map_io)?;
             Ok(len)
