@@ -7,6 +7,8 @@ and command) that never hold up a transfer."""
 from __future__ import annotations
 
 import ftplib
+import hashlib
+import hmac
 import http.server
 import json
 import threading
@@ -211,6 +213,7 @@ class Receiver:
 
     def __init__(self, delay: float = 0.0, fail_first: int = 0):
         self.bodies: list[dict] = []
+        self.signed: list[tuple[bytes, str | None]] = []
         self.refused = 0
         received = self.bodies
         outer = self
@@ -228,6 +231,7 @@ class Receiver:
                     self.end_headers()
                     return
                 received.append(json.loads(body))
+                outer.signed.append((body, self.headers.get("X-Dropvault-Signature")))
                 self.send_response(204)
                 self.end_headers()
 
@@ -255,6 +259,7 @@ def test_every_event_kind_reaches_the_webhook_and_the_command(dropvault, tmp_pat
 if grep -q 'REJECT-ME'; then echo "policy: REJECT-ME seen" >&2; exit 1; fi
 """)
     server = dropvault(hooks_webhook_url=receiver.url, hooks_command=json.dumps([str(command)]),
+                       hooks_webhook_secret="hook-secret-1",
                        scan_command=json.dumps([str(reject)]))
     try:
         with pytest.raises(ftplib.error_perm):
@@ -275,6 +280,10 @@ if grep -q 'REJECT-ME'; then echo "policy: REJECT-ME seen" >&2; exit 1; fi
         assert by_kind["login_failed"]["user"] == USER and "peer" in by_kind["login_failed"]
         assert all(b["user"] == USER and b["time"] > 1e9 for b in receiver.bodies)
         assert receiver.refused == 2  # and yet every kind arrived: retried
+        # Every body carries an HMAC-SHA256 of itself under the shared secret.
+        for body, signature in receiver.signed:
+            expected = hmac.new(b"hook-secret-1", body, hashlib.sha256).hexdigest()
+            assert signature == f"sha256={expected}", (body, signature)
         assert wait_until(lambda: log.exists() and kinds <= {
             json.loads(line)["event"] for line in log.read_text().splitlines()}, timeout=30)
     finally:

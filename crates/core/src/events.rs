@@ -104,10 +104,13 @@ impl Event {
 }
 
 /// Where events go.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct HookSettings {
     /// URL to POST each event to.
     pub webhook_url: Option<String>,
+    /// Key for the `X-Dropvault-Signature` header (HMAC-SHA256 of the
+    /// body), so the receiver can tell the events are dropvault's.
+    pub webhook_secret: Option<zeroize::Zeroizing<String>>,
     /// Command (argv) to run for each event.
     pub command: Vec<String>,
     /// Events waiting at most; more are dropped.
@@ -116,6 +119,22 @@ pub struct HookSettings {
     pub retries: u32,
     /// Limit for one delivery attempt.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookSettings")
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("command", &self.command)
+            .field("queue", &self.queue)
+            .field("retries", &self.retries)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Why hooks could not start.
@@ -165,9 +184,15 @@ impl Hooks {
             ));
         }
         let (tx, rx) = mpsc::sync_channel::<Event>(settings.queue.max(1));
+        let signer = settings
+            .webhook_secret
+            .as_ref()
+            .filter(|k| !k.is_empty())
+            .map(|k| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k.as_bytes()));
         let deliver = Delivery {
             url,
             agent,
+            signer,
             settings,
         };
         let worker = thread::Builder::new()
@@ -255,6 +280,7 @@ impl Hooks {
 struct Delivery {
     url: Option<String>,
     agent: Option<ureq::Agent>,
+    signer: Option<aws_lc_rs::hmac::Key>,
     settings: HookSettings,
 }
 
@@ -264,7 +290,14 @@ impl Delivery {
             return;
         };
         if let (Some(url), Some(agent)) = (&self.url, &self.agent) {
-            self.with_retries("webhook", event, || post(agent, url, &json));
+            let signature = self.signer.as_ref().map(|key| {
+                let tag = aws_lc_rs::hmac::sign(key, json.as_bytes());
+                let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256={hex}")
+            });
+            self.with_retries("webhook", event, || {
+                post(agent, url, &json, signature.as_deref())
+            });
         }
         if !self.settings.command.is_empty() {
             self.with_retries("command", event, || {
@@ -297,12 +330,12 @@ impl Delivery {
     }
 }
 
-fn post(agent: &ureq::Agent, url: &str, json: &str) -> Result<(), String> {
-    let resp = agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(json.as_bytes())
-        .map_err(|e| e.to_string())?;
+fn post(agent: &ureq::Agent, url: &str, json: &str, signature: Option<&str>) -> Result<(), String> {
+    let mut req = agent.post(url).header("Content-Type", "application/json");
+    if let Some(sig) = signature {
+        req = req.header("X-Dropvault-Signature", sig);
+    }
+    let resp = req.send(json.as_bytes()).map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         Ok(())
@@ -353,6 +386,7 @@ mod tests {
         // thread, one waits in the queue, the rest are dropped.
         let hooks = Hooks::start(HookSettings {
             webhook_url: None,
+            webhook_secret: None,
             command: vec!["sleep".into(), "2".into()],
             queue: 1,
             retries: 0,

@@ -80,6 +80,8 @@ pub(crate) struct Scan {
 pub(crate) struct Hooks {
     /// URL that receives each event as an HTTP POST of JSON.
     pub(crate) webhook_url: String,
+    /// Key of the webhook's HMAC-SHA256 signature header.
+    pub(crate) webhook_secret: Secret,
     /// Command (argv) run for each event.
     pub(crate) command: Vec<String>,
     /// Events waiting at most before new ones are dropped.
@@ -106,6 +108,7 @@ impl Default for Hooks {
     fn default() -> Self {
         Self {
             webhook_url: String::new(),
+            webhook_secret: Secret::default(),
             command: Vec::new(),
             queue_size: 1024,
             retries: 3,
@@ -510,6 +513,9 @@ impl Config {
     pub(crate) fn hook_settings(&self) -> dropvault_core::events::HookSettings {
         dropvault_core::events::HookSettings {
             webhook_url: Some(self.hooks.webhook_url.clone()).filter(|u| !u.is_empty()),
+            webhook_secret: Some(self.hooks.webhook_secret.expose())
+                .filter(|k| !k.is_empty())
+                .map(|k| zeroize::Zeroizing::new(k.to_owned())),
             command: self.hooks.command.clone(),
             queue: usize::try_from(self.hooks.queue_size).unwrap_or(1024),
             retries: u32::try_from(self.hooks.retries).unwrap_or(3),
