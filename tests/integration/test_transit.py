@@ -278,3 +278,22 @@ def test_transit_over_https_with_a_ca_file(dropvault, tmp_path, monkeypatch):
         assert reply.startswith("530"), reply
         refusals = other.wait_for_event("login_refused", user=USER)
         assert refusals and "unreachable" in refusals[-1]["error"], refusals
+
+
+def test_a_pinned_key_version_is_the_one_used(dropvault, bao):
+    key = "dv-pinned"
+    bao.create_key(key, "aes256-gcm96")
+    bao.rotate(key)
+    assert bao.rotate(key) == 3
+    # The original's "secret version": new wraps use version 2, not 3.
+    settings = transit(bao, key, kms_transit_key_version="2")
+    server = dropvault(**settings)
+    with ftp_plain(server) as ftp:
+        stor(ftp, "p.bin", b"pinned")
+    (kf,) = key_files(server).values()
+    assert kf["key_version"] == 2 and kf["wrapped_key"].startswith("vault:v2:"), kf
+    r = run_cli(["keys", "status"], server.data_dir, extra_env=env_of(settings))
+    assert "latest version: 3; new wraps use version 2" in r.stdout, r.stdout
+    assert "behind" not in r.stdout, r.stdout
+    with ftp_plain(server) as ftp:
+        assert retr(ftp, "p.bin") == b"pinned"
