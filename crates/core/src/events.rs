@@ -137,6 +137,26 @@ impl std::fmt::Debug for HookSettings {
     }
 }
 
+impl HookSettings {
+    /// Whether the settings can be used (checked again by [`Hooks::start`];
+    /// configuration loading calls it to fail early).
+    pub fn check(&self) -> Result<(), HookError> {
+        if let Some(u) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            if !u.starts_with("http://") && !u.starts_with("https://") {
+                return Err(HookError::BadConfig(
+                    "hooks.webhook_url must start with http:// or https://".into(),
+                ));
+            }
+        }
+        if self.command.first().is_some_and(String::is_empty) {
+            return Err(HookError::BadConfig(
+                "hooks.command: empty program name".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why hooks could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -162,27 +182,16 @@ impl Hooks {
 
     /// Starts delivering to what `settings` names (nothing named: disabled).
     pub fn start(settings: HookSettings) -> Result<Self, HookError> {
+        settings.check()?;
         let url = settings.webhook_url.clone().filter(|u| !u.is_empty());
         if url.is_none() && settings.command.is_empty() {
             return Ok(Self::disabled());
         }
-        let agent = match &url {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(
-                crate::http::agent(settings.timeout, None, u.starts_with("https://"))
-                    .map_err(|e| HookError::BadConfig(e.to_string()))?,
-            ),
-            Some(_) => {
-                return Err(HookError::BadConfig(
-                    "hooks.webhook_url must start with http:// or https://".into(),
-                ))
-            }
-            None => None,
-        };
-        if settings.command.first().is_some_and(String::is_empty) {
-            return Err(HookError::BadConfig(
-                "hooks.command: empty program name".into(),
-            ));
-        }
+        let agent = url
+            .as_ref()
+            .map(|u| crate::http::agent(settings.timeout, None, u.starts_with("https://")))
+            .transpose()
+            .map_err(|e| HookError::BadConfig(e.to_string()))?;
         let (tx, rx) = mpsc::sync_channel::<Event>(settings.queue.max(1));
         let signer = settings
             .webhook_secret
@@ -292,8 +301,7 @@ impl Delivery {
         if let (Some(url), Some(agent)) = (&self.url, &self.agent) {
             let signature = self.signer.as_ref().map(|key| {
                 let tag = aws_lc_rs::hmac::sign(key, json.as_bytes());
-                let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256={hex}")
+                format!("sha256={}", crate::hex(tag.as_ref()))
             });
             self.with_retries("webhook", event, || {
                 post(agent, url, &json, signature.as_deref())
@@ -346,7 +354,7 @@ fn post(agent: &ureq::Agent, url: &str, json: &str, signature: Option<&str>) -> 
 
 fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
     let program = argv.first().map_or("", String::as_str);
-    let mut child = crate::fsutil::hook_command(argv)
+    let mut child = crate::hookproc::hook_command(argv)
         .env("DROPVAULT_EVENT", json)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -357,7 +365,7 @@ fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
         // An event is a few hundred bytes: it fits the pipe, no deadlock.
         let _ = stdin.write_all(json.as_bytes());
     }
-    match crate::fsutil::wait_or_kill(&mut child, timeout) {
+    match crate::hookproc::wait_or_kill(&mut child, timeout) {
         Ok(Some(s)) if s.success() => Ok(()),
         Ok(Some(s)) => Err(format!("{program} exited with {s}")),
         Ok(None) => Err(format!("{program} took longer than {timeout:?}; killed")),

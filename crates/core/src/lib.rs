@@ -22,7 +22,27 @@
 pub mod accounts;
 pub mod events;
 mod fsutil;
+mod hookproc;
 mod http;
 pub mod keys;
 pub mod scan;
 pub mod vault;
+
+/// Lower-case hex of `bytes` (key ids, file names, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `n` random bytes as lower-case hex: temporary names and ids that must
+/// not collide.
+pub fn random_hex(n: usize) -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut bytes = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}

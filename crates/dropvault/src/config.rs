@@ -464,15 +464,9 @@ impl Config {
         if !(1..=3600).contains(&self.hooks.timeout_secs) {
             return Err(invalid("hooks.timeout_secs", "must be 1 to 3600"));
         }
-        if !self.hooks.webhook_url.is_empty()
-            && !self.hooks.webhook_url.starts_with("http://")
-            && !self.hooks.webhook_url.starts_with("https://")
-        {
-            return Err(invalid(
-                "hooks.webhook_url",
-                "must start with http:// or https://",
-            ));
-        }
+        self.hook_settings()
+            .check()
+            .map_err(|e| invalid("hooks", e))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
@@ -495,10 +489,7 @@ impl Config {
         if !(1..=3600).contains(&self.scan.timeout_secs) {
             return Err(invalid("scan.timeout_secs", "must be 1 to 3600"));
         }
-        if self.scan.command.first().is_some_and(String::is_empty) {
-            return Err(invalid("scan.command", "empty program name"));
-        }
-        Ok(ScanSettings {
+        let settings = ScanSettings {
             clamd,
             command: self.scan.command.clone(),
             on_error,
@@ -506,7 +497,9 @@ impl Config {
                 u64::try_from(self.scan.timeout_secs).unwrap_or(60),
             ),
             quarantine: self.scan.quarantine,
-        })
+        };
+        settings.check().map_err(|e| invalid("scan", e))?;
+        Ok(settings)
     }
 
     /// The event hook settings.

@@ -202,7 +202,7 @@ fn main() -> ExitCode {
         }
         Command::Import { user, src, dest } => data_dir(&config)
             .and_then(|()| known_user(&config, &user))
-            .and_then(|()| ops::import(&config, &user, &src, &dest)),
+            .and_then(|_| ops::import(&config, &user, &src, &dest)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -279,31 +279,29 @@ fn quarantine(config: &Config, action: QuarantineAction) -> Result<bool, AnyErro
 }
 
 /// With the `file` backend, refuses a name that is not an account, so a
-/// typo does not create a key and a folder for nobody.
-fn known_user(config: &Config, name: &str) -> Result<(), AnyError> {
-    if config.auth.backend == "file" {
-        let users = UserFile::open(config.path(&config.auth.users_file))?;
-        if !users.list()?.iter().any(|u| u == name) {
-            return Err(format!("no user {name:?}").into());
-        }
+/// typo does not create a key and a folder for nobody; returns the users
+/// file. Other backends' accounts are not listed: `None`.
+fn known_user(config: &Config, name: &str) -> Result<Option<UserFile>, AnyError> {
+    if config.auth.backend != "file" {
+        return Ok(None);
     }
-    Ok(())
+    let users = UserFile::open(config.path(&config.auth.users_file))?;
+    if !users.list()?.iter().any(|u| u == name) {
+        return Err(format!("no user {name:?}").into());
+    }
+    Ok(Some(users))
 }
 
 fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
-    if let KeysAction::RecoveryKeygen {
-        private,
-        public,
-        bits,
-    } = action
-    {
-        return ops::recovery_keygen(&private, &public, bits).map(|()| true);
-    }
-    data_dir(config)?;
     match action {
-        KeysAction::Status => ops::keys_status(config),
-        KeysAction::Rotate => ops::keys_rotate(config),
-        KeysAction::RecoveryKeygen { .. } => Ok(true),
+        // Needs no data folder: the pair goes where the operator says.
+        KeysAction::RecoveryKeygen {
+            private,
+            public,
+            bits,
+        } => ops::recovery_keygen(&private, &public, bits).map(|()| true),
+        KeysAction::Status => data_dir(config).and_then(|()| ops::keys_status(config)),
+        KeysAction::Rotate => data_dir(config).and_then(|()| ops::keys_rotate(config)),
     }
 }
 
@@ -425,31 +423,26 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
     if let UserAction::Delete { name, shred: true } = &action {
         data_dir(config)?;
-        if config.auth.backend == "file" {
-            // The account must exist: a typo must not shred someone else.
-            known_user(config, name)?;
-            let users = UserFile::open(config.path(&config.auth.users_file))?;
-            let (had_key, removed) = ops::shred(config, name)?;
-            users.delete(name)?;
-            println_safe(&format!(
-                "deleted {name}; shredded: {}, {removed} files removed",
-                if had_key {
-                    "key file destroyed"
-                } else {
-                    "no key file"
-                }
-            ));
+        // With the file backend the account must exist: a typo must not
+        // shred someone else.
+        let account = known_user(config, name)?;
+        let (had_key, removed) = ops::shred(config, name)?;
+        let key = if had_key {
+            "key file destroyed"
         } else {
-            let (had_key, removed) = ops::shred(config, name)?;
-            println_safe(&format!(
-                "shredded the data of {name}: {}, {removed} files removed (the system account \
-                 stays)",
-                if had_key {
-                    "key file destroyed"
-                } else {
-                    "no key file"
-                }
-            ));
+            "no key file"
+        };
+        match account {
+            Some(users) => {
+                users.delete(name)?;
+                println_safe(&format!(
+                    "deleted {name}; shredded: {key}, {removed} files removed"
+                ));
+            }
+            None => println_safe(&format!(
+                "shredded the data of {name}: {key}, {removed} files removed (the system \
+                 account stays)"
+            )),
         }
         return Ok(());
     }

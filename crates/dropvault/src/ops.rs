@@ -120,33 +120,10 @@ impl KeySource {
                 let kf = store.load(user)?.ok_or_else(|| KeyError::NoKeyFile {
                     user: user.to_owned(),
                 })?;
-                let wrap = kf.recovery.as_ref().ok_or_else(|| {
-                    KeyError::BadConfig(format!(
-                        "the key file of {user:?} has no recovery wrap (it was made before \
-                         kms.recovery_public_key was set, and has not been used or rotated since)"
-                    ))
-                })?;
-                if wrap.key_name != private.name() {
-                    return Err(KeyError::BadConfig(format!(
-                        "the key file of {user:?} is wrapped to recovery key {}, not to {}",
-                        wrap.key_name,
-                        private.name()
-                    )));
-                }
-                let dek = private.unwrap(user, &wrap.wrapped_key)?;
-                if hex(&dek.id().0) != kf.key_id {
-                    return Err(KeyError::KeyIdMismatch {
-                        user: user.to_owned(),
-                    });
-                }
-                Ok(UserKey::new(user, dek))
+                Ok(UserKey::new(user, private.unwrap_file(&kf)?))
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `dropvault keys status`.
@@ -169,14 +146,11 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
             false
         }
     };
-    let recovery_name = if config.kms.recovery_public_key.is_empty() {
-        println_safe("recovery key: none");
-        None
-    } else {
-        let rk = RecoveryKey::open(&config.path(&config.kms.recovery_public_key))?;
-        println_safe(&format!("recovery key: {}", rk.name()));
-        Some(rk.name().to_owned())
-    };
+    let recovery_name = keyring.recovery().map(|rk| rk.name().to_owned());
+    println_safe(&format!(
+        "recovery key: {}",
+        recovery_name.as_deref().unwrap_or("none")
+    ));
     let files = keyring.store().list()?;
     let mut by_version: BTreeMap<(String, u32), usize> = BTreeMap::new();
     let (mut with_recovery, mut unreadable) = (0usize, 0usize);
@@ -225,17 +199,16 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
 
 /// `dropvault keys rotate`.
 pub(crate) fn keys_rotate(config: &Config) -> Result<bool, AnyError> {
-    let keyring = keyring(config, Kek::Existing)?;
-    let version = keyring.provider().current_version()?;
-    let report = keyring.rotate()?;
+    let report = keyring(config, Kek::Existing)?.rotate()?;
     for (path, reason) in &report.failed {
         println_safe(&format!("FAILED {path}: {reason}"));
     }
     println_safe(&format!(
-        "{} key files: {} re-wrapped to version {version}, {} given a recovery wrap, {} already \
+        "{} key files: {} re-wrapped to version {}, {} given a recovery wrap, {} already \
          current, {} failed",
         report.files,
         report.rewrapped,
+        report.version,
         report.recovery_added,
         report.unchanged,
         report.failed.len()
@@ -308,9 +281,8 @@ pub(crate) fn decrypt(
         .file_name()
         .ok_or("output names no file")?
         .to_string_lossy();
-    let mut nonce = [0u8; 6];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "random number generator failed")?;
-    let tmp = dir.join(format!(".{name}.{}.partial", hex(&nonce)));
+    let nonce = dropvault_core::random_hex(6).map_err(|_| "random number generator failed")?;
+    let tmp = dir.join(format!(".{name}.{nonce}.partial"));
     let result = (|| -> Result<u64, AnyError> {
         let mut f = OpenOptions::new()
             .write(true)

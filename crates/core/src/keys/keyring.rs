@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::local::hex;
 use super::{
     DataKey, KeyError, KeyFile, KeyFileStore, KeyProvider, RecoveryKey, RecoveryWrap,
     KEY_FILE_FORMAT,
 };
+use crate::hex;
 
 /// A user's unwrapped data key, held for the length of a login. Clone the
 /// `Arc` to share it; when the last `Arc` drops, the key bytes are zeroized.
@@ -61,6 +61,8 @@ pub struct Keyring {
 /// What [`Keyring::rotate`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RotateReport {
+    /// The KEK version key files were brought to.
+    pub version: u32,
     /// Key files looked at.
     pub files: usize,
     /// Re-wrapped to the current KEK version.
@@ -96,6 +98,11 @@ impl Keyring {
         &self.provider
     }
 
+    /// The recovery key every data key is also wrapped to, if any.
+    pub fn recovery(&self) -> Option<&RecoveryKey> {
+        self.recovery.as_ref()
+    }
+
     /// The data key of a user who already has one (never creates a key).
     /// For offline tools; does not share with or update the login slots.
     pub fn open_existing(&self, user: &str) -> Result<UserKey, KeyError> {
@@ -112,7 +119,10 @@ impl Keyring {
     /// destroyed meanwhile stay destroyed.
     pub fn rotate(&self) -> Result<RotateReport, KeyError> {
         let target = self.provider.current_version()?;
-        let mut report = RotateReport::default();
+        let mut report = RotateReport {
+            version: target,
+            ..RotateReport::default()
+        };
         let mut stale = Vec::new();
         let mut current = Vec::new();
         for (path, parsed) in self.store.list()? {
@@ -141,8 +151,7 @@ impl Keyring {
             .iter()
             .map(|(_, kf)| (kf.user.as_str(), kf.wrapped()))
             .collect();
-        let refs: Vec<(&str, &super::Wrapped)> = items.iter().map(|(u, w)| (*u, w)).collect();
-        let results = self.provider.rewrap(&refs);
+        let results = self.provider.rewrap(&items);
         for ((path, mut kf), result) in stale.into_iter().zip(results) {
             match result {
                 Ok(w) => {
@@ -333,11 +342,7 @@ impl Keyring {
             });
         }
         let dek = p.unwrap(&kf.user, &kf.wrapped())?;
-        if hex(&dek.id().0) != kf.key_id {
-            return Err(KeyError::KeyIdMismatch {
-                user: kf.user.clone(),
-            });
-        }
+        kf.check(&dek)?;
         Ok(dek)
     }
 }

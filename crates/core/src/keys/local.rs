@@ -116,11 +116,3 @@ impl KeyProvider for LocalRsaProvider {
         })
     }
 }
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}

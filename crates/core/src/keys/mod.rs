@@ -70,7 +70,7 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// Re-wraps keys under [`current_version`](Self::current_version), in
     /// batches where the service can, without the keys passing through this
     /// process where it can. One result per item, in order.
-    fn rewrap(&self, items: &[(&str, &Wrapped)]) -> Vec<Result<Wrapped, KeyError>> {
+    fn rewrap(&self, items: &[(&str, Wrapped)]) -> Vec<Result<Wrapped, KeyError>> {
         items
             .iter()
             .map(|(user, w)| self.wrap(user, &self.unwrap(user, w)?))

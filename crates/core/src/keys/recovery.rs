@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::rsa::{OaepPrivate, OaepPublic};
-use super::{binding_label, DataKey, KeyError};
+use super::{binding_label, DataKey, KeyError, KeyFile};
 
 /// What the OAEP label of a recovery wrap says it is.
 const PURPOSE: &str = "recovery data key";
@@ -72,6 +72,28 @@ impl RecoveryPrivateKey {
     /// Unwraps a recovery wrap made for `user`.
     pub fn unwrap(&self, user: &str, wrapped: &str) -> Result<DataKey, KeyError> {
         self.key.open(&binding_label(PURPOSE, user), wrapped, user)
+    }
+
+    /// The data key of a key file, from its recovery wrap: checked to be
+    /// wrapped to this key, and to be the key the file names.
+    pub fn unwrap_file(&self, kf: &KeyFile) -> Result<DataKey, KeyError> {
+        let user = &kf.user;
+        let wrap = kf.recovery.as_ref().ok_or_else(|| {
+            KeyError::BadConfig(format!(
+                "the key file of {user:?} has no recovery wrap (it was made before \
+                 kms.recovery_public_key was set, and has not been used or rotated since)"
+            ))
+        })?;
+        if wrap.key_name != self.name() {
+            return Err(KeyError::BadConfig(format!(
+                "the key file of {user:?} is wrapped to recovery key {}, not to {}",
+                wrap.key_name,
+                self.name()
+            )));
+        }
+        let dek = self.unwrap(user, &wrap.wrapped_key)?;
+        kf.check(&dek)?;
+        Ok(dek)
     }
 }
 

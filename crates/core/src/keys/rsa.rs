@@ -16,8 +16,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::local::hex;
 use super::{DataKey, KeyError};
+use crate::hex;
 
 /// PEM type of a PKCS#8 private key.
 const PRIVATE_PEM: &str = "PRIVATE KEY";

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
-use super::local::hex;
 use super::{KeyError, Wrapped};
+use crate::{hex, random_hex};
 
 /// Version of the key-file JSON layout.
 pub const KEY_FILE_FORMAT: u32 = 1;
@@ -54,6 +54,17 @@ pub struct RecoveryWrap {
 }
 
 impl KeyFile {
+    /// Checks that `dek`, unwrapped from this file, is the key it names.
+    pub fn check(&self, dek: &crate::keys::DataKey) -> Result<(), KeyError> {
+        if hex(&dek.id().0) == self.key_id {
+            Ok(())
+        } else {
+            Err(KeyError::KeyIdMismatch {
+                user: self.user.clone(),
+            })
+        }
+    }
+
     /// The wrapped key in the provider's terms.
     pub fn wrapped(&self) -> Wrapped {
         Wrapped {
@@ -245,9 +256,8 @@ fn read_key_file(path: &Path, file: fs::File) -> Result<KeyFile, KeyError> {
 fn temp_name(path: &Path) -> Result<PathBuf, KeyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let mut nonce = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| KeyError::Random)?;
-    Ok(dir.join(format!(".{name}.{}.tmp", hex(&nonce))))
+    let nonce = random_hex(8).map_err(|_| KeyError::Random)?;
+    Ok(dir.join(format!(".{name}.{nonce}.tmp")))
 }
 
 /// Writes `data` to a new file at `path` atomically: a temporary file in the

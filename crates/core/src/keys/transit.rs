@@ -469,7 +469,7 @@ impl KeyProvider for TransitProvider {
         Ok(self.key_info(false)?.latest_version)
     }
 
-    fn rewrap(&self, items: &[(&str, &Wrapped)]) -> Vec<Result<Wrapped, KeyError>> {
+    fn rewrap(&self, items: &[(&str, Wrapped)]) -> Vec<Result<Wrapped, KeyError>> {
         let path = format!("{}/rewrap/{}", self.mount, self.key);
         let mut out = Vec::with_capacity(items.len());
         for batch in items.chunks(REWRAP_BATCH) {

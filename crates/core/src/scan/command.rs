@@ -44,7 +44,7 @@ impl Job {
             failed: None,
         };
         let event = serde_json::json!({ "event": "upload_scan", "user": user, "path": path });
-        let spawned = crate::fsutil::hook_command(argv)
+        let spawned = crate::hookproc::hook_command(argv)
             .env("DROPVAULT_EVENT", event.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -131,7 +131,7 @@ impl Job {
                 reason: self.failed.take().unwrap_or_default(),
             };
         };
-        let status = match crate::fsutil::wait_or_kill(&mut child, self.timeout) {
+        let status = match crate::hookproc::wait_or_kill(&mut child, self.timeout) {
             Ok(Some(status)) => Ok(status),
             Ok(None) => Err(format!(
                 "scan command {} gave no verdict within {:?}; killed",

@@ -47,6 +47,19 @@ pub struct ScanSettings {
     pub quarantine: bool,
 }
 
+impl ScanSettings {
+    /// Whether the settings can be used (checked again by [`Scanner::new`];
+    /// configuration loading calls it to fail early).
+    pub fn check(&self) -> Result<(), ScanError> {
+        if self.command.first().is_some_and(String::is_empty) {
+            return Err(ScanError::BadConfig(
+                "scan.command: empty program name".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a scanner could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -83,11 +96,7 @@ pub enum Verdict {
 impl Scanner {
     /// Scanners from `settings`; `None` if none is configured.
     pub fn new(settings: ScanSettings) -> Result<Option<Self>, ScanError> {
-        if settings.command.first().is_some_and(String::is_empty) {
-            return Err(ScanError::BadConfig(
-                "scan.command: empty program name".into(),
-            ));
-        }
+        settings.check()?;
         if settings.clamd.is_none() && settings.command.is_empty() {
             return Ok(None);
         }

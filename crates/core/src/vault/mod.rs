@@ -30,6 +30,7 @@ pub use offline::{Oddity, Quarantined, StoredFile};
 pub use path::VPath;
 pub use transfer::{Download, Upload, UploadExited};
 
+use crate::hex;
 use crate::keys::UserKey;
 use crate::scan::Scanner;
 
@@ -549,10 +550,6 @@ fn staging_prefix(user: &str) -> String {
     ctx.update(b"dropvault staging\0");
     ctx.update(user.as_bytes());
     hex(&ctx.finish().as_ref()[..16])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Truncates the staging file and starts a new sealed file in it.

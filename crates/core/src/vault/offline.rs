@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use dropvault_format::{DecryptingReader, EncryptingWriter};
 
 use super::{
-    hex, map_io, open_nofollow, real_path, staging_prefix, sync_parent, transfer, VPath, Vault,
+    map_io, open_nofollow, real_path, staging_prefix, sync_parent, transfer, VPath, Vault,
     VaultError,
 };
 use crate::keys::UserKey;
@@ -205,12 +205,10 @@ impl Vault {
         if fs::symlink_metadata(&target).is_ok() {
             return Err(VaultError::AlreadyExists);
         }
-        let mut nonce = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
+        let nonce = crate::random_hex(8).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
         let tmp = self.staging.join(format!(
-            "{}-import-{}.part",
-            staging_prefix(key.user()),
-            hex(&nonce)
+            "{}-import-{nonce}.part",
+            staging_prefix(key.user())
         ));
         let result = (|| {
             let file = OpenOptions::new()

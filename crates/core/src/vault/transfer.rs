@@ -555,9 +555,8 @@ fn quarantine(plan: &ScanPlan, t: &Target, size: u64, finding: &str) -> Result<(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut nonce = [0u8; 6];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
-    let id = format!("{}-{now}-{}", plan.prefix, super::hex(&nonce));
+    let nonce = crate::random_hex(6).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
+    let id = format!("{}-{now}-{nonce}", plan.prefix);
     let about = serde_json::json!({
         "id": id,
         "user": plan.user,

@@ -99,10 +99,8 @@ impl Session {
     /// STOU: store under a new name the server picks in the current folder.
     pub(crate) async fn cmd_stou(&mut self) -> std::io::Result<Flow> {
         self.rest = 0;
-        let mut r = [0u8; 6];
-        let _ = aws_lc_rs::rand::fill(&mut r);
-        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("upload-{name}");
+        let r = dropvault_core::random_hex(6).unwrap_or_else(|_| "0".repeat(12));
+        let name = format!("upload-{r}");
         self.store(&name, Store::Stor, Some(name.clone())).await
     }
 
