@@ -82,8 +82,8 @@ enum Command {
     },
     /// Seal an existing plaintext folder tree into a user's vault. Reports
     /// each file it skips and why (links, special files, names already in
-    /// the vault); exit status 1 if any was skipped. The source is left
-    /// as it is.
+    /// the vault, rejected by the `[scan]` scanners); exit status 1 if any
+    /// was skipped. The source is left as it is.
     Import {
         /// Whose vault receives the files.
         #[arg(long)]
