@@ -140,6 +140,47 @@ def lftp(server, commands: str, tls: str | None = None, user: str = USER,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+# -- rclone and basic-ftp ------------------------------------------------------
+
+def rclone(server, *args: str, tls: bool = True, config_dir: pathlib.Path,
+           user: str = USER, password: str = PASSWORD, timeout: int = CLIENT_TIMEOUT
+           ) -> subprocess.CompletedProcess:
+    """Runs `rclone ARGS` with a remote `dv:` for `server` (explicit FTPS
+    with `tls`, as a new user would set it up: certificate not checked),
+    with rclone's defaults otherwise (4 parallel transfers)."""
+    conf = config_dir / "rclone.conf"
+    if not conf.exists():
+        config_dir.mkdir(parents=True, exist_ok=True)
+        obscured = subprocess.run(["rclone", "obscure", password], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        lines = ["[dv]", "type = ftp", f"host = {server.host}", f"port = {server.port}",
+                 f"user = {user}", f"pass = {obscured}"]
+        if tls:
+            lines += ["explicit_tls = true", "no_check_certificate = true"]
+        conf.write_text("\n".join(lines) + "\n")
+    return subprocess.run(["rclone", "--config", str(conf), *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+NODE_CLIENTS = REPO / "tests" / "integration" / "node"
+
+
+def basic_ftp(server, *steps: str, secure: bool = True, user: str = USER,
+              password: str = PASSWORD, timeout: int = CLIENT_TIMEOUT
+              ) -> tuple[int, list[dict]]:
+    """Runs npm's basic-ftp (tests/integration/node/basicftp.js) through
+    `steps` in one session, e.g. "upload:LOCAL:REMOTE"; returns its exit
+    status and one record per step (the last one the error, if any)."""
+    import json
+    opts = {"host": server.host, "port": server.port, "user": user,
+            "password": password, "secure": secure}
+    r = subprocess.run(["node", str(NODE_CLIENTS / "basicftp.js"), json.dumps(opts), *steps],
+                       capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return r.returncode, records
+
+
 # -- ftplib -------------------------------------------------------------------
 
 def tls_context(version: str | None = None) -> ssl.SSLContext:

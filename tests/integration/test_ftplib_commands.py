@@ -285,8 +285,8 @@ def test_feat_tells_the_truth(dropvault):
     with ftp_plain(server) as ftp:
         feat = ftp.sendcmd("FEAT")
         lines = [l.strip() for l in feat.splitlines()[1:-1]]
-        for f in ("AUTH TLS", "PBSZ", "PROT", "UTF8", "SIZE", "MDTM", "REST STREAM", "EPSV",
-                  "PASV", "EPRT"):
+        for f in ("AUTH TLS", "PBSZ", "PROT", "UTF8", "SIZE", "MDTM", "MFMT", "REST STREAM",
+                  "EPSV", "PASV", "EPRT"):
             assert f in lines, f"{f} missing from FEAT: {lines}"
         assert any(l.startswith("MLST ") for l in lines)
         # Each advertised feature answers.
@@ -294,6 +294,7 @@ def test_feat_tells_the_truth(dropvault):
         stor(ftp, "x.bin", payload(1000))
         assert ftp.sendcmd("SIZE x.bin") == "213 1000"
         assert ftp.sendcmd("MDTM x.bin").startswith("213 ")
+        assert ftp.sendcmd("MFMT 20200101000000 x.bin").startswith("213 ")
         assert ftp.sendcmd("REST 10").startswith("350")
         assert ftp.sendcmd("REST 0").startswith("350")
         assert ftp.sendcmd("MLST x.bin").startswith("250")
@@ -314,6 +315,49 @@ def test_feat_tells_the_truth(dropvault):
             ftp.sendcmd("PORT 127,0,0,1,100,100")
         with pytest.raises(ftplib.error_perm, match="^502"):
             ftp.sendcmd("EPRT |1|127.0.0.1|25700|")
+
+
+def test_mfmt_and_mdtm_set_the_modification_time(server):
+    data = payload(5000)
+    with ftp_plain(server) as ftp:
+        stor(ftp, "report 2024.pdf", data)
+        ftp.mkd("dir")
+        # MFMT answers with the time now stored (draft-somers-ftp-mfxx).
+        assert (ftp.sendcmd("MFMT 20210304050607 report 2024.pdf")
+                == "213 Modify=20210304050607; report 2024.pdf")
+        assert ftp.sendcmd("MDTM report 2024.pdf") == "213 20210304050607"
+        assert mlsd(ftp)["report 2024.pdf"]["modify"] == "20210304050607"
+        listing = []
+        ftp.retrlines("LIST", listing.append)
+        line = next(l for l in listing if l.endswith(" report 2024.pdf"))
+        assert " Mar  4  2021 " in line, line
+        # Fractions of a second are kept as far as MDTM shows whole seconds.
+        assert ftp.sendcmd("MFMT 19991231235959.750 report 2024.pdf").startswith(
+            "213 Modify=19991231235959;")
+        # Folders too.
+        assert ftp.sendcmd("MFMT 20200202020202 dir").startswith("213 ")
+        assert mlsd(ftp)["dir"]["modify"] == "20200202020202"
+        # The set-time form of MDTM.
+        assert ftp.sendcmd("MDTM 20220101010101 report 2024.pdf").startswith("213 ")
+        assert ftp.sendcmd("MDTM report 2024.pdf") == "213 20220101010101"
+        # ... unless the whole argument is a file's name.
+        stor(ftp, "20230101000000 x", b"")
+        assert ftp.sendcmd("MDTM 20230101000000 x").startswith("213 2")
+        # The file's content is untouched.
+        assert retr(ftp, "report 2024.pdf") == data
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.sendcmd("MFMT 20210304050607 missing.bin")
+        for bad in ("MFMT 20211304050607 report 2024.pdf", "MFMT 2021030405060 x",
+                    "MFMT 20210304050607"):
+            with pytest.raises(ftplib.error_perm, match="^501"):
+                ftp.sendcmd(bad)
+        # Paths stay inside the user's folder: this is /etc/passwd there.
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.sendcmd("MFMT 20210304050607 ../../etc/passwd")
+    # Kept across a restart: it is the stored file's own time.
+    server.restart()
+    with ftp_plain(server) as ftp:
+        assert ftp.sendcmd("MDTM report 2024.pdf") == "213 20220101010101"
 
 
 def test_active_mode(server):

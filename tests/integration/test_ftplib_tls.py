@@ -124,7 +124,8 @@ def test_ftplib_tls_without_session_reuse_is_refused(server, version):
 
 def test_tls_upload_cut_without_close_notify_is_not_committed(server):
     """A TLS data connection that ends without close_notify may have been
-    cut by an attacker: the upload must not be committed."""
+    cut by an attacker: the upload must not be committed; the reply says
+    so in the server's words; the sealed part stays for a resume."""
     ftp = ftp_tls(server)
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd("STOR cut.bin")
@@ -132,37 +133,152 @@ def test_tls_upload_cut_without_close_notify_is_not_committed(server):
     # Close the TCP connection under TLS: no close_notify.
     raw_sock = socket.socket(fileno=conn.detach())
     raw_sock.close()
-    with pytest.raises(ftplib.Error, match="^4"):
+    with pytest.raises(ftplib.Error, match="^426") as err:
         ftp.voidresp()
+    text = str(err.value)
+    assert "close_notify" in text and "not stored" in text, text
+    assert "rustls" not in text and "http" not in text, text
     assert "cut.bin" not in mlsd(ftp)
+    # What arrived is sealed in staging: SIZE offers it as the resume point.
+    assert ftp.size("cut.bin") in (0, SEGMENT, 2 * SEGMENT, 3 * SEGMENT)
     ftp.quit()
 
 
-def test_ftplib_tls_session_of_another_control_connection_is_refused(server):
+def test_tls_upload_with_no_data_and_no_close_notify_is_an_empty_file(server):
+    """Nothing to cut short: some clients (Node's TLS sockets) end an empty
+    upload without close_notify."""
+    ftp = ftp_tls(server)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR empty.bin")
+    socket.socket(fileno=conn.detach()).close()
+    assert ftp.voidresp().startswith("226")
+    assert mlsd(ftp)["empty.bin"]["size"] == "0"
+    ftp.quit()
+
+
+def test_upload_data_connection_closed_in_handshake_is_refused_without_a_session(server):
+    """A connection that closes during a TLS handshake in which it presented
+    no session of this login is no upload of anything: refused, no file."""
+    ftp = ftp_tls(server)
+    ftp.voidcmd("TYPE I")
+    port = epsv_port(ftp.sendcmd("EPSV"))
+    s = socket.create_connection((server.host, port), timeout=30)
+    assert ftp.sendcmd("STOR nothing.bin").startswith("150")
+    # The start of a ClientHello record, then the end.
+    s.sendall(bytes.fromhex("160301"))
+    s.close()
+    with pytest.raises(ftplib.error_perm, match="^522") as err:
+        ftp.voidresp()
+    assert "rustls" not in str(err.value)
+    assert "nothing.bin" not in mlsd(ftp)
+    ftp.quit()
+
+
+def login_tls(server, context: ssl.SSLContext, user: str = USER, password: str = PASSWORD,
+              source: str | None = None) -> ResumingFTP_TLS:
+    """A second client sharing `context` (so Python lets another
+    connection's session be offered), optionally from another loopback
+    address."""
+    ftp = ResumingFTP_TLS(context=context, timeout=30)
+    ftp.connect(server.host, server.port, source_address=(source, 0) if source else None)
+    ftp.auth()
+    ftp.login(user, password)
+    ftp.prot_p()
+    ftp.voidcmd("TYPE I")
+    return ftp
+
+
+def retr_with_session(ftp: ftplib.FTP_TLS, name: str, session: ssl.SSLSession) -> bytes | None:
+    """RETR over a data connection that presents `session`; the data, or
+    None after the server refused the connection with 522."""
+    port = epsv_port(ftp.sendcmd("EPSV"))
+    source = ftp.source_address
+    s = socket.create_connection((ftp.host, port), timeout=30, source_address=source)
+    assert ftp.sendcmd(f"RETR {name}").startswith("150")
+    got = b""
+    reused = False
+    try:
+        conn = ftp.context.wrap_socket(s, server_hostname=ftp.host, session=session)
+        reused = conn.session_reused
+        while chunk := conn.recv(65536):
+            got += chunk
+        conn.close()
+    except (ssl.SSLError, OSError):
+        pass
+    try:
+        reply = ftp.voidresp()
+    except ftplib.error_perm as e:
+        assert str(e).startswith("522"), e
+        assert got == b"", "data flowed on a refused data connection"
+        return None
+    assert reply.startswith("226") and reused, (reply, reused)
+    return got
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_session_of_a_sibling_control_connection_of_the_same_login_is_accepted(server, version):
+    """Clients share one TLS session cache among their connections (rclone,
+    OpenSSL-based clients): a data connection may present a session another
+    control connection of the same user at the same address was issued."""
+    data = payload(10_000)
+    upload_plain(server, "a.bin", data)
+    a = ftp_tls(server, version=version)
+    b = login_tls(server, a.context)
+    assert retr_with_session(b, "a.bin", a.sock.session) == data
+    # Reusable: TLS 1.3 tickets are not single-use here.
+    assert retr_with_session(b, "a.bin", a.sock.session) == data
+    # Still usable after the control connection it came from has ended.
+    session = a.sock.session
+    a.quit()
+    assert retr_with_session(b, "a.bin", session) == data
+    b.quit()
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_session_of_another_users_control_connection_is_refused(dropvault, version):
+    server = dropvault(users={USER: PASSWORD, "bob": "bob-Pw-4410"})
     upload_plain(server, "a.bin", payload(10_000))
-    with ftp_tls(server) as a:
-        # Same client TLS context, so that Python lets A's session be offered.
-        b = ResumingFTP_TLS(context=a.context, timeout=30)
-        b.connect(server.host, server.port)
-        b.auth()
-        b.login(USER, PASSWORD)
-        b.prot_p()
-        b.voidcmd("TYPE I")
-        # B's data connection presents A's session.
-        port = epsv_port(b.sendcmd("EPSV"))
-        s = socket.create_connection((server.host, port), timeout=30)
-        assert b.sendcmd("RETR a.bin").startswith("150")
-        got = b""
-        try:
-            conn = b.context.wrap_socket(s, server_hostname=server.host, session=a.sock.session)
-            while chunk := conn.recv(65536):
-                got += chunk
-        except (ssl.SSLError, OSError):
-            pass
-        assert got == b""
-        with pytest.raises(ftplib.error_perm, match="^522"):
-            b.voidresp()
-        b.quit()
+    with ftp_plain(server, "bob", "bob-Pw-4410") as ftp:
+        stor(ftp, "b.bin", payload(10_000))
+    alice = ftp_tls(server, version=version)
+    bob = login_tls(server, alice.context, "bob", "bob-Pw-4410")
+    # Bob's data connection presents Alice's session: refused.
+    assert retr_with_session(bob, "b.bin", alice.sock.session) is None
+    # And Alice's presents Bob's.
+    assert retr_with_session(alice, "a.bin", bob.sock.session) is None
+    assert bob.voidcmd("NOOP").startswith("200")
+    bob.quit()
+    alice.quit()
+
+
+def test_session_of_another_addresses_control_connection_is_refused(server):
+    """Same user, same client TLS cache, but the session was issued to a
+    control connection from 127.0.0.1 and the data connection belongs to one
+    from 127.0.0.2."""
+    data = payload(10_000)
+    upload_plain(server, "a.bin", data)
+    near = ftp_tls(server)
+    far = login_tls(server, near.context, source="127.0.0.2")
+    assert far.sock.getsockname()[0] == "127.0.0.2"
+    assert retr_with_session(far, "a.bin", near.sock.session) is None
+    # Its own session works.
+    assert retr_with_session(far, "a.bin", far.sock.session) == data
+    far.quit()
+    near.quit()
+
+
+def test_session_from_before_a_restart_is_refused(server):
+    data = payload(10_000)
+    upload_plain(server, "a.bin", data)
+    before = ftp_tls(server)
+    session = before.sock.session
+    assert retr(before, "a.bin") == data
+    before.close()
+    server.restart()
+    after = login_tls(server, before.context)
+    assert retr_with_session(after, "a.bin", session) is None
+    assert retr(after, "a.bin") == data
+    after.quit()
 
 
 @pytest.mark.parametrize("version", ["1.3", "1.2"])

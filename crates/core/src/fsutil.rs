@@ -9,3 +9,10 @@ use std::path::Path;
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Renames `from` to `to` only if nothing is at `to`, atomically (Linux
+/// `renameat2` with `RENAME_NOREPLACE`): `AlreadyExists` otherwise.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE).map_err(io::Error::from)
+}

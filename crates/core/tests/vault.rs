@@ -29,7 +29,7 @@ fn fixture() -> Fixture {
         kek(),
         KeyFileStore::open(dir.path().join("keys")).expect("keys"),
     );
-    let vault = Vault::open(dir.path().join("files")).expect("vault");
+    let vault = Vault::create(dir.path().join("files")).expect("vault");
     let key = ring.unlock("alice").expect("key");
     let user = vault.for_user(key).expect("user vault");
     Fixture { dir, vault, user }
@@ -456,4 +456,107 @@ async fn a_large_upload_dropped_midway_keeps_its_sealed_prefix_and_resumes() {
     put(&f.user, "/large", &data[..3 * 1024 * 1024]).await;
     assert!(get(&f.user, "/large", 0).await == data[..3 * 1024 * 1024]);
     assert_no_plaintext(f.dir.path());
+}
+
+#[tokio::test]
+async fn a_create_upload_never_replaces_a_file() {
+    let f = fixture();
+    put(&f.user, "/taken", b"first").await;
+    assert!(matches!(
+        f.user.upload(&p("/taken"), UploadMode::Create).await,
+        Err(VaultError::AlreadyExists)
+    ));
+    // The name is free when the upload starts and taken before it commits:
+    // the commit fails and the file that appeared stays as it is.
+    let mut up = f
+        .user
+        .upload(&p("/raced"), UploadMode::Create)
+        .await
+        .expect("upload");
+    up.write_all(b"second").await.expect("write");
+    // (Another process puts a file there: a copy of /taken.)
+    let home = f.dir.path().join("files").join("alice");
+    std::fs::copy(home.join("taken"), home.join("raced")).expect("copy");
+    assert!(matches!(up.commit().await, Err(VaultError::AlreadyExists)));
+    assert_eq!(get(&f.user, "/raced", 0).await, b"first");
+    // Its staging file is gone with it.
+    let staging = f.dir.path().join("files").join(".staging");
+    assert_eq!(std::fs::read_dir(&staging).expect("ls").count(), 0);
+    // A free name commits.
+    let mut up = f
+        .user
+        .upload(&p("/fresh"), UploadMode::Create)
+        .await
+        .expect("upload");
+    up.write_all(b"new").await.expect("write");
+    assert_eq!(up.commit().await.expect("commit"), 3);
+    assert_eq!(get(&f.user, "/fresh", 0).await, b"new");
+}
+
+#[tokio::test]
+async fn set_modified_sets_the_time_listings_show() {
+    let f = fixture();
+    put(&f.user, "/doc", &content(70_000)).await;
+    f.user.mkdir(&p("/dir")).await.expect("mkdir");
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_007);
+    for path in ["/doc", "/dir"] {
+        let e = f.user.set_modified(&p(path), when).await.expect("set");
+        assert_eq!(e.modified, when);
+        assert_eq!(f.user.stat(&p(path)).await.expect("stat").modified, when);
+    }
+    let listed = f.user.list(&VPath::root()).await.expect("list");
+    assert!(listed.iter().all(|e| e.modified == when), "{listed:?}");
+    assert_eq!(get(&f.user, "/doc", 0).await, content(70_000));
+    assert!(matches!(
+        f.user.set_modified(&p("/missing"), when).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn opening_a_vault_changes_nothing_and_staging_expires_only_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("files");
+    // Opening creates nothing; listings of what is not there are empty.
+    let vault = Vault::open(&root);
+    assert!(!root.exists());
+    assert!(vault.user_folders().expect("users").is_empty());
+    assert!(vault.quarantine_list().expect("quarantine").is_empty());
+    assert!(!root.exists());
+
+    let f = fixture();
+    let staging = f.dir.path().join("files").join(".staging");
+    let old = staging.join("interrupted.part");
+    std::fs::write(&old, b"sealed bytes").expect("write");
+    let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .and_then(|f| f.set_modified(week_ago))
+        .expect("age it");
+    // An old staging file an upload holds stays.
+    let held = staging.join("held.part");
+    std::fs::write(&held, b"sealed").expect("write");
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(&held)
+        .expect("open");
+    lock.set_modified(week_ago).expect("age it");
+    lock.lock().expect("lock");
+    // A fresh one stays too.
+    let fresh = staging.join("fresh.part");
+    std::fs::write(&fresh, b"sealed").expect("write");
+    let _reopened = Vault::open(f.dir.path().join("files"));
+    assert!(old.exists(), "opening the vault must not expire anything");
+    assert_eq!(
+        f.vault.expire_staging(dropvault_core::vault::STAGING_TTL),
+        1
+    );
+    assert!(!old.exists() && held.exists() && fresh.exists());
+    drop(lock);
+    assert_eq!(
+        f.vault.expire_staging(dropvault_core::vault::STAGING_TTL),
+        1
+    );
+    assert!(!held.exists() && fresh.exists());
 }

@@ -632,6 +632,32 @@ mod tests {
         assert!(f.tls_session_reuse_required);
     }
 
+    /// Every TOML block in docs/CONFIG.md is a configuration that loads,
+    /// and the full one gives exactly the defaults.
+    #[test]
+    fn documented_config_blocks_parse() {
+        let doc = include_str!("../../../docs/CONFIG.md");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut blocks = 0;
+        for (i, part) in doc.split("```toml\n").skip(1).enumerate() {
+            let block = part.split("```").next().unwrap_or_default();
+            let path = dir.path().join(format!("block{i}.toml"));
+            std::fs::write(&path, block).expect("write");
+            let c = Config::load(Some(&path), env(&[]))
+                .unwrap_or_else(|e| panic!("CONFIG.md block {i} does not load: {e}\n{block}"));
+            if i == 0 {
+                let d = Config::load(None, env(&[])).expect("defaults");
+                assert_eq!(
+                    format!("{c:?}"),
+                    format!("{d:?}"),
+                    "first block is the defaults"
+                );
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 1);
+    }
+
     #[test]
     fn file_then_environment() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         recovery_key: Option<PathBuf>,
     },
+    /// The TLS certificate clients see.
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
     /// Uploads the scanner rejected, kept sealed when scan.quarantine = true.
     Quarantine {
         #[command(subcommand)]
@@ -94,6 +99,14 @@ enum Command {
         #[arg(long, default_value = "/")]
         dest: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsAction {
+    /// Print the SHA-256 fingerprint of the server's certificate (as
+    /// `openssl x509 -noout -fingerprint -sha256` and FileZilla show it),
+    /// its subject and end of validity.
+    Fingerprint,
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,14 +205,14 @@ fn main() -> ExitCode {
             out,
             recovery_key,
             force,
-        } => data_dir(&config).and_then(|()| {
+        } => {
             ops::decrypt(&config, &user, &path, &out, recovery_key.as_deref(), force).map(|()| true)
-        }),
-        Command::Verify { user, recovery_key } => data_dir(&config)
-            .and_then(|()| ops::verify(&config, user.as_deref(), recovery_key.as_deref())),
-        Command::Quarantine { action } => {
-            data_dir(&config).and_then(|()| quarantine(&config, action))
         }
+        Command::Verify { user, recovery_key } => {
+            ops::verify(&config, user.as_deref(), recovery_key.as_deref())
+        }
+        Command::Tls { action } => tls(&config, action),
+        Command::Quarantine { action } => quarantine(&config, action),
         Command::Import { user, src, dest } => data_dir(&config)
             .and_then(|()| known_user(&config, &user))
             .and_then(|_| ops::import(&config, &user, &src, &dest)),
@@ -240,7 +253,7 @@ fn data_dir(config: &Config) -> Result<(), AnyError> {
 }
 
 fn quarantine(config: &Config, action: QuarantineAction) -> Result<bool, AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root))?;
+    let vault = Vault::open(config.path(&config.storage.root));
     match action {
         QuarantineAction::List => {
             let entries = vault.quarantine_list()?;
@@ -300,8 +313,8 @@ fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
             public,
             bits,
         } => ops::recovery_keygen(&private, &public, bits).map(|()| true),
-        KeysAction::Status => data_dir(config).and_then(|()| ops::keys_status(config)),
-        KeysAction::Rotate => data_dir(config).and_then(|()| ops::keys_rotate(config)),
+        KeysAction::Status => ops::keys_status(config),
+        KeysAction::Rotate => ops::keys_rotate(config),
     }
 }
 
@@ -319,7 +332,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
             "uploads are scanned before they are committed");
     }
-    let vault = Arc::new(Vault::open(config.path(&config.storage.root))?.with_scanner(scanner));
+    let vault = Arc::new(Vault::create(config.path(&config.storage.root))?.with_scanner(scanner));
     let events = Arc::new(dropvault_core::events::Hooks::start(
         config.hook_settings(),
     )?);
@@ -342,13 +355,17 @@ fn serve(config: Config) -> Result<(), AnyError> {
     let tls = match ftp.tls {
         dropvault_ftp::TlsMode::Off => None,
         _ => {
-            let cert = (!config.ftp.tls_cert.is_empty()).then(|| config.path(&config.ftp.tls_cert));
-            let key = (!config.ftp.tls_key.is_empty()).then(|| config.path(&config.ftp.tls_key));
-            Some(dropvault_ftp::tls::server_config(
-                cert.as_deref(),
-                key.as_deref(),
-                &config.data_dir,
-            )?)
+            let files = cert_files(&config);
+            dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
+            let tls = dropvault_ftp::tls::server_config(&files)?;
+            let cert = dropvault_ftp::tls::cert::summary(&files.cert)?;
+            tracing::info!(cert = %files.cert.display(), fingerprint = %cert.fingerprint,
+                subject = %cert.subject, not_after = %cert.not_after, "TLS certificate");
+            println_safe(&format!(
+                "dropvault: TLS certificate SHA-256 fingerprint {} ({}, valid until {})",
+                cert.fingerprint, cert.subject, cert.not_after
+            ));
+            Some(tls)
         }
     };
     let services = dropvault_ftp::Services {
@@ -371,6 +388,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
         // Signal handlers go in before anyone can learn the server is up,
         // so a SIGTERM right after the ready line still drains.
         let shutdown = shutdown_signal()?;
+        tokio::spawn(expire_staging(services.vault.clone()));
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if services.tls.is_some() => {
@@ -404,6 +422,57 @@ fn serve(config: Config) -> Result<(), AnyError> {
     events.shutdown(std::time::Duration::from_secs(5));
     tracing::info!(event = "stopped", "dropvault stopped");
     Ok(())
+}
+
+/// The certificate and key the configuration names, or the self-signed
+/// pair in the data folder.
+fn cert_files(config: &Config) -> dropvault_ftp::tls::CertFiles {
+    let cert = (!config.ftp.tls_cert.is_empty()).then(|| config.path(&config.ftp.tls_cert));
+    let key = (!config.ftp.tls_key.is_empty()).then(|| config.path(&config.ftp.tls_key));
+    dropvault_ftp::tls::CertFiles::new(cert.as_deref(), key.as_deref(), &config.data_dir)
+}
+
+/// `dropvault tls fingerprint`: reads the certificate, never creates one.
+fn tls(config: &Config, action: TlsAction) -> Result<bool, AnyError> {
+    match action {
+        TlsAction::Fingerprint => {
+            let files = cert_files(config);
+            if files.self_signed && !files.cert.exists() {
+                return Err(format!(
+                    "{}: no certificate yet; `dropvault serve` generates it at its first start",
+                    files.cert.display()
+                )
+                .into());
+            }
+            let cert = dropvault_ftp::tls::cert::summary(&files.cert)?;
+            println_safe(&format!("SHA256 Fingerprint={}", cert.fingerprint));
+            println_safe(&format!("subject: {}", cert.subject));
+            println_safe(&format!("valid until: {}", cert.not_after));
+            println_safe(&format!("file: {}", files.cert.display()));
+            Ok(true)
+        }
+    }
+}
+
+/// Removes interrupted uploads' staging files older than
+/// [`STAGING_TTL`](dropvault_core::vault::STAGING_TTL): now, and then every
+/// hour for as long as the server runs.
+async fn expire_staging(vault: Arc<Vault>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let v = vault.clone();
+        let ttl = dropvault_core::vault::STAGING_TTL;
+        if let Ok(n) = tokio::task::spawn_blocking(move || v.expire_staging(ttl)).await {
+            if n > 0 {
+                tracing::info!(
+                    event = "staging_expired",
+                    files = n,
+                    "removed staging files of uploads interrupted over a week ago"
+                );
+            }
+        }
+    }
 }
 
 /// Registers SIGTERM and SIGINT handlers now; the future completes on the

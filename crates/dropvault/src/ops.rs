@@ -256,7 +256,7 @@ pub(crate) fn decrypt(
     recovery_key: Option<&Path>,
     force: bool,
 ) -> Result<(), AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root))?;
+    let vault = Vault::open(config.path(&config.storage.root));
     let key = KeySource::new(config, recovery_key)?.user_key(user)?;
     let vpath = VPath::resolve(&VPath::root(), path)?;
     let mut reader = vault
@@ -309,7 +309,7 @@ pub(crate) fn verify(
     only: Option<&str>,
     recovery_key: Option<&Path>,
 ) -> Result<bool, AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root))?;
+    let vault = Vault::open(config.path(&config.storage.root));
     let keys = KeySource::new(config, recovery_key)?;
     let users: Vec<String> = match only {
         Some(u) => vec![u.to_owned()],
@@ -405,7 +405,7 @@ pub(crate) fn import(
         return Err(format!("{}: not a folder", src.display()).into());
     }
     let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
-    let vault = Vault::open(config.path(&config.storage.root))?.with_scanner(scanner);
+    let vault = Vault::create(config.path(&config.storage.root))?.with_scanner(scanner);
     let keyring = keyring(config, Kek::Create)?;
     let key = keyring.unlock(user)?;
     // The plan first: what to import, what to skip and why.
@@ -520,7 +520,7 @@ pub(crate) fn shred(config: &Config, user: &str) -> Result<(bool, u64), AnyError
     // The key first: once it is gone nothing is recoverable, even if what
     // follows is interrupted.
     let had_key = key_store(config)?.destroy(user)?;
-    let vault = Vault::open(config.path(&config.storage.root))?;
+    let vault = Vault::open(config.path(&config.storage.root));
     let removed = vault.remove_user_files(user)?;
     Ok((had_key, removed))
 }

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     /// worth of work per check: more at a time than cores only adds memory
     /// and lets a login flood starve everything else.
     pub(crate) logins: tokio::sync::Semaphore,
+    /// Every TLS session this server issued, and to whom.
+    pub(crate) tls_sessions: Arc<crate::tls::SessionCache>,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +165,10 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (tx, rx) = watch::channel(false);
     let grace = config.drain_grace;
+    // Sessions of ended control connections stay resumable for clients
+    // that still hold them (a shared client cache): as many connections'
+    // as the server may have at once, at least 1024.
+    let tls_sessions = Arc::new(crate::tls::SessionCache::new(config.max_sessions.max(1024)));
     let shared = Arc::new(Shared {
         config,
         services,
@@ -172,6 +178,7 @@ pub async fn serve(
         logins: tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         ),
+        tls_sessions,
     });
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);

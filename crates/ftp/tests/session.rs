@@ -38,7 +38,7 @@ async fn start(config: FtpConfig) -> Server {
             provider,
             KeyFileStore::open(dir.path().join("keys")).expect("keys"),
         )),
-        vault: Arc::new(Vault::open(dir.path().join("files")).expect("vault")),
+        vault: Arc::new(Vault::create(dir.path().join("files")).expect("vault")),
         tls: None,
         events: Arc::new(dropvault_core::events::Hooks::disabled()),
     };

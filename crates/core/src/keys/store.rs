@@ -85,15 +85,10 @@ pub struct KeyFileStore {
 }
 
 impl KeyFileStore {
-    /// Key files in `dir`, which is created (mode 0700) if missing.
+    /// Key files in `dir`. Nothing is created until the first key file is
+    /// (the folder then, mode 0700).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
-        let dir = dir.into();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| KeyError::io(&dir, e))?;
-        Ok(Self { dir })
+        Ok(Self { dir: dir.into() })
     }
 
     /// Where `user`'s key file lives: hex SHA-256 of the user name.
@@ -123,7 +118,12 @@ impl KeyFileStore {
     /// Every key file in the folder, each parsed or with why it cannot be.
     pub fn list(&self) -> Result<Vec<ListedKeyFile>, KeyError> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(|e| KeyError::io(&self.dir, e))? {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(KeyError::io(&self.dir, e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(|e| KeyError::io(&self.dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -227,6 +227,11 @@ impl KeyFileStore {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| KeyError::io(&self.dir, e))?;
         write_new_file(&path, &json, 0o600)?;
         Ok(path)
     }

@@ -39,8 +39,9 @@ use crate::scan::Scanner;
 const STAGING: &str = ".staging";
 /// Rejected uploads kept for operators (sealed, never served).
 const QUARANTINE: &str = ".quarantine";
-/// Staging files untouched for this long are removed when the vault opens.
-const STAGING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Staging files untouched for this long are removed by the running server
+/// ([`Vault::expire_staging`]).
+pub const STAGING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What went wrong with a file operation. Front ends map these to their
 /// protocol's replies in one place.
@@ -135,27 +136,30 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// Opens (creating, mode 0700) the storage root and its staging folder,
-    /// and removes staging files older than a week.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, VaultError> {
+    /// The vault under `root`, as it is: nothing is created, removed or
+    /// changed on disk until something is stored (what read-only operator
+    /// commands use).
+    pub fn open(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        let staging = root.join(STAGING);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&staging)?;
-        let quarantine = root.join(QUARANTINE);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&quarantine)?;
-        let vault = Self {
+        Self {
+            staging: root.join(STAGING),
+            quarantine: root.join(QUARANTINE),
             root,
-            staging,
-            quarantine,
             scanner: None,
-        };
-        vault.expire_staging();
+        }
+    }
+
+    /// [`Vault::open`], creating (mode 0700) the storage root and its
+    /// staging and quarantine folders if missing: for the server and
+    /// commands that store files.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self, VaultError> {
+        let vault = Self::open(root);
+        for dir in [&vault.staging, &vault.quarantine] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         Ok(vault)
     }
 
@@ -165,21 +169,36 @@ impl Vault {
         self
     }
 
-    fn expire_staging(&self) {
+    /// Removes staging files (interrupted uploads) untouched for longer
+    /// than `ttl`, except those an upload holds right now; returns how many
+    /// went. The server runs this at start and then periodically.
+    pub fn expire_staging(&self, ttl: Duration) -> usize {
         let Ok(entries) = fs::read_dir(&self.staging) else {
-            return;
+            return 0;
         };
+        let mut removed = 0;
         for entry in entries.flatten() {
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STAGING_TTL);
-            if old {
-                let _ = fs::remove_file(entry.path());
+                .is_some_and(|age| age > ttl);
+            if !old {
+                continue;
+            }
+            // An upload in progress holds its staging file's lock.
+            let Ok(file) = open_nofollow(&entry.path()) else {
+                continue;
+            };
+            if file.try_lock().is_ok() && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
             }
         }
+        if removed > 0 {
+            let _ = crate::fsutil::sync_dir(&self.staging);
+        }
+        removed
     }
 
     /// The folder of `user`'s files (which may not exist yet).
@@ -252,6 +271,10 @@ pub enum UploadMode {
     Resume(u64),
     /// Add to the end of the existing file (FTP `APPE`).
     Append,
+    /// Write a new file under a name that must stay free: refused if a file
+    /// is there when the upload starts, and never replaces one that
+    /// appears meanwhile (FTP `STOU`).
+    Create,
 }
 
 #[derive(Debug)]
@@ -400,6 +423,9 @@ impl UserVault {
             Ok(m) => Some(plaintext_len(m.len())?),
             Err(_) => None,
         };
+        if mode == UploadMode::Create && committed.is_some() {
+            return Err(VaultError::AlreadyExists);
+        }
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -444,7 +470,7 @@ impl UserVault {
                     None => fresh(&lock, key)?,
                 },
             },
-            UploadMode::Replace | UploadMode::Resume(_) => fresh(&lock, key)?,
+            UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => fresh(&lock, key)?,
         };
         Ok((
             writer,
@@ -452,8 +478,25 @@ impl UserVault {
                 lock,
                 staging,
                 target,
+                replace: mode != UploadMode::Create,
             },
         ))
+    }
+
+    /// Sets the modification time of file or folder `p` (FTP `MFMT`);
+    /// returns the entry as it is now.
+    pub async fn set_modified(&self, p: &VPath, time: SystemTime) -> Result<Entry, VaultError> {
+        let (me, p) = (self.clone(), p.clone());
+        blocking(move || {
+            let real = me.real(&p)?;
+            // Opened without following a link; the times go on what was
+            // opened, not on whatever the path names afterwards.
+            let file = open_nofollow(&real).map_err(map_io)?;
+            file.set_modified(time).map_err(map_io)?;
+            let meta = file.metadata().map_err(map_io)?;
+            entry(p.name().unwrap_or("/"), &meta).ok_or(VaultError::PermissionDenied)
+        })
+        .await
     }
 
     /// Deletes file `p`.

@@ -58,7 +58,12 @@ impl Vault {
     /// Users with a folder in the storage root.
     pub fn user_folders(&self) -> Result<Vec<String>, VaultError> {
         let mut users = Vec::new();
-        for entry in fs::read_dir(&self.root)? {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(users),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
@@ -253,8 +258,8 @@ impl Vault {
                     },
                 }
             }
-            // A link fails if the name was taken meanwhile: never replaces.
-            fs::hard_link(&tmp, &target).map_err(map_io)?;
+            // Fails if the name was taken meanwhile: never replaces.
+            crate::fsutil::rename_noreplace(&tmp, &target).map_err(map_io)?;
             Ok(len)
         })();
         let _ = fs::remove_file(&tmp);
@@ -266,7 +271,12 @@ impl Vault {
     /// Every upload in quarantine, oldest first.
     pub fn quarantine_list(&self) -> Result<Vec<Quarantined>, VaultError> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.quarantine)? {
+        let entries = match fs::read_dir(&self.quarantine) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
@@ -324,10 +334,9 @@ impl Vault {
             return Err(VaultError::NotFound);
         }
         let sealed = self.quarantine.join(format!("{id}.sealed"));
-        // A link fails if the name is taken: nothing is replaced.
-        fs::hard_link(&sealed, &target).map_err(map_io)?;
+        // Nothing is replaced: the rename fails if the name is taken.
+        crate::fsutil::rename_noreplace(&sealed, &target).map_err(map_io)?;
         sync_parent(&target)?;
-        fs::remove_file(&sealed)?;
         fs::remove_file(self.quarantine.join(format!("{id}.json")))?;
         crate::fsutil::sync_dir(&self.quarantine)?;
         Ok((q.user, path))

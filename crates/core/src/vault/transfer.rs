@@ -305,6 +305,8 @@ pub(super) struct Target {
     pub(super) lock: File,
     pub(super) staging: PathBuf,
     pub(super) target: PathBuf,
+    /// Whether the commit may replace a file at `target`.
+    pub(super) replace: bool,
 }
 
 /// How an upload is scanned before it is committed.
@@ -643,7 +645,15 @@ fn commit(
     if fs::symlink_metadata(&t.target).is_ok_and(|m| m.is_dir()) {
         return Err(VaultError::IsADirectory);
     }
-    fs::rename(&t.staging, &t.target).map_err(map_io)?;
+    if t.replace {
+        fs::rename(&t.staging, &t.target).map_err(map_io)?;
+    } else if let Err(e) = crate::fsutil::rename_noreplace(&t.staging, &t.target) {
+        // The name was taken meanwhile: this upload has nowhere to go.
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            let _ = fs::remove_file(&t.staging);
+        }
+        return Err(map_io(e));
+    }
     sync_parent(&t.target)?;
     // The lock goes with the worker, after the rename.
     let _ = &t.lock;

@@ -62,9 +62,17 @@ pub enum Command {
     Rnto(String),
     /// SIZE: a file's size (RFC 3659).
     Size(String),
-    /// MDTM: a file's modification time (RFC 3659). The set-time form is
-    /// not supported.
-    Mdtm(String),
+    /// MDTM: a file's modification time (RFC 3659). `set` is the argument
+    /// read as the set-time form (`MDTM YYYYMMDDHHMMSS path`), which the
+    /// session uses when the whole argument names no file.
+    Mdtm {
+        /// The whole argument as a path.
+        path: String,
+        /// The argument as a time and a path, when it has that form.
+        set: Option<SetTime>,
+    },
+    /// MFMT: set a file's modification time (draft-somers-ftp-mfxx).
+    Mfmt(SetTime),
     /// REST: restart the next transfer at this byte offset.
     Rest(u64),
     /// RETR: download a file.
@@ -108,6 +116,15 @@ pub enum Command {
     Pbsz(u64),
     /// PROT: data channel protection level (RFC 4217).
     Prot(Prot),
+}
+
+/// A modification time to set on a path (MFMT, MDTM's set-time form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetTime {
+    /// The time, from `YYYYMMDDHHMMSS[.sss]` in UTC.
+    pub time: std::time::SystemTime,
+    /// The path, as given.
+    pub path: String,
 }
 
 /// A password as sent with PASS. Zeroized on drop, shown as `[redacted]`.
@@ -218,7 +235,7 @@ pub enum CommandError {
     #[error("syntax error: {0}")]
     Syntax(&'static str),
     /// The command is known but not with this argument (`TYPE E`,
-    /// `MODE B`, `PROT S`, the set-time form of MDTM): 504.
+    /// `MODE B`, `PROT S`): 504.
     #[error("not implemented for that parameter: {0}")]
     NotImplementedParam(&'static str),
     /// A path or name argument is not valid UTF-8: 501.
@@ -302,14 +319,14 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         b"RNFR" => Command::Rnfr(required_path(arg)?),
         b"RNTO" => Command::Rnto(required_path(arg)?),
         b"SIZE" => Command::Size(required_path(arg)?),
-        b"MDTM" => {
-            if is_mdtm_set_form(arg) {
-                return Err(CommandError::NotImplementedParam(
-                    "Setting the modification time is not supported.",
-                ));
-            }
-            Command::Mdtm(required_path(arg)?)
-        }
+        b"MDTM" => Command::Mdtm {
+            path: required_path(arg)?,
+            set: set_time(arg).ok(),
+        },
+        b"MFMT" => Command::Mfmt(
+            set_time(arg)
+                .map_err(|()| CommandError::Syntax("MFMT needs YYYYMMDDHHMMSS and a path."))?,
+        ),
         b"REST" => Command::Rest(
             decimal(trim(arg)).ok_or(CommandError::Syntax("REST needs a byte offset."))?,
         ),
@@ -366,7 +383,8 @@ impl Command {
             Command::Rnfr(_) => "RNFR",
             Command::Rnto(_) => "RNTO",
             Command::Size(_) => "SIZE",
-            Command::Mdtm(_) => "MDTM",
+            Command::Mdtm { .. } => "MDTM",
+            Command::Mfmt(_) => "MFMT",
             Command::Rest(_) => "REST",
             Command::Retr(_) => "RETR",
             Command::Stor(_) => "STOR",
@@ -405,7 +423,8 @@ impl Command {
             | Command::Rnfr(s)
             | Command::Rnto(s)
             | Command::Size(s)
-            | Command::Mdtm(s)
+            | Command::Mdtm { path: s, .. }
+            | Command::Mfmt(SetTime { path: s, .. })
             | Command::Retr(s)
             | Command::Stor(s)
             | Command::Appe(s) => escape_controls(s),
@@ -521,14 +540,15 @@ fn strip_list_options(mut arg: &[u8]) -> &[u8] {
 }
 
 /// `MDTM YYYYMMDDHHMMSS[.sss] path`, the set-time form some clients send.
-fn is_mdtm_set_form(arg: &[u8]) -> bool {
+/// `YYYYMMDDHHMMSS[.sss] path`: a valid time, one space, a path.
+fn set_time(arg: &[u8]) -> Result<SetTime, ()> {
     let mut parts = arg.splitn(2, |&b| b == b' ');
-    let time = parts.next().unwrap_or_default();
-    let has_path = parts.next().is_some_and(|p| !p.is_empty());
-    let mut time = time.splitn(2, |&b| b == b'.');
-    let whole = time.next().unwrap_or_default();
-    let fraction_ok = time.next().is_none_or(|f| f.iter().all(u8::is_ascii_digit));
-    has_path && whole.len() == 14 && whole.iter().all(u8::is_ascii_digit) && fraction_ok
+    let time = super::parse_mdtm(parts.next().unwrap_or_default()).ok_or(())?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or(())?;
+    Ok(SetTime {
+        time,
+        path: text(path).map_err(|_| ())?,
+    })
 }
 
 fn parse_opts(arg: &[u8]) -> Result<Opts, CommandError> {
@@ -778,7 +798,13 @@ mod tests {
             ("RNFR a", Command::Rnfr(s("a"))),
             ("RNTO b", Command::Rnto(s("b"))),
             ("SIZE f", Command::Size(s("f"))),
-            ("MDTM f", Command::Mdtm(s("f"))),
+            (
+                "MDTM f",
+                Command::Mdtm {
+                    path: s("f"),
+                    set: None,
+                },
+            ),
             ("REST 1024", Command::Rest(1024)),
             ("RETR f", Command::Retr(s("f"))),
             ("STOR f", Command::Stor(s("f"))),
@@ -980,14 +1006,51 @@ mod tests {
     }
 
     #[test]
-    fn mdtm_set_form_is_refused() {
-        not_impl("MDTM 20240101120000 file.txt");
-        not_impl("MDTM 20240101120000.123 file.txt");
+    fn mdtm_set_form_and_mfmt() {
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let set = |secs: u64, path: &str| SetTime {
+            time: at(secs),
+            path: s(path),
+        };
+        assert_eq!(
+            ok("MDTM 20240101120000 file.txt"),
+            Command::Mdtm {
+                path: s("20240101120000 file.txt"),
+                set: Some(set(1_704_110_400, "file.txt")),
+            }
+        );
         assert_eq!(
             ok("MDTM 20240101120000"),
-            Command::Mdtm(s("20240101120000"))
+            Command::Mdtm {
+                path: s("20240101120000"),
+                set: None,
+            }
         );
-        assert_eq!(ok("MDTM 2024 report"), Command::Mdtm(s("2024 report")));
+        assert_eq!(
+            ok("MDTM 2024 report"),
+            Command::Mdtm {
+                path: s("2024 report"),
+                set: None,
+            }
+        );
+        // Not a real time: only a file name.
+        assert_eq!(
+            ok("MDTM 20241301120000 x"),
+            Command::Mdtm {
+                path: s("20241301120000 x"),
+                set: None,
+            }
+        );
+        assert_eq!(
+            ok("MFMT 20240101120000 dir/a b.txt"),
+            Command::Mfmt(set(1_704_110_400, "dir/a b.txt"))
+        );
+        syntax("MFMT");
+        syntax("MFMT 20240101120000");
+        syntax("MFMT 20240101120000 ");
+        syntax("MFMT 2024010112000 x");
+        syntax("MFMT x 20240101120000");
+        assert_eq!(ok("MFMT 20240101120000 x").log_safe(), "MFMT x");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! Hinnant's `civil_from_days`), as it is the only date handling the front
 //! end needs and does not justify a date crate.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The FEAT line advertising the MLST facts [`mlsx_facts`] emits, all of
 /// them on by default (the `*`).
@@ -224,6 +224,65 @@ fn civil_from_days(days: i64) -> (i64, u8, u8) {
     (year, small(month), small(day))
 }
 
+/// Day number counted from 1970-01-01 of a proleptic Gregorian date, the
+/// inverse of [`civil_from_days`] (Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Reads an MFMT / MDTM time, `YYYYMMDDHHMMSS` with an optional fraction
+/// of a second (`.sss`), UTC. `None` unless it is a real date and time of
+/// the years 1 to 9999 (a leap second counts as the second before it).
+pub fn parse_mdtm(text: &[u8]) -> Option<SystemTime> {
+    let mut parts = text.splitn(2, |&b| b == b'.');
+    let whole = parts.next()?;
+    let fraction = parts.next();
+    if whole.len() != 14 || !whole.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| {
+        whole
+            .get(r)?
+            .iter()
+            .try_fold(0i64, |n, d| Some(n * 10 + i64::from(d - b'0')))
+    };
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, sec) = (num(8..10)?, num(10..12)?, num(12..14)?);
+    if y < 1 || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    // February 30th and the like come back as another date.
+    if civil_from_days(days) != (y, small(mo), small(d)) {
+        return None;
+    }
+    let nanos = match fraction {
+        None => 0,
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.iter().all(u8::is_ascii_digit) => f
+            .iter()
+            .chain(std::iter::repeat(&b'0'))
+            .take(9)
+            .fold(0u32, |n, d| n * 10 + u32::from(d - b'0')),
+        Some(_) => return None,
+    };
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + sec.min(59);
+    let time = if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    };
+    Some(time + Duration::from_nanos(u64::from(nanos)))
+}
+
 /// Replaces CR and LF, which would split an MLSD line or an MLST reply.
 fn neutralise_line_ends(name: &str) -> String {
     name.replace(['\r', '\n'], "?")
@@ -231,24 +290,10 @@ fn neutralise_line_ends(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    /// Inverse of `civil_from_days` (Hinnant's `days_from_civil`), to check
-    /// it over a long range of days.
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
     }
 
     /// 2026-11-27 19:33:00 UTC.
@@ -393,5 +438,42 @@ mod tests {
         // A name with ';' and '=' is fine: it follows the "; " separator.
         let odd = Fact::file("a;b=c", 1, at(0));
         assert!(mlsx_facts(&odd).ends_with("; a;b=c"));
+    }
+
+    #[test]
+    fn parse_mdtm_reads_what_mdtm_writes() {
+        for secs in [0u64, 1, 59, 86_399, 951_782_400, NOV_27_2026, 1_800_000_000] {
+            assert_eq!(parse_mdtm(mdtm(at(secs)).as_bytes()), Some(at(secs)));
+        }
+        assert_eq!(
+            parse_mdtm(b"20261127193300.250"),
+            Some(at(NOV_27_2026) + Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_mdtm(b"19691231235959"),
+            Some(UNIX_EPOCH - Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_mdtm(b"20240229000000").map(mdtm).as_deref(),
+            Some("20240229000000")
+        );
+        for bad in [
+            &b""[..],
+            b"2024022900000",
+            b"202402290000000",
+            b"20230229000000",
+            b"20241301000000",
+            b"20240100000000",
+            b"20240101240000",
+            b"20240101236000",
+            b"00000101000000",
+            b"2024010100000x",
+            b"20240101000000.",
+            b"20240101000000.1234567890",
+            b"20240101000000.x",
+            b"+2024010100000",
+        ] {
+            assert_eq!(parse_mdtm(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

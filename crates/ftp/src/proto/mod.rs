@@ -21,7 +21,9 @@ mod line;
 mod listing;
 mod reply;
 
-pub use command::{parse_command, Auth, Command, CommandError, Epsv, Opts, Password, Prot, Type};
+pub use command::{
+    parse_command, Auth, Command, CommandError, Epsv, Opts, Password, Prot, SetTime, Type,
+};
 pub use line::{LineBuffer, LineEvent, MAX_LINE};
-pub use listing::{list_line, mdtm, mlsx_cdir, mlsx_facts, Fact, MLST_FEAT};
+pub use listing::{list_line, mdtm, mlsx_cdir, mlsx_facts, parse_mdtm, Fact, MLST_FEAT};
 pub use reply::{epsv_reply, pasv_reply, quote_path, Reply};

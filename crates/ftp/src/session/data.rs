@@ -27,15 +27,15 @@ pub(crate) enum DataPlan {
 /// Why a data connection could not be made; each maps to a reply.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DataError {
-    #[error("Use PASV, EPSV, PORT or EPRT first.")]
+    #[error("no PASV, EPSV, PORT or EPRT before the transfer")]
     NoPlan,
-    #[error("No data connection within the time limit.")]
+    #[error("no data connection within the time limit")]
     Timeout,
-    #[error("Cannot open data connection: {0}")]
+    #[error("data connection: {0}")]
     Io(#[from] std::io::Error),
-    #[error("TLS handshake on the data connection failed: {0}")]
+    #[error("TLS handshake on the data connection: {0}")]
     Tls(std::io::Error),
-    #[error("Data connection must resume the TLS session of the control connection.")]
+    #[error("data connection did not resume a TLS session of this login")]
     NoSessionReuse,
 }
 
@@ -44,8 +44,10 @@ pub(crate) struct DataTls {
     /// A data-connection configuration of this control connection, and its
     /// view of the control connection's sessions.
     pub(crate) config: (Arc<rustls::ServerConfig>, Arc<crate::tls::DataSessions>),
-    /// Whether the handshake must resume the control connection's session.
+    /// Whether the handshake must resume a session of this user's client.
     pub(crate) require_resumption: bool,
+    /// Whether the client sends on this connection (an upload).
+    pub(crate) upload: bool,
 }
 
 /// Binds a passive listener on a free port of `range`, on `ip`.
@@ -101,16 +103,38 @@ pub(crate) async fn open(
     };
     let (config, sessions) = tls.config;
     let acceptor = TlsAcceptor::from(config);
-    let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
-        .await
-        .map_err(|_| DataError::Timeout)?
-        .map_err(DataError::Tls)?;
-    // The data configuration shares its session store with the control
-    // connection only, so a resumption here is a resumption of its session.
-    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    if resumed {
-        sessions.handshake_resumed();
-    } else if tls.require_resumption {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Err(_) => return Err(DataError::Timeout),
+        Ok(Ok(stream)) => stream,
+        // Node's TLS sockets (basic-ftp) may close an upload with no data
+        // before their last handshake message goes out. A connection that
+        // presented this login's session (its binder checked) and then
+        // closed is an upload of nothing: the same as a bare close right
+        // after the handshake, which docs/SECURITY.md covers.
+        Ok(Err(e))
+            if tls.upload
+                && e.kind() == std::io::ErrorKind::UnexpectedEof
+                && sessions.accept_resumption(timeout).await =>
+        {
+            tracing::info!(event = "data_closed_in_handshake", peer = %peer_ip,
+                "upload data connection closed during a resumed TLS handshake: no data");
+            return Ok(Stream::Ended);
+        }
+        Ok(Err(e)) => return Err(DataError::Tls(e)),
+    };
+    // Resumed, and of a session this user's client was issued at this
+    // address (crate::tls::sessions has the rule).
+    let kind = stream.get_ref().1.handshake_kind();
+    let resumed =
+        kind == Some(rustls::HandshakeKind::Resumed) && sessions.accept_resumption(timeout).await;
+    if !resumed && tls.require_resumption {
+        tracing::warn!(event = "data_tls_refused", peer = %peer_ip,
+            handshake = if kind == Some(rustls::HandshakeKind::Resumed) {
+                "resumed a session of another client"
+            } else {
+                "full handshake"
+            },
+            "data connection did not resume a TLS session of this user's client");
         return Err(DataError::NoSessionReuse);
     }
     Ok(Stream::Tls(Box::new(stream)))

@@ -50,13 +50,24 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
     }
 }
 
-/// The reply for a data connection that could not be made.
+/// The reply for a data connection that could not be made. What went
+/// wrong underneath goes to the log, not to the client.
 pub(crate) fn data_reply(e: &DataError) -> Reply {
     match e {
-        DataError::NoPlan => Reply::bad_sequence(e.to_string()),
-        DataError::NoSessionReuse => Reply::new(522, e.to_string()),
-        DataError::Tls(_) => Reply::new(522, e.to_string()),
-        DataError::Timeout | DataError::Io(_) => Reply::cannot_open_data(e.to_string()),
+        DataError::NoPlan => Reply::bad_sequence("Use PASV, EPSV, PORT or EPRT first."),
+        DataError::NoSessionReuse => Reply::new(
+            522,
+            "Data connection must resume a TLS session of your login (TLS session reuse).",
+        ),
+        DataError::Tls(io) => {
+            tracing::info!(error = %io, "TLS handshake on a data connection failed");
+            Reply::new(522, "TLS handshake on the data connection failed.")
+        }
+        DataError::Timeout => Reply::cannot_open_data("No data connection within the time limit."),
+        DataError::Io(io) => {
+            tracing::info!(error = %io, "data connection failed");
+            Reply::cannot_open_data("Cannot open the data connection.")
+        }
     }
 }
 
@@ -66,5 +77,6 @@ pub(crate) fn transfer_reply(e: &std::io::Error) -> Reply {
         tracing::error!(error = %fe, "stored file failed authentication during download");
         return Reply::new(451, "Stored file is damaged; transfer stopped.");
     }
-    Reply::transfer_aborted(format!("Transfer failed: {e}."))
+    tracing::info!(error = %e, "data connection broke off");
+    Reply::transfer_aborted("Data connection broke off; transfer incomplete.")
 }

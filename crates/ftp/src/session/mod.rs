@@ -321,7 +321,8 @@ impl Session {
             C::Rnfr(p) => self.cmd_rnfr(&p).await,
             C::Rnto(p) => self.cmd_rnto(&p).await,
             C::Size(p) => self.cmd_size(&p).await,
-            C::Mdtm(p) => self.cmd_mdtm(&p).await,
+            C::Mdtm { path, set } => self.cmd_mdtm(&path, set).await,
+            C::Mfmt(set) => self.cmd_mfmt(set).await,
             C::Rest(n) => {
                 self.rest = n;
                 Reply::pending(format!("Restarting at {n}. Send STOR or RETR."))
@@ -348,8 +349,8 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Upgrades the control connection to TLS, with a session store of its
-    /// own that its data connections share (see `crate::tls`).
+    /// Upgrades the control connection to TLS; the sessions its handshake
+    /// issues are this control connection's (see `crate::tls`).
     async fn upgrade_tls(&mut self) -> std::io::Result<()> {
         let base = self
             .shared
@@ -364,7 +365,8 @@ impl Session {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.control, Stream::Gone) else {
             return Err(std::io::Error::other("control connection is already TLS"));
         };
-        let session_tls = crate::tls::SessionTls::new(&base);
+        let session_tls =
+            crate::tls::SessionTls::new(&base, &self.shared.tls_sessions, self.peer.ip());
         let handshake = TlsAcceptor::from(session_tls.control()).accept(tcp);
         let tls = tokio::time::timeout(self.shared.config.data_timeout, handshake)
             .await

@@ -10,11 +10,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// Plain or TLS. `Gone` only exists while the control connection is being
-/// upgraded (or after the upgrade failed).
+/// upgraded (or after the upgrade failed). `Ended` is a data connection the
+/// client closed before sending anything: it reads as at its end.
 #[derive(Debug)]
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Ended,
     Gone,
 }
 
@@ -53,6 +55,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Ended => Poll::Ready(Ok(())),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -67,7 +70,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
+            Stream::Ended | Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -75,7 +78,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Gone => Poll::Ready(Err(gone())),
+            Stream::Ended | Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -83,6 +86,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Ended => Poll::Ready(Ok(())),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }

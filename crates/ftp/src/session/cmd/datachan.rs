@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use crate::proto::{epsv_reply, pasv_reply, Epsv, Reply};
 use crate::session::data::{bind_passive, DataPlan};
 use crate::session::Session;
+use crate::tls::canonical_ip;
 
 impl Session {
     pub(crate) async fn cmd_pasv(&mut self) -> Reply {
@@ -65,19 +66,12 @@ impl Session {
         if self.epsv_all {
             return Reply::bad_sequence("EPSV ALL in effect; use EPSV.");
         }
-        let same_host = canonical(addr.ip()) == canonical(self.peer.ip());
+        let same_host = canonical_ip(addr.ip()) == canonical_ip(self.peer.ip());
         if !same_host || addr.port() < 1024 {
             tracing::warn!(event = "port_refused", peer = %self.peer, target = %addr);
             return Reply::new(500, "PORT must name your own address and a port >= 1024.");
         }
         self.data = DataPlan::Active(addr);
         Reply::ok("PORT command successful.")
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }

@@ -3,7 +3,7 @@
 use dropvault_core::events::Event;
 use dropvault_core::vault::{EntryKind, UserVault, VPath, VaultError};
 
-use crate::proto::{mdtm, Reply};
+use crate::proto::{mdtm, Reply, SetTime};
 use crate::session::errors::vault_reply;
 use crate::session::Session;
 
@@ -128,11 +128,27 @@ impl Session {
         }
     }
 
-    pub(crate) async fn cmd_mdtm(&mut self, arg: &str) -> Reply {
+    /// MDTM: a file's time; with `set` (the set-time form), sets it when
+    /// the whole argument names no file.
+    pub(crate) async fn cmd_mdtm(&mut self, arg: &str, set: Option<SetTime>) -> Reply {
         let (v, p) = or_reply!(self.target(arg));
-        match v.stat(&p).await {
-            Ok(e) if e.kind == EntryKind::File => Reply::file_status(mdtm(e.modified)),
-            Ok(_) => vault_reply(&VaultError::IsADirectory),
+        match (v.stat(&p).await, set) {
+            (Ok(e), _) if e.kind == EntryKind::File => Reply::file_status(mdtm(e.modified)),
+            (Ok(_), _) => vault_reply(&VaultError::IsADirectory),
+            (Err(VaultError::NotFound), Some(set)) => self.cmd_mfmt(set).await,
+            (Err(e), _) => vault_reply(&e),
+        }
+    }
+
+    /// MFMT: sets a file's (or folder's) modification time; answers
+    /// `213 Modify=YYYYMMDDHHMMSS; path` with the time now stored.
+    pub(crate) async fn cmd_mfmt(&mut self, set: SetTime) -> Reply {
+        let (v, p) = or_reply!(self.target(&set.path));
+        match v.set_modified(&p, set.time).await {
+            Ok(e) => {
+                tracing::info!(event = "set_time", user = v.user(), path = %p, time = mdtm(e.modified));
+                Reply::file_status(format!("Modify={}; {}", mdtm(e.modified), set.path))
+            }
             Err(e) => vault_reply(&e),
         }
     }

@@ -74,6 +74,9 @@ impl Session {
             Ok(Some((account, key))) => match self.shared.services.vault.for_user(key) {
                 Ok(vault) => {
                     self.shared.login_succeeded(peer.ip());
+                    if let Some(tls) = &self.tls {
+                        tls.logged_in(&account.name);
+                    }
                     tracing::info!(event = "login", user = %account.name, %peer, tls = self.control.is_tls());
                     let events = self.shared.services.events.clone();
                     events.emit(Event::new("login").user(&account.name).peer(peer));

@@ -26,7 +26,7 @@ pub(crate) fn help() -> Reply {
         [
             "Commands understood:",
             "USER PASS QUIT NOOP SYST FEAT OPTS TYPE MODE STRU HELP ALLO STAT",
-            "PWD CWD CDUP MKD RMD DELE RNFR RNTO SIZE MDTM",
+            "PWD CWD CDUP MKD RMD DELE RNFR RNTO SIZE MDTM MFMT",
             "REST RETR STOR APPE STOU LIST NLST MLSD MLST ABOR",
             "PASV EPSV PORT EPRT AUTH PBSZ PROT (and XPWD XCWD XCUP XMKD XRMD)",
             "Help OK.",
@@ -45,6 +45,7 @@ impl Session {
             "UTF8".into(),
             "SIZE".into(),
             "MDTM".into(),
+            "MFMT".into(),
             "REST STREAM".into(),
             MLST_FEAT.into(),
             "TVFS".into(),

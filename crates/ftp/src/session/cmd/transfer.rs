@@ -1,10 +1,26 @@
-//! RETR STOR APPE STOU, listings' data transfer, and ABOR while a transfer
-//! runs. Bytes stream socket → encryptor → staging file on the way in and
-//! file → decryptor → socket on the way out, in large buffers.
+//! RETR STOR APPE STOU, listings' data transfer, and the control connection
+//! while a transfer runs.
+//!
+//! A transfer goes in phases, each a function of its own:
+//!
+//! 1. [`Session::run_transfer_with`] checks that it may start, sends `150`,
+//!    and watches the control connection through the next phases (ABOR,
+//!    NOOP, STAT, QUIT; anything else waits);
+//! 2. [`move_bytes`] opens the data connection and streams: socket →
+//!    encryptor → staging file on the way in ([`receive`]), file →
+//!    decryptor → socket on the way out ([`send_file`]). ABOR or a vanished
+//!    client stops it here; an upload's sealed data stays for a resume;
+//! 3. an upload that reached its end of data is committed by a task of its
+//!    own ([`commit_upload`]): scan, rename, its `upload` or
+//!    `upload_rejected` event and log line. Nothing the client does then
+//!    stops it or loses its record: an ABOR meanwhile only adds a reply
+//!    after the upload's own, and a client that vanished is not told.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use dropvault_core::events::Event;
+use dropvault_core::events::{Event, Hooks};
 use dropvault_core::vault::{Download, Upload, UploadMode, VPath, VaultError};
 use tokio::io::AsyncWriteExt;
 
@@ -12,6 +28,7 @@ use crate::config::TlsMode;
 use crate::proto::{parse_command, Command, Reply};
 use crate::session::data::{self, DataPlan, DataTls};
 use crate::session::errors::{data_reply, transfer_reply, vault_reply};
+use crate::session::stream::Stream;
 use crate::session::{Flow, Input, Session};
 
 /// Which upload verb.
@@ -19,16 +36,6 @@ use crate::session::{Flow, Input, Session};
 pub(crate) enum Store {
     Stor,
     Appe,
-}
-
-/// How watching a transfer ended.
-enum Watched<T> {
-    /// The transfer finished (or failed) by itself.
-    Done(T),
-    /// The client sent ABOR.
-    Aborted,
-    /// The control connection is gone (with the error, if one).
-    Gone(Option<std::io::Error>),
 }
 
 /// What a data transfer moves.
@@ -41,10 +48,35 @@ pub(crate) enum Job {
     Store(Upload, VPath),
 }
 
-/// How a transfer ended.
-enum Done {
-    Sent(u64),
-    Stored(u64, u64),
+/// What moving the bytes achieved.
+enum Moved {
+    /// A listing (no path) or a file went out.
+    Sent { bytes: u64, path: Option<VPath> },
+    /// An upload reached its end of data; it is to be committed.
+    Received {
+        upload: Upload,
+        path: VPath,
+        bytes: u64,
+    },
+}
+
+/// How watching the control connection during a phase ended.
+enum Watched<T> {
+    /// The phase finished (or failed) by itself.
+    Done(T),
+    /// The client sent ABOR.
+    Aborted,
+    /// The control connection is gone (with the error, if one).
+    Gone(Option<std::io::Error>),
+}
+
+/// Who transfers, for log lines and events.
+#[derive(Clone)]
+struct Record {
+    user: String,
+    peer: SocketAddr,
+    events: Arc<Hooks>,
+    started: Instant,
 }
 
 impl Session {
@@ -61,47 +93,46 @@ impl Session {
     }
 
     pub(crate) async fn cmd_store(&mut self, arg: &str, verb: Store) -> std::io::Result<Flow> {
-        self.store(arg, verb, None).await
-    }
-
-    /// STOR, APPE and STOU; `unique` is the name STOU picked, announced in
-    /// the 150 reply as RFC 1123 asks.
-    async fn store(
-        &mut self,
-        arg: &str,
-        verb: Store,
-        unique: Option<String>,
-    ) -> std::io::Result<Flow> {
         let offset = std::mem::take(&mut self.rest);
-        let (v, p) = match self.target(arg) {
-            Ok(x) => x,
-            Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
-        };
         let mode = match (verb, offset) {
             (Store::Appe, _) => UploadMode::Append,
             (Store::Stor, 0) => UploadMode::Replace,
             (Store::Stor, n) => UploadMode::Resume(n),
         };
-        // Refuse before touching the staging file.
-        if let Some(refusal) = self.data_refusal() {
-            return self.reply(refusal).await.map(|()| Flow::Continue);
-        }
-        let opening = match unique {
-            Some(name) => Reply::opening_data_named(&name),
-            None => Reply::opening_data(),
-        };
-        match v.upload(&p, mode).await {
-            Ok(up) => self.run_transfer_with(Job::Store(up, p), opening).await,
-            Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
-        }
+        self.store(arg, mode, Reply::opening_data()).await
     }
 
-    /// STOU: store under a new name the server picks in the current folder.
+    /// STOU: store under a new name the server picks in the current folder;
+    /// the upload never replaces a file (if the name is taken when it
+    /// commits, it fails). The name is announced in the 150 reply, as RFC
+    /// 1123 asks.
     pub(crate) async fn cmd_stou(&mut self) -> std::io::Result<Flow> {
         self.rest = 0;
         let r = dropvault_core::random_hex(6).unwrap_or_else(|_| "0".repeat(12));
         let name = format!("upload-{r}");
-        self.store(&name, Store::Stor, Some(name.clone())).await
+        self.store(&name, UploadMode::Create, Reply::opening_data_named(&name))
+            .await
+    }
+
+    /// STOR, APPE and STOU.
+    async fn store(
+        &mut self,
+        arg: &str,
+        mode: UploadMode,
+        opening: Reply,
+    ) -> std::io::Result<Flow> {
+        let (v, p) = match self.target(arg) {
+            Ok(x) => x,
+            Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
+        };
+        // Refuse before touching the staging file.
+        if let Some(refusal) = self.data_refusal() {
+            return self.reply(refusal).await.map(|()| Flow::Continue);
+        }
+        match v.upload(&p, mode).await {
+            Ok(up) => self.run_transfer_with(Job::Store(up, p), opening).await,
+            Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
+        }
     }
 
     /// Why a data transfer may not start, if it may not.
@@ -118,212 +149,325 @@ impl Session {
         None
     }
 
-    /// Makes the data connection, runs the job, and answers the control
-    /// connection meanwhile: ABOR cancels the transfer (an upload is then
-    /// not committed), STAT and NOOP are answered, anything else waits.
+    /// Runs a listing's or a download's transfer.
     pub(crate) async fn run_transfer(&mut self, job: Job) -> std::io::Result<Flow> {
         self.run_transfer_with(job, Reply::opening_data()).await
     }
 
-    /// [`Session::run_transfer`] with a given 150 reply.
+    /// Phase 1: checks, `150`, then the other phases under watch of the
+    /// control connection, and the final reply.
     async fn run_transfer_with(&mut self, mut job: Job, opening: Reply) -> std::io::Result<Flow> {
         if let Some(refusal) = self.data_refusal() {
             self.reply(refusal).await?;
             return Ok(Flow::Continue);
         }
-        let plan = std::mem::take(&mut self.data);
+        let record = Record {
+            user: self
+                .user()
+                .map(|u| u.vault.user().to_owned())
+                .unwrap_or_default(),
+            peer: self.peer,
+            events: self.shared.services.events.clone(),
+            started: Instant::now(),
+        };
+        let upload = matches!(job, Job::Store(..));
         let tls = match (&self.tls, self.prot_private) {
             (Some(session_tls), true) => Some(DataTls {
-                config: session_tls.data(!matches!(job, Job::Store(..))),
+                config: session_tls.data(&record.user, !upload),
                 require_resumption: self.shared.config.tls_session_reuse_required,
+                upload,
             }),
             _ => None,
         };
-        let peer_ip = self.peer.ip();
+        let plan = std::mem::take(&mut self.data);
         let timeout = self.shared.config.data_timeout;
-        let user = self
-            .user()
-            .map(|u| u.vault.user().to_owned())
-            .unwrap_or_default();
-        let peer = self.peer;
-        let events = self.shared.services.events.clone();
-        let rejected_by = (user.clone(), events.clone());
         self.reply(opening).await?;
 
         let exited = match &mut job {
             Job::Store(upload, _) => Some(upload.exit_signal()),
             _ => None,
         };
-        let started = Instant::now();
-        let work = async move {
-            let mut stream = data::open(plan, peer_ip, timeout, tls)
-                .await
-                .map_err(|e| data_reply(&e))?;
-            match job {
-                Job::Send(bytes) => {
-                    stream
-                        .write_all(&bytes)
-                        .await
-                        .map_err(|e| transfer_reply(&e))?;
-                    stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
-                    Ok((Done::Sent(bytes.len() as u64), None))
-                }
-                Job::Retr(mut download, path) => {
-                    let mut sent = 0u64;
-                    while let Some(chunk) = download
-                        .next_chunk()
-                        .await
-                        .map_err(|e| transfer_reply(&e))?
-                    {
-                        stream
-                            .write_all(&chunk)
-                            .await
-                            .map_err(|e| transfer_reply(&e))?;
-                        sent += chunk.len() as u64;
-                        download.recycle(chunk);
-                    }
-                    stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
-                    Ok((Done::Sent(sent), Some(path)))
-                }
-                Job::Store(mut upload, path) => {
-                    let mut received = 0u64;
-                    loop {
-                        // A TLS data connection that ends without
-                        // close_notify reads as an error here, so a
-                        // truncated upload is never committed.
-                        let n = upload
-                            .read_from(&mut stream)
-                            .await
-                            .map_err(|e| transfer_reply(&e))?;
-                        if n == 0 {
-                            break;
-                        }
-                        received += n as u64;
-                    }
-                    // Answer the client's close_notify with ours (ftplib's
-                    // unwrap() waits for it); the data is all in by now.
-                    let _ = stream.shutdown().await;
-                    let size = match upload.commit().await {
-                        Ok(size) => size,
-                        Err(e) => {
-                            if let VaultError::Rejected { finding, size } = &e {
-                                let (user, events) = rejected_by;
-                                tracing::warn!(event = "upload_rejected", user = %user, %peer,
-                                    path = %path, size, signature = %finding);
-                                events.emit(
-                                    Event::new("upload_rejected")
-                                        .user(user)
-                                        .peer(peer)
-                                        .path(&path)
-                                        .size(*size)
-                                        .finding(finding.clone()),
-                                );
-                            }
-                            return Err(vault_reply(&e));
-                        }
-                    };
-                    Ok((Done::Stored(received, size), Some(path)))
-                }
-            }
-        };
-        let mut work = Box::pin(work);
-
         let mut quit = false;
-        let watched = loop {
-            tokio::select! {
-                r = &mut work => break Watched::Done(r),
-                line = self.next_line() => {
-                    let reply = match line {
-                        Ok(Some(Input::Line(l))) => match parse_command(&l) {
-                            Ok(Command::Abor) => break Watched::Aborted,
-                            Ok(Command::Noop) => Some(Reply::ok("Transfer in progress.")),
-                            Ok(Command::Stat(None)) => Some(Reply::new(213, "Transfer in progress.")),
-                            Ok(Command::Quit) => {
-                                // Finish the transfer first, then say goodbye.
-                                quit = true;
-                                None
-                            }
-                            _ => Some(Reply::new(450, "Transfer in progress; wait or ABOR.")),
-                        },
-                        Ok(Some(Input::TooLong)) => Some(Reply::unrecognised("Line too long.")),
-                        // The client is gone: the transfer (and an upload's
-                        // commit) is abandoned.
-                        Ok(None) => break Watched::Gone(None),
-                        Err(e) => break Watched::Gone(Some(e)),
-                    };
-                    if let Some(reply) = reply {
-                        if let Err(e) = self.reply(reply).await {
-                            break Watched::Gone(Some(e));
-                        }
-                    }
-                }
-            }
-        };
+        let mut moving = Box::pin(move_bytes(plan, self.peer.ip(), timeout, tls, job));
+        let watched = self.watch(&mut moving, &mut quit).await;
+        drop(moving);
+        if let Watched::Done(Ok(Moved::Received {
+            upload,
+            path,
+            bytes,
+        })) = watched
+        {
+            let commit = tokio::spawn(commit_upload(upload, path, bytes, record));
+            return self.await_commit(commit, quit).await;
+        }
         // An abandoned upload's worker writes out what it sealed; the
         // session answers (or ends, and logs out) only once the staging
         // file is complete and free, so a client that comes back at once
         // finds the resume point and can take the file.
-        drop(work);
         if let Some(exited) = exited {
-            let _ = tokio::time::timeout(self.shared.config.data_timeout, exited.wait()).await;
+            let _ = tokio::time::timeout(timeout, exited.wait()).await;
         }
-        let outcome: Option<Result<(Done, Option<VPath>), Reply>> = match watched {
-            Watched::Done(r) => Some(r),
-            Watched::Aborted => None,
-            Watched::Gone(None) => return Ok(Flow::Close),
-            Watched::Gone(Some(e)) => return Err(e),
-        };
-
-        let secs = started.elapsed().as_secs_f64();
-        match outcome {
-            None => {
-                tracing::info!(event = "transfer_aborted", user = %user, %peer);
+        match watched {
+            Watched::Done(Ok(Moved::Sent { bytes, path })) => {
+                if let Some(path) = path {
+                    let secs = record.started.elapsed().as_secs_f64();
+                    tracing::info!(event = "download", user = %record.user, peer = %record.peer,
+                        path = %path, bytes, secs);
+                    record.events.emit(
+                        Event::new("download")
+                            .user(&record.user)
+                            .peer(record.peer)
+                            .path(&path)
+                            .size(bytes),
+                    );
+                }
+                self.reply(Reply::transfer_complete(format!(
+                    "Transfer complete, {bytes} bytes."
+                )))
+                .await?;
+            }
+            // Taken above.
+            Watched::Done(Ok(Moved::Received { .. })) => {}
+            Watched::Done(Err(reply)) => {
+                tracing::info!(event = "transfer_failed", user = %record.user,
+                    peer = %record.peer, code = reply.code());
+                self.reply(reply).await?;
+            }
+            Watched::Aborted => {
+                tracing::info!(event = "transfer_aborted", user = %record.user, peer = %record.peer);
                 self.reply(Reply::transfer_aborted("Transfer aborted."))
                     .await?;
                 self.reply(Reply::transfer_complete("ABOR successful."))
                     .await?;
             }
-            Some(Ok((Done::Sent(n), path))) => {
-                if let Some(path) = path {
-                    tracing::info!(event = "download", user = %user, %peer, path = %path, bytes = n, secs);
-                    events.emit(
-                        Event::new("download")
-                            .user(&user)
-                            .peer(peer)
-                            .path(&path)
-                            .size(n),
-                    );
-                }
-                self.reply(Reply::transfer_complete(format!(
-                    "Transfer complete, {n} bytes."
-                )))
-                .await?;
-            }
-            Some(Ok((Done::Stored(received, size), path))) => {
-                let path = path.map(|p| p.to_string()).unwrap_or_default();
-                tracing::info!(event = "upload", user = %user, %peer, path = %path,
-                    bytes = received, size, secs);
-                events.emit(
-                    Event::new("upload")
-                        .user(&user)
-                        .peer(peer)
-                        .path(path)
-                        .size(size),
-                );
-                self.reply(Reply::transfer_complete(format!(
-                    "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
-                )))
-                .await?;
-            }
-            Some(Err(reply)) => {
-                tracing::info!(event = "transfer_failed", user = %user, %peer, code = reply.code());
-                self.reply(reply).await?;
-            }
+            Watched::Gone(None) => return Ok(Flow::Close),
+            Watched::Gone(Some(e)) => return Err(e),
         }
+        self.after_transfer(quit).await
+    }
+
+    /// Phase 3's side: waits for the commit task and answers with its
+    /// outcome. An ABOR meanwhile cannot stop it: it is answered after the
+    /// upload's own reply. If the client goes away, the session still waits
+    /// (the task logs and records the upload either way), so the upload's
+    /// record comes before the session's logout.
+    async fn await_commit(
+        &mut self,
+        mut commit: tokio::task::JoinHandle<Reply>,
+        mut quit: bool,
+    ) -> std::io::Result<Flow> {
+        let mut aborted = false;
+        let outcome = loop {
+            match self.watch(&mut commit, &mut quit).await {
+                Watched::Done(reply) => break Ok(reply),
+                Watched::Aborted => aborted = true,
+                Watched::Gone(e) => {
+                    let _ = commit.await;
+                    break Err(e);
+                }
+            }
+        };
+        let reply = match outcome {
+            Ok(Ok(reply)) => reply,
+            // The task panicked or was cancelled by the runtime shutting down.
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "upload commit did not finish");
+                Reply::local_error("Upload not confirmed; check whether the file is there.")
+            }
+            Err(None) => return Ok(Flow::Close),
+            Err(Some(e)) => return Err(e),
+        };
+        self.reply(reply).await?;
+        if aborted {
+            self.reply(Reply::transfer_complete(
+                "ABOR: the upload had already ended; its outcome is above.",
+            ))
+            .await?;
+        }
+        self.after_transfer(quit).await
+    }
+
+    /// A QUIT that came during the transfer is answered now.
+    async fn after_transfer(&mut self, quit: bool) -> std::io::Result<Flow> {
         if quit {
             self.reply(Reply::goodbye()).await?;
             return Ok(Flow::Close);
         }
         Ok(Flow::Continue)
+    }
+
+    /// Drives `work` to its end while answering the control connection:
+    /// NOOP and STAT are answered, QUIT is noted for after the transfer,
+    /// ABOR ends the watch, anything else is told to wait.
+    async fn watch<F>(&mut self, work: &mut F, quit: &mut bool) -> Watched<F::Output>
+    where
+        F: std::future::Future + Unpin,
+    {
+        loop {
+            tokio::select! {
+                r = &mut *work => return Watched::Done(r),
+                line = self.next_line() => {
+                    let reply = match line {
+                        Ok(Some(Input::Line(l))) => match parse_command(&l) {
+                            Ok(Command::Abor) => return Watched::Aborted,
+                            Ok(Command::Noop) => Some(Reply::ok("Transfer in progress.")),
+                            Ok(Command::Stat(None)) => Some(Reply::new(213, "Transfer in progress.")),
+                            Ok(Command::Quit) => {
+                                *quit = true;
+                                None
+                            }
+                            _ => Some(Reply::new(450, "Transfer in progress; wait or ABOR.")),
+                        },
+                        Ok(Some(Input::TooLong)) => Some(Reply::unrecognised("Line too long.")),
+                        Ok(None) => return Watched::Gone(None),
+                        Err(e) => return Watched::Gone(Some(e)),
+                    };
+                    if let Some(reply) = reply {
+                        if let Err(e) = self.reply(reply).await {
+                            return Watched::Gone(Some(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Phase 2: opens the data connection and moves the job's bytes.
+async fn move_bytes(
+    plan: DataPlan,
+    peer_ip: std::net::IpAddr,
+    timeout: std::time::Duration,
+    tls: Option<DataTls>,
+    job: Job,
+) -> Result<Moved, Reply> {
+    let mut stream = data::open(plan, peer_ip, timeout, tls)
+        .await
+        .map_err(|e| data_reply(&e))?;
+    match job {
+        Job::Send(bytes) => {
+            stream
+                .write_all(&bytes)
+                .await
+                .map_err(|e| transfer_reply(&e))?;
+            stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
+            Ok(Moved::Sent {
+                bytes: bytes.len() as u64,
+                path: None,
+            })
+        }
+        Job::Retr(download, path) => Ok(Moved::Sent {
+            bytes: send_file(&mut stream, download).await?,
+            path: Some(path),
+        }),
+        Job::Store(mut upload, path) => {
+            let bytes = receive(&mut stream, &mut upload).await?;
+            // Answer the client's close_notify with ours (ftplib's
+            // unwrap() waits for it); the data is all in by now.
+            let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
+            Ok(Moved::Received {
+                upload,
+                path,
+                bytes,
+            })
+        }
+    }
+}
+
+/// Streams a file to the client in the decryptor's chunks; the bytes sent.
+async fn send_file(stream: &mut Stream, mut download: Download) -> Result<u64, Reply> {
+    let mut sent = 0u64;
+    while let Some(chunk) = download
+        .next_chunk()
+        .await
+        .map_err(|e| transfer_reply(&e))?
+    {
+        stream
+            .write_all(&chunk)
+            .await
+            .map_err(|e| transfer_reply(&e))?;
+        sent += chunk.len() as u64;
+        download.recycle(chunk);
+    }
+    stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
+    Ok(sent)
+}
+
+/// Reads the client's data into the upload until its end; the bytes read.
+///
+/// Over TLS the end must be a close_notify: a bare TCP close may be a cut
+/// by someone on the path, so an upload that ends that way is not
+/// committed (its sealed data stays for a resume). The one exception is an
+/// upload with no data at all, which some clients (Node's TLS sockets, so
+/// basic-ftp) end without close_notify: there is nothing to cut short.
+async fn receive(stream: &mut Stream, upload: &mut Upload) -> Result<u64, Reply> {
+    let mut received = 0u64;
+    loop {
+        match upload.read_from(stream).await {
+            Ok(0) => return Ok(received),
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && stream.is_tls() => {
+                if received == 0 {
+                    return Ok(0);
+                }
+                tracing::warn!(
+                    event = "upload_truncated",
+                    received,
+                    "TLS data connection ended without close_notify"
+                );
+                return Err(Reply::transfer_aborted(
+                    "Upload ended without TLS close_notify, so it may have been cut short: \
+                     not stored. Resume it or send it again.",
+                ));
+            }
+            Err(e) => return Err(transfer_reply(&e)),
+        }
+    }
+}
+
+/// Phase 3: commits an upload that reached its end of data, logs and
+/// records the outcome, and returns the reply for it. Runs as a task of its
+/// own, so nothing the client does can stop it half-way.
+async fn commit_upload(upload: Upload, path: VPath, received: u64, record: Record) -> Reply {
+    let Record {
+        user,
+        peer,
+        events,
+        started,
+    } = record;
+    match upload.commit().await {
+        Ok(size) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(event = "upload", user = %user, %peer, path = %path,
+                bytes = received, size, secs);
+            events.emit(
+                Event::new("upload")
+                    .user(&user)
+                    .peer(peer)
+                    .path(&path)
+                    .size(size),
+            );
+            Reply::transfer_complete(format!(
+                "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
+            ))
+        }
+        Err(e) => {
+            if let VaultError::Rejected { finding, size } = &e {
+                tracing::warn!(event = "upload_rejected", user = %user, %peer,
+                    path = %path, size, signature = %finding);
+                events.emit(
+                    Event::new("upload_rejected")
+                        .user(&user)
+                        .peer(peer)
+                        .path(&path)
+                        .size(*size)
+                        .finding(finding.clone()),
+                );
+            }
+            let reply = vault_reply(&e);
+            tracing::info!(event = "transfer_failed", user = %user, %peer, path = %path,
+                code = reply.code());
+            reply
+        }
     }
 }
