@@ -161,14 +161,16 @@ async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
     // SIZE offers the resume point: whole sealed segments only.
     let at = f.user.size(&p("/big")).await.expect("resume point");
     assert_eq!(at, 2 * 65536);
-    // Resuming elsewhere is refused and says where it could resume. (The
+    // Resuming past it is refused and says where it could resume. (The
     // dropped upload's worker may still hold the file for a moment: retry
     // while busy, as a client would.)
-    match upload_when_free(&f.user, "/big", UploadMode::Resume(100)).await {
+    match upload_when_free(&f.user, "/big", UploadMode::Resume(at + 1)).await {
         Err(VaultError::BadRestOffset {
-            requested: 100,
+            requested,
             available,
-        }) => assert_eq!(available, at),
+        }) => {
+            assert_eq!((requested, available), (at + 1, at));
+        }
         other => panic!("expected BadRestOffset, got {other:?}"),
     }
     let mut up = f
@@ -559,4 +561,59 @@ async fn opening_a_vault_changes_nothing_and_staging_expires_only_when_asked() {
         1
     );
     assert!(!held.exists() && fresh.exists());
+}
+
+/// The staging file of an upload a crash interrupted while writing may end
+/// inside a segment: SIZE offers its whole segments, and resuming re-seals
+/// them under a new salt (that last segment's counter may be on the disk).
+#[tokio::test]
+async fn a_staging_file_cut_inside_a_segment_resumes_under_a_new_salt() {
+    for mode in ["rest-at-size", "rest-earlier", "appe"] {
+        let f = fixture();
+        let data = content(5 * 65536 + 123);
+        {
+            let mut up = f
+                .user
+                .upload(&p("/big"), UploadMode::Replace)
+                .await
+                .expect("upload");
+            up.write_all(&data[..3 * 65536 + 10]).await.expect("write");
+            up.flush().await.expect("flush");
+        }
+        // Once the dropped upload's worker has let go (an impossible
+        // resume gets past the lock), cut its staging file inside the third
+        // segment, as a crash during a write would.
+        let staging_dir = f.dir.path().join("files").join(".staging");
+        let free = upload_when_free(&f.user, "/big", UploadMode::Resume(1 << 40)).await;
+        assert!(
+            matches!(free, Err(VaultError::BadRestOffset { .. })),
+            "{free:?}"
+        );
+        let staged = std::fs::read_dir(&staging_dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.path())
+            .find(|path| std::fs::metadata(path).is_ok_and(|m| m.len() > 3 * 65552))
+            .expect("the staging file");
+        let sealed = std::fs::read(&staged).expect("read");
+        let header = sealed[..96].to_vec();
+        std::fs::write(&staged, &sealed[..96 + 2 * 65552 + 4096]).expect("cut");
+        assert_eq!(f.user.size(&p("/big")).await.expect("size"), 2 * 65536);
+        let (upload_mode, from) = match mode {
+            "rest-at-size" => (UploadMode::Resume(2 * 65536), 2 * 65536),
+            "rest-earlier" => (UploadMode::Resume(70_000), 70_000),
+            _ => (UploadMode::Append, 2 * 65536),
+        };
+        let mut up = upload_when_free(&f.user, "/big", upload_mode)
+            .await
+            .expect("resume");
+        assert_eq!(up.start_offset(), from);
+        up.write_all(&data[from as usize..]).await.expect("write");
+        up.commit().await.expect("commit");
+        assert!(get(&f.user, "/big", 0).await == data, "{mode}");
+        // A new salt: the stored header is not the interrupted upload's.
+        let stored = std::fs::read(f.dir.path().join("files/alice/big")).expect("read");
+        assert_ne!(stored[..96], header[..], "{mode}");
+        assert_no_plaintext(f.dir.path());
+    }
 }

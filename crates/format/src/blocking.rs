@@ -44,6 +44,19 @@ impl<W: Write> EncryptingWriter<W> {
         &self.inner
     }
 
+    /// The same stream over another writer, which must continue exactly
+    /// where `inner` is (what `f` makes of it, e.g. the same file through
+    /// another kind of I/O). Sealed bytes not yet written move along.
+    pub fn try_map_inner<V: Write>(
+        self,
+        f: impl FnOnce(W) -> io::Result<V>,
+    ) -> io::Result<EncryptingWriter<V>> {
+        Ok(EncryptingWriter {
+            inner: f(self.inner)?,
+            enc: self.enc,
+        })
+    }
+
     fn drain(&mut self) -> io::Result<()> {
         while !self.enc.pending().is_empty() {
             let n = self.inner.write(self.enc.pending())?;

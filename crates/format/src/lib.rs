@@ -29,7 +29,8 @@ pub use error::{Error, Result};
 pub use header::{HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN, TAG_LEN};
 pub use keys::{DataKey, KeyId, DATA_KEY_LEN, KEY_ID_LEN, SALT_LEN};
 pub use stream::{
-    ciphertext_len, plaintext_len, resume_point, Decryptor, Encryptor, Layout, Segment,
+    ciphertext_len, plaintext_len, resume_point, whole_segments, Decryptor, Encryptor, Layout,
+    Segment,
 };
 #[cfg(feature = "tokio")]
 pub use tokio_io::{AsyncDecryptingReader, AsyncEncryptingWriter};

@@ -158,6 +158,25 @@ impl Decryptor {
         Ok(Self { keys, layout })
     }
 
+    /// For the sealed prefix of an unfinished file (an upload in progress,
+    /// or one a crash interrupted): its first `segments` segments, none of
+    /// them final. Checks the header against `dek`; segments are checked as
+    /// they are opened. Bytes after them (a segment whose write was cut
+    /// short) are not part of it. See [`whole_segments`].
+    pub fn unfinished(dek: &DataKey, header: &[u8], segments: u64) -> Result<Self> {
+        let keys = Header::parse_complete(header)?.open(dek)?;
+        // One byte more than the segments hold: none of them is the last.
+        let plaintext_len = segments
+            .checked_mul(S)
+            .and_then(|n| n.checked_add(1))
+            .ok_or(Error::TooLong)?;
+        let layout = Layout {
+            plaintext_len,
+            segments: segments + 1,
+        };
+        Ok(Self { keys, layout })
+    }
+
     /// The file's layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -272,17 +291,10 @@ impl Encryptor {
         ciphertext_len: u64,
         last_sealed: &[u8],
     ) -> Result<Self> {
-        let keys = Header::parse_complete(header)?.open(dek)?;
         let (sealed_segments, last) = resume_point(ciphertext_len)?;
-        // Check the last stored segment with a layout in which it is not the
-        // final one: authentic as final means the file is already complete.
-        let check = Decryptor {
-            keys,
-            layout: Layout {
-                plaintext_len: sealed_segments * S + 1,
-                segments: sealed_segments + 1,
-            },
-        };
+        // Check the last stored segment as a not-final one: authentic as
+        // final means the file is already complete.
+        let check = Decryptor::unfinished(dek, header, sealed_segments)?;
         if let Some(seg) = last.and_then(|_| check.layout.segment(sealed_segments - 1)) {
             let mut scratch = vec![0u8; SEGMENT_LEN];
             match check.open(&seg, last_sealed, &mut scratch) {
@@ -406,6 +418,15 @@ impl Encryptor {
         self.out_end = n + TAG_LEN;
         Ok(())
     }
+}
+
+/// Whole segments in a stored, unfinished file of this length: a write cut
+/// short (a crash while the end of a segment was being written) can leave
+/// part of one more, which does not count. Unlike [`resume_point`], any
+/// length has an answer. Such a file can only be continued after its whole
+/// segments are re-encrypted under a new salt (docs/FORMAT.md, section 6).
+pub fn whole_segments(ciphertext_len: u64) -> u64 {
+    ciphertext_len.saturating_sub(H) / F
 }
 
 /// Where a stored, unfinished file can be continued: the number of sealed

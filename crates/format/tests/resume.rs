@@ -122,3 +122,32 @@ async fn async_resume() {
     let done = w.finish().await.expect("finish").into_inner();
     assert!(open_to_vec(&done, &dek).expect("opens") == plain);
 }
+
+#[test]
+fn a_file_cut_inside_a_segment_reads_its_whole_segments() {
+    use dropvault_format::{whole_segments, Decryptor};
+    let dek = key(3);
+    let plain = pattern(3 * SEGMENT_LEN + 77);
+    let mut cut = interrupted(&plain, &dek);
+    assert_eq!(whole_segments(cut.len() as u64), 3);
+    // A write cut short: part of a fourth segment.
+    cut.extend_from_slice(&[0x5a; 4000]);
+    assert_eq!(whole_segments(cut.len() as u64), 3);
+    assert_eq!(whole_segments(10), 0);
+    let dec = Decryptor::unfinished(&dek, &cut[..HEADER_LEN], 3).expect("header");
+    let mut out = vec![0u8; SEGMENT_LEN];
+    for i in 0..3u64 {
+        let seg = dec.layout().segment(i).expect("segment");
+        assert!(!seg.last);
+        let at = seg.ciphertext_offset as usize;
+        let n = dec
+            .open(&seg, &cut[at..at + seg.ciphertext_len], &mut out)
+            .expect("authentic");
+        assert_eq!(
+            &out[..n],
+            &plain[i as usize * SEGMENT_LEN..(i as usize + 1) * SEGMENT_LEN]
+        );
+    }
+    // Another key fails at the header.
+    assert!(Decryptor::unfinished(&key(4), &cut[..HEADER_LEN], 3).is_err());
+}

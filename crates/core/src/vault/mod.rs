@@ -10,12 +10,13 @@
 //! name is always whole, and a crash leaves at most a sealed staging file
 //! (which a later `REST` + `STOR` can resume).
 
+mod direct;
 mod offline;
 mod path;
 mod transfer;
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use dropvault_format::{
-    open_decryptor, plaintext_len, resume_point, DecryptingReader, EncryptingWriter, SEGMENT_LEN,
+    open_decryptor, plaintext_len, whole_segments, DecryptingReader, Decryptor, EncryptingWriter,
+    HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN,
 };
 
 pub use offline::{Oddity, Quarantined, StoredFile};
@@ -329,10 +331,7 @@ impl UserVault {
                     .await
                     .map_err(|_| VaultError::NotFound)?
                     .len();
-                match resume_point(len) {
-                    Ok((segments, _)) => Ok(segments * SEGMENT_LEN as u64),
-                    Err(_) => Err(VaultError::NotFound),
-                }
+                Ok(whole_segments(len) * SEGMENT_LEN as u64)
             }
             Err(e) => Err(e),
         }
@@ -412,7 +411,7 @@ impl UserVault {
         p: &VPath,
         mode: UploadMode,
         staging: PathBuf,
-    ) -> Result<(EncryptingWriter<fs::File>, transfer::Target), VaultError> {
+    ) -> Result<(Sealer, transfer::Target), VaultError> {
         let target = self.real(p)?;
         if p.is_root() {
             return Err(VaultError::IsADirectory);
@@ -436,24 +435,30 @@ impl UserVault {
             .open(&staging)?;
         // One upload per path at a time, across sessions and processes.
         lock.try_lock().map_err(|_| VaultError::Busy)?;
+        let mut lock = lock;
         let staged_len = lock.metadata()?.len();
+        // Plaintext in the whole segments an interrupted upload left.
+        let staged = whole_segments(staged_len) * SEGMENT_LEN as u64;
         let key = self.inner.key.data_key();
         // The sealed prefix of an interrupted upload, if it can go on.
-        let resumable = || -> Option<EncryptingWriter<fs::File>> {
+        let resumable = || -> Option<Sealer> {
             if staged_len == 0 {
                 return None;
             }
-            EncryptingWriter::resume(lock.try_clone().ok()?, key).ok()
+            let writer = EncryptingWriter::resume(lock.try_clone().ok()?, key).ok()?;
+            direct(writer, staged_len).ok()
         };
         let writer = match mode {
             UploadMode::Resume(offset) if offset > 0 => match resumable() {
                 Some(w) if w.plaintext_len() == offset => w,
                 _ => match committed {
                     Some(size) if size >= offset => reseal(&lock, &target, key, offset)?,
+                    None if staged >= offset => {
+                        let (w, new_lock) = reseal_staging(&lock, &staging, key, offset)?;
+                        lock = new_lock;
+                        w
+                    }
                     other => {
-                        let staged = resume_point(staged_len)
-                            .map(|(s, _)| s * SEGMENT_LEN as u64)
-                            .unwrap_or(0);
                         return Err(VaultError::BadRestOffset {
                             requested: offset,
                             available: other.unwrap_or(staged),
@@ -467,6 +472,11 @@ impl UserVault {
                 // left (the size SIZE reported), if it can be continued.
                 None => match resumable() {
                     Some(w) => w,
+                    None if staged > 0 => {
+                        let (w, new_lock) = reseal_staging(&lock, &staging, key, staged)?;
+                        lock = new_lock;
+                        w
+                    }
                     None => fresh(&lock, key)?,
                 },
             },
@@ -595,15 +605,21 @@ fn staging_prefix(user: &str) -> String {
     hex(&ctx.finish().as_ref()[..16])
 }
 
+/// What seals an upload into its staging file.
+type Sealer = EncryptingWriter<direct::DirectFile>;
+
+/// Continues `writer` (positioned at `offset`, the end of what its file
+/// holds) with writes that bypass the page cache where the file system
+/// allows it.
+fn direct(writer: EncryptingWriter<fs::File>, offset: u64) -> io::Result<Sealer> {
+    writer.try_map_inner(|file| direct::DirectFile::new(file, offset))
+}
+
 /// Truncates the staging file and starts a new sealed file in it.
-fn fresh(
-    staging: &fs::File,
-    key: &dropvault_format::DataKey,
-) -> Result<EncryptingWriter<fs::File>, VaultError> {
+fn fresh(staging: &fs::File, key: &dropvault_format::DataKey) -> Result<Sealer, VaultError> {
     staging.set_len(0)?;
-    let mut file = staging.try_clone()?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(EncryptingWriter::new(file, key)?)
+    let writer = EncryptingWriter::new(staging.try_clone()?, key)?;
+    Ok(direct(writer, 0)?)
 }
 
 /// Starts a new staging file holding the first `len` plaintext bytes of the
@@ -613,7 +629,7 @@ fn reseal(
     target: &Path,
     key: &dropvault_format::DataKey,
     len: u64,
-) -> Result<EncryptingWriter<fs::File>, VaultError> {
+) -> Result<Sealer, VaultError> {
     let mut writer = fresh(staging, key)?;
     let mut old = DecryptingReader::new(open_nofollow(target).map_err(map_io)?, key)?;
     let mut buf = vec![0u8; transfer::CHUNK];
@@ -628,6 +644,55 @@ fn reseal(
         left -= n as u64;
     }
     Ok(writer)
+}
+
+/// Re-seals the first `len` plaintext bytes of the unfinished upload in
+/// `old` (its whole segments, read back and authenticated) under a fresh
+/// salt into a new staging file, which takes the place of `old` under
+/// `staging`, locked before anyone can see it. For a staging file that a
+/// crash left ending inside a segment: that segment's counter may be on the
+/// disk already, so the upload cannot go on under the old salt
+/// (docs/FORMAT.md, section 6). Returns the writer and the new file (the
+/// lock).
+fn reseal_staging(
+    old: &fs::File,
+    staging: &Path,
+    key: &dropvault_format::DataKey,
+    len: u64,
+) -> Result<(Sealer, fs::File), VaultError> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; HEADER_LEN];
+    old.read_exact_at(&mut header, 0)?;
+    let segments = len.div_ceil(SEGMENT_LEN as u64);
+    let dec = Decryptor::unfinished(key, &header, segments)?;
+    let tmp = staging.with_extension("reseal");
+    let new = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    new.try_lock().map_err(|_| VaultError::Busy)?;
+    let mut writer = direct(EncryptingWriter::new(new.try_clone()?, key)?, 0)?;
+    let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
+    let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
+    let mut left = len;
+    for i in 0..segments {
+        let seg = dec
+            .layout()
+            .segment(i)
+            .ok_or(VaultError::Io(io::ErrorKind::UnexpectedEof.into()))?;
+        let body = &mut sealed[..seg.ciphertext_len];
+        old.read_exact_at(body, seg.ciphertext_offset)?;
+        let n = dec.open(&seg, body, &mut plain)?;
+        let take = usize::try_from(left).map_or(n, |l| l.min(n));
+        writer.write_all(&plain[..take]).map_err(map_io)?;
+        left -= take as u64;
+    }
+    fs::rename(&tmp, staging)?;
+    Ok((writer, new))
 }
 
 fn entry(name: &str, meta: &fs::Metadata) -> Option<Entry> {

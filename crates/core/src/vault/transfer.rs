@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
+use super::direct::DirectFile;
 use super::{map_io, sync_parent, VaultError};
 use crate::keys::UserKey;
 use crate::scan::{OnError, ScanJob, Scanner, Verdict};
@@ -324,7 +325,7 @@ pub(super) struct ScanPlan {
 impl Upload {
     /// Starts the worker sealing into `writer` (and feeding `scan`).
     pub(super) fn start(
-        writer: EncryptingWriter<File>,
+        writer: EncryptingWriter<DirectFile>,
         target: Target,
         scan: Option<ScanPlan>,
     ) -> Self {
@@ -477,7 +478,7 @@ impl AsyncWrite for Upload {
 /// Seals chunks into the staging file until told to commit, or until the
 /// upload is dropped (then it writes out what it sealed, for a resume).
 fn write_worker(
-    mut writer: EncryptingWriter<File>,
+    mut writer: EncryptingWriter<DirectFile>,
     target: &Target,
     mut rx: mpsc::Receiver<Msg>,
     recycle: &std_mpsc::Sender<Vec<u8>>,
@@ -496,7 +497,10 @@ fn write_worker(
             Msg::Data(mut chunk) => {
                 if failed.is_none() {
                     failed = writer.write_all(&chunk).err();
-                    kicked = start_writeback(writer.get_ref(), kicked);
+                    let out = writer.get_ref();
+                    if !out.is_direct() {
+                        kicked = start_writeback(out.file(), kicked, out.end());
+                    }
                     if let Some(job) = job.as_mut() {
                         job.feed(&chunk);
                     }
@@ -581,16 +585,13 @@ fn quarantine(plan: &ScanPlan, t: &Target, size: u64, finding: &str) -> Result<(
     Ok(())
 }
 
-/// Starts asynchronous writeback of what was written since `from` once
-/// there is enough of it; returns the new mark. Linux starts writeback of
-/// dirty pages for POSIX_FADV_DONTNEED (and drops the ones already clean,
-/// which an upload does not need cached). Purely a hint: errors are ignored.
-fn start_writeback(file: &File, from: u64) -> u64 {
-    use std::io::Seek;
-    let mut f = file;
-    let Ok(pos) = f.stream_position() else {
-        return from;
-    };
+/// Starts asynchronous writeback of what was written between `from` and
+/// `pos` once there is enough of it; returns the new mark. Linux starts
+/// writeback of dirty pages for POSIX_FADV_DONTNEED (and drops the ones
+/// already clean, which an upload does not need cached). Purely a hint:
+/// errors are ignored. Only for staging files the page cache holds (where
+/// direct writes are refused).
+fn start_writeback(file: &File, from: u64, pos: u64) -> u64 {
     if pos < from + WRITEBACK_EVERY {
         return from;
     }
@@ -607,14 +608,14 @@ fn start_writeback(file: &File, from: u64) -> u64 {
 }
 
 fn commit(
-    writer: EncryptingWriter<File>,
+    writer: EncryptingWriter<DirectFile>,
     t: &Target,
     scan: Option<&ScanPlan>,
     job: Option<ScanJob>,
 ) -> Result<u64, VaultError> {
     let len = writer.plaintext_len();
     let file = writer.finish()?;
-    file.sync_all()?;
+    file.file().sync_all()?;
     if let Some(plan) = scan {
         let verdict = match job {
             Some(job) => job.finish(),
