@@ -11,9 +11,10 @@
 //! (which a later `REST` + `STOR` can resume).
 
 mod direct;
+mod download;
 mod offline;
 mod path;
-mod transfer;
+mod upload;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
@@ -28,9 +29,10 @@ use dropvault_format::{
     HEADER_LEN, SEALED_SEGMENT_LEN, SEGMENT_LEN,
 };
 
+pub use download::Download;
 pub use offline::{Oddity, Quarantined, StoredFile};
 pub use path::VPath;
-pub use transfer::{Download, Upload, UploadExited};
+pub use upload::{Upload, UploadExited};
 
 use crate::hex;
 use crate::keys::UserKey;
@@ -39,6 +41,9 @@ use crate::scan::Scanner;
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
 const STAGING: &str = ".staging";
+/// Plaintext bytes per chunk that transfers handle at a time (a multiple of
+/// the segment length).
+const CHUNK: usize = 1 << 20;
 /// Rejected uploads kept for operators (sealed, never served).
 const QUARANTINE: &str = ".quarantine";
 /// Staging files untouched for this long are removed by the running server
@@ -377,7 +382,7 @@ impl UserVault {
             Ok((file, dec))
         })
         .await?;
-        Ok(Download::start(file, dec, offset))
+        Ok(Download::new(file, dec, offset))
     }
 
     /// Starts an upload to `p`. Data written to the returned [`Upload`] is
@@ -388,18 +393,14 @@ impl UserVault {
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
         let staging = self.staging_path(p);
         let (me, p) = (self.clone(), p.clone());
-        let plan = self
-            .inner
-            .scanner
-            .clone()
-            .map(|scanner| transfer::ScanPlan {
-                scanner,
-                user: self.user().to_owned(),
-                path: p.to_string(),
-                key: self.inner.key.clone(),
-                quarantine: self.inner.quarantine.clone(),
-                prefix: staging_prefix(self.user()),
-            });
+        let plan = self.inner.scanner.clone().map(|scanner| upload::ScanPlan {
+            scanner,
+            user: self.user().to_owned(),
+            path: p.to_string(),
+            key: self.inner.key.clone(),
+            quarantine: self.inner.quarantine.clone(),
+            prefix: staging_prefix(self.user()),
+        });
         let (writer, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
         Ok(Upload::start(writer, target, plan))
     }
@@ -411,7 +412,7 @@ impl UserVault {
         p: &VPath,
         mode: UploadMode,
         staging: PathBuf,
-    ) -> Result<(Sealer, transfer::Target), VaultError> {
+    ) -> Result<(Sealer, upload::Target), VaultError> {
         let target = self.real(p)?;
         if p.is_root() {
             return Err(VaultError::IsADirectory);
@@ -484,7 +485,7 @@ impl UserVault {
         };
         Ok((
             writer,
-            transfer::Target {
+            upload::Target {
                 lock,
                 staging,
                 target,
@@ -632,7 +633,7 @@ fn reseal(
 ) -> Result<Sealer, VaultError> {
     let mut writer = fresh(staging, key)?;
     let mut old = DecryptingReader::new(open_nofollow(target).map_err(map_io)?, key)?;
-    let mut buf = vec![0u8; transfer::CHUNK];
+    let mut buf = vec![0u8; CHUNK];
     let mut left = len;
     while left > 0 {
         let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));

@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use dropvault_format::{DecryptingReader, EncryptingWriter};
 
 use super::{
-    map_io, open_nofollow, real_path, staging_prefix, sync_parent, transfer, VPath, Vault,
-    VaultError,
+    map_io, open_nofollow, real_path, staging_prefix, sync_parent, VPath, Vault, VaultError, CHUNK,
 };
 use crate::keys::UserKey;
 use crate::scan::{OnError, Verdict};
@@ -158,7 +157,7 @@ impl Vault {
         mut progress: impl FnMut(u64),
     ) -> Result<u64, VaultError> {
         let mut reader = self.open_stored(key, p)?;
-        let mut buf = zeroize::Zeroizing::new(vec![0u8; transfer::CHUNK]);
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
         let mut total = 0u64;
         loop {
             let n = reader.read(&mut buf).map_err(map_io)?;
@@ -227,7 +226,7 @@ impl Vault {
                 .scanner
                 .as_ref()
                 .map(|s| s.begin(key.user(), &p.to_string()));
-            let mut buf = zeroize::Zeroizing::new(vec![0u8; transfer::CHUNK]);
+            let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
             loop {
                 let n = match src.read(&mut buf) {
                     Ok(0) => break,
