@@ -25,6 +25,9 @@ def parse_args(argv=None, description=__doc__):
     p.add_argument("--listen", required=True, help="HOST:PORT")
     p.add_argument("--passive", required=True, help="LOW-HIGH")
     p.add_argument("--user", required=True, help="system account allowed to log in")
+    p.add_argument("--extra-users", default=None,
+                   help="file with more system accounts allowed to log in, one per line, "
+                        "sharing --root")
     p.add_argument("--root", required=True, help="the user's FTP root")
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
@@ -44,12 +47,17 @@ def serve(handler_base, args):
         level=logging.INFO,
         format="[%(asctime)s] %(message)s",
     )
+    users = [args.user]
+    if args.extra_users:
+        with open(args.extra_users) as f:
+            users += [line.strip() for line in f if line.strip()]
     authorizer = UnixAuthorizer(
-        allowed_users=[args.user],
+        allowed_users=users,
         require_valid_shell=True,
         global_perm="elradfmwMT",
     )
-    authorizer.override_user(args.user, homedir=args.root)
+    for user in users:
+        authorizer.override_user(user, homedir=args.root)
 
     class Handler(handler_base):
         pass
