@@ -23,12 +23,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::{self, SaltString};
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
-    ARGON2ID_IDENT,
+    Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version, ARGON2ID_IDENT,
 };
 use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{validate_user_name, Account, AuthError, Authenticator, Password};
 
@@ -114,6 +113,8 @@ pub struct UserFile {
     cache: Mutex<Option<Cached>>,
     /// Key of the verified-login memo; random per process.
     memo_key: hmac::Key,
+    /// argon2 working memory of finished checks, reused by the next ones.
+    memory: MemoryPool,
 }
 
 impl std::fmt::Debug for UserFile {
@@ -141,6 +142,7 @@ impl UserFile {
             lock_path,
             cache: Mutex::new(None),
             memo_key: hmac::Key::new(hmac::HMAC_SHA256, key.as_ref()),
+            memory: MemoryPool::default(),
         };
         file.current()?;
         Ok(file)
@@ -291,7 +293,7 @@ impl Authenticator for UserFile {
             Err(_) => None,
         };
         let Some(entry) = entry else {
-            burn_equal_work(password);
+            self.memory.burn_equal_work(password);
             return Ok(None);
         };
         let hash = PasswordHash::new(&entry.password).map_err(|e| AuthError::BadUsersFile {
@@ -313,8 +315,8 @@ impl Authenticator for UserFile {
                 name: name.to_owned(),
             }));
         }
-        match hasher().verify_password(password.expose().as_bytes(), &hash) {
-            Ok(()) => {
+        match self.memory.verify(password.expose().as_bytes(), &hash) {
+            Ok(true) => {
                 let mut tag = [0u8; 32];
                 tag.copy_from_slice(hmac::sign(&self.memo_key, &memo_input).as_ref());
                 verified
@@ -325,9 +327,90 @@ impl Authenticator for UserFile {
                     name: name.to_owned(),
                 }))
             }
-            Err(password_hash::Error::Password) => Ok(None),
+            Ok(false) => Ok(None),
             Err(e) => Err(AuthError::Hashing(e.to_string())),
         }
+    }
+}
+
+/// Buffers of argon2 working memory (19 MiB each with the default costs),
+/// kept for the next check instead of being allocated and freed each time.
+/// Freed ones did not go back to the system: the allocator kept them in
+/// per-thread arenas, and 200 first logins left the server at 1 GB
+/// resident (bench/run, distinct users). Checks run a few at a time (the
+/// front ends' permits), so a few buffers serve them all; each is zeroed
+/// when it comes back (it holds state derived from a password).
+#[derive(Default)]
+struct MemoryPool(Mutex<Vec<Vec<Block>>>);
+
+/// Buffers the pool keeps; checks beyond that many at once get one of
+/// their own for the time they run.
+const POOLED: usize = 4;
+
+impl MemoryPool {
+    /// Runs `f` with at least `blocks` blocks of working memory.
+    fn with<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+        let mut memory = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        let out = f(&mut memory[..blocks]);
+        memory.iter_mut().for_each(Zeroize::zeroize);
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < POOLED {
+            pool.push(memory);
+        }
+        out
+    }
+
+    /// Whether `password` matches `hash` (argon2id; costs as in the hash).
+    fn verify(&self, password: &[u8], hash: &PasswordHash<'_>) -> password_hash::Result<bool> {
+        let params = Params::try_from(hash)?;
+        let version = hash.version.map(Version::try_from).transpose()?;
+        let expected = hash.hash.ok_or(password_hash::Error::Password)?;
+        let salt = hash.salt.ok_or(password_hash::Error::SaltInvalid(
+            password_hash::errors::InvalidValue::Malformed,
+        ))?;
+        let mut salt_buf = [0u8; 64];
+        let salt = salt.decode_b64(&mut salt_buf)?;
+        let argon = Argon2::new(Algorithm::Argon2id, version.unwrap_or_default(), params);
+        let mut out = Zeroizing::new([0u8; 64]);
+        let out = out
+            .get_mut(..expected.len())
+            .ok_or(password_hash::Error::OutputSize {
+                provided: std::cmp::Ordering::Greater,
+                expected: 64,
+            })?;
+        let blocks = argon.params().block_count();
+        self.with(blocks, |memory| {
+            argon.hash_password_into_with_memory(password, salt, out, memory)
+        })?;
+        Ok(aws_lc_rs::constant_time::verify_slices_are_equal(out, expected.as_bytes()).is_ok())
+    }
+
+    /// Does the argon2 work of checking a password against a hash with the
+    /// default parameters, for a name that has none: a login for an unknown
+    /// name then takes as long as a wrong password for a known one, so
+    /// timing does not tell which names exist. (A hand-written hash with
+    /// other costs takes its own time; hashes written by this module all
+    /// cost the same.)
+    fn burn_equal_work(&self, password: &Password) {
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        let argon = hasher();
+        self.with(argon.params().block_count(), |memory| {
+            // The result is thrown away; only the time spent matters.
+            let _ = argon.hash_password_into_with_memory(
+                password.expose().as_bytes(),
+                DUMMY_SALT,
+                &mut out,
+                memory,
+            );
+        });
     }
 }
 
@@ -350,17 +433,6 @@ fn hash_password(password: &Password) -> Result<String, AuthError> {
         .hash_password(password.expose().as_bytes(), &salt)
         .map_err(|e| AuthError::Hashing(e.to_string()))?;
     Ok(hash.to_string())
-}
-
-/// Does the argon2 work of checking a password against a hash with the
-/// default parameters, for a name that has none: a login for an unknown
-/// name then takes as long as a wrong password for a known one, so timing
-/// does not tell which names exist. (A hand-written hash with other costs
-/// takes its own time; hashes written by this module all cost the same.)
-fn burn_equal_work(password: &Password) {
-    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    // The result is thrown away; only the time spent matters.
-    let _ = hasher().hash_password_into(password.expose().as_bytes(), DUMMY_SALT, &mut out);
 }
 
 /// Reads and parses the users file; a missing file is an empty one.
@@ -504,8 +576,19 @@ mod tests {
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         check_hash(&phc).expect("own hashes pass the check");
         let parsed = PasswordHash::new(&phc).expect("parse");
+        // The crate's own check and ours, with pooled memory, agree.
+        use argon2::PasswordVerifier;
         assert!(hasher().verify_password(b"correct horse", &parsed).is_ok());
         assert!(hasher().verify_password(b"wrong", &parsed).is_err());
+        let pool = MemoryPool::default();
+        for _ in 0..3 {
+            assert_eq!(pool.verify(b"correct horse", &parsed).ok(), Some(true));
+            assert_eq!(pool.verify(b"wrong", &parsed).ok(), Some(false));
+        }
+        // One buffer served every check, and came back zeroed.
+        let kept = pool.0.lock().expect("pool");
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].iter().all(|b| b.as_ref().iter().all(|&x| x == 0)));
         // Two hashes of one password differ: the salt is random.
         assert_ne!(phc, hash_password(&pw).expect("hash"));
     }
