@@ -108,9 +108,10 @@ pub(crate) async fn open(
         Ok(Ok(stream)) => stream,
         // Node's TLS sockets (basic-ftp) may close an upload with no data
         // before their last handshake message goes out. A connection that
-        // presented this login's session (its binder checked) and then
-        // closed is an upload of nothing: the same as a bare close right
-        // after the handshake, which docs/SECURITY.md covers.
+        // presented a session of this login (a ticket or session id, which
+        // only the client and someone watching its connections have seen)
+        // and then closed is an upload of nothing: the same as a bare close
+        // right after the handshake (docs/SECURITY.md, "Data connections").
         Ok(Err(e))
             if tls.upload
                 && e.kind() == std::io::ErrorKind::UnexpectedEof

@@ -18,10 +18,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dropvault_core::events::{Event, Hooks};
-use dropvault_core::vault::{Download, Upload, UploadMode, VPath, VaultError};
+use dropvault_core::vault::{Download, Upload, UploadExited, UploadMode, VPath, VaultError};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::TlsMode;
@@ -183,7 +183,7 @@ impl Session {
         let timeout = self.shared.config.data_timeout;
         self.reply(opening).await?;
 
-        let exited = match &mut job {
+        let mut exited = match &mut job {
             Job::Store(upload, _) => Some(upload.exit_signal()),
             _ => None,
         };
@@ -197,7 +197,8 @@ impl Session {
             bytes,
         })) = watched
         {
-            let commit = tokio::spawn(commit_upload(upload, path, bytes, record));
+            let done = (exited.take(), timeout);
+            let commit = tokio::spawn(commit_upload(upload, path, bytes, record, done));
             return self.await_commit(commit, quit).await;
         }
         // An abandoned upload's worker writes out what it sealed; the
@@ -208,7 +209,29 @@ impl Session {
             let _ = tokio::time::timeout(timeout, exited.wait()).await;
         }
         match watched {
-            Watched::Done(Ok(Moved::Sent { bytes, path })) => {
+            Watched::Done(outcome) => self.answer(outcome, &record).await?,
+            Watched::Aborted => {
+                tracing::info!(event = "transfer_aborted", user = %record.user, peer = %record.peer);
+                self.reply(Reply::transfer_aborted("Transfer aborted."))
+                    .await?;
+                self.reply(Reply::transfer_complete("ABOR successful."))
+                    .await?;
+            }
+            Watched::Gone(None) => return Ok(Flow::Close),
+            Watched::Gone(Some(e)) => return Err(e),
+        }
+        self.after_transfer(quit).await
+    }
+
+    /// The final reply of a transfer that ended by itself, and the record
+    /// of a download (an upload's is its commit's).
+    async fn answer(
+        &mut self,
+        outcome: Result<Moved, Reply>,
+        record: &Record,
+    ) -> std::io::Result<()> {
+        match outcome {
+            Ok(Moved::Sent { bytes, path }) => {
                 if let Some(path) = path {
                     let secs = record.started.elapsed().as_secs_f64();
                     tracing::info!(event = "download", user = %record.user, peer = %record.peer,
@@ -224,26 +247,16 @@ impl Session {
                 self.reply(Reply::transfer_complete(format!(
                     "Transfer complete, {bytes} bytes."
                 )))
-                .await?;
+                .await
             }
-            // Taken above.
-            Watched::Done(Ok(Moved::Received { .. })) => {}
-            Watched::Done(Err(reply)) => {
+            // Committed by its own task (run_transfer_with); not here.
+            Ok(Moved::Received { .. }) => Ok(()),
+            Err(reply) => {
                 tracing::info!(event = "transfer_failed", user = %record.user,
                     peer = %record.peer, code = reply.code());
-                self.reply(reply).await?;
+                self.reply(reply).await
             }
-            Watched::Aborted => {
-                tracing::info!(event = "transfer_aborted", user = %record.user, peer = %record.peer);
-                self.reply(Reply::transfer_aborted("Transfer aborted."))
-                    .await?;
-                self.reply(Reply::transfer_complete("ABOR successful."))
-                    .await?;
-            }
-            Watched::Gone(None) => return Ok(Flow::Close),
-            Watched::Gone(Some(e)) => return Err(e),
         }
-        self.after_transfer(quit).await
     }
 
     /// Phase 3's side: waits for the commit task and answers with its
@@ -426,16 +439,28 @@ async fn receive(stream: &mut Stream, upload: &mut Upload) -> Result<u64, Reply>
 }
 
 /// Phase 3: commits an upload that reached its end of data, logs and
-/// records the outcome, and returns the reply for it. Runs as a task of its
-/// own, so nothing the client does can stop it half-way.
-async fn commit_upload(upload: Upload, path: VPath, received: u64, record: Record) -> Reply {
+/// records the outcome, and returns the reply for it once the upload's
+/// worker has let go of the staging file (so the client's next upload of
+/// the same name is not told the file is busy). Runs as a task of its own,
+/// so nothing the client does can stop it half-way.
+async fn commit_upload(
+    upload: Upload,
+    path: VPath,
+    received: u64,
+    record: Record,
+    (exited, timeout): (Option<UploadExited>, Duration),
+) -> Reply {
     let Record {
         user,
         peer,
         events,
         started,
     } = record;
-    match upload.commit().await {
+    let committed = upload.commit().await;
+    if let Some(exited) = exited {
+        let _ = tokio::time::timeout(timeout, exited.wait()).await;
+    }
+    match committed {
         Ok(size) => {
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(event = "upload", user = %user, %peer, path = %path,
