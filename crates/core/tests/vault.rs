@@ -617,3 +617,21 @@ async fn a_staging_file_cut_inside_a_segment_resumes_under_a_new_salt() {
         assert_no_plaintext(f.dir.path());
     }
 }
+
+/// A refused resume leaves an empty staging file behind; SIZE must not
+/// take it for an upload that can be resumed at 0.
+#[tokio::test]
+async fn an_empty_staging_file_is_no_resume_point() {
+    let f = fixture();
+    assert!(matches!(
+        f.user.upload(&p("/nothing"), UploadMode::Resume(100)).await,
+        Err(VaultError::BadRestOffset {
+            requested: 100,
+            available: 0
+        })
+    ));
+    assert!(matches!(
+        f.user.size(&p("/nothing")).await,
+        Err(VaultError::NotFound)
+    ));
+}

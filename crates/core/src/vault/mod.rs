@@ -336,6 +336,10 @@ impl UserVault {
                     .await
                     .map_err(|_| VaultError::NotFound)?
                     .len();
+                // Not even a header: an upload that never got going.
+                if len < HEADER_LEN as u64 {
+                    return Err(VaultError::NotFound);
+                }
                 Ok(whole_segments(len) * SEGMENT_LEN as u64)
             }
             Err(e) => Err(e),
