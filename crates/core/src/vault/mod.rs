@@ -430,17 +430,8 @@ impl UserVault {
         if mode == UploadMode::Create && committed.is_some() {
             return Err(VaultError::AlreadyExists);
         }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&staging)?;
         // One upload per path at a time, across sessions and processes.
-        lock.try_lock().map_err(|_| VaultError::Busy)?;
-        let mut lock = lock;
+        let mut lock = lock_staging(&staging)?;
         let staged_len = lock.metadata()?.len();
         // Plaintext in the whole segments an interrupted upload left.
         let staged = whole_segments(staged_len) * SEGMENT_LEN as u64;
@@ -651,6 +642,21 @@ fn reseal(
     Ok(writer)
 }
 
+/// Opens (creating, mode 0600, never through a link) and locks the staging
+/// file at `path`; `Busy` if another upload holds it.
+fn lock_staging(path: &Path) -> Result<fs::File, VaultError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.try_lock().map_err(|_| VaultError::Busy)?;
+    Ok(file)
+}
+
 /// Re-seals the first `len` plaintext bytes of the unfinished upload in
 /// `old` (its whole segments, read back and authenticated) under a fresh
 /// salt into a new staging file, which takes the place of `old` under
@@ -671,15 +677,8 @@ fn reseal_staging(
     let segments = len.div_ceil(SEGMENT_LEN as u64);
     let dec = Decryptor::unfinished(key, &header, segments)?;
     let tmp = staging.with_extension("reseal");
-    let new = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    new.try_lock().map_err(|_| VaultError::Busy)?;
+    let new = lock_staging(&tmp)?;
+    new.set_len(0)?;
     let mut writer = direct(EncryptingWriter::new(new.try_clone()?, key)?, 0)?;
     let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
     let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
