@@ -128,16 +128,7 @@ impl Download {
                 let (tx, rx) = mpsc::channel(AHEAD);
                 let (recycle, spare) = std_mpsc::channel();
                 let source = source.clone();
-                tokio::task::spawn_blocking(move || {
-                    read_worker(&source, w, workers, |_, buf, failure| {
-                        let stop = failure.is_some();
-                        if tx.blocking_send((buf, failure)).is_err() || stop {
-                            Delivered::Stop
-                        } else {
-                            Delivered::Next(spare.try_recv().ok())
-                        }
-                    });
-                });
+                tokio::task::spawn_blocking(move || read_worker(&source, w, workers, &tx, &spare));
                 rxs.push(rx);
                 recycles.push(recycle);
             }
@@ -213,24 +204,16 @@ impl AsyncRead for Download {
     }
 }
 
-/// What became of a chunk handed on.
-enum Delivered {
-    /// Go on, with this buffer for the next chunk if there is one.
-    Next(Option<Vec<u8>>),
-    /// Stop: the download failed, was dropped or stopped.
-    Stop,
-}
-
-/// Opens chunks `first`, `first + step`, … and hands each to `deliver`
-/// (with the error that ends the download after it, if one) until the file
-/// ends or `deliver` says stop. Chunk `i` is the plaintext from
-/// `offset + i * CHUNK` rounded down to a segment, to the next chunk's
-/// start (chunks after the first are whole segments).
+/// Opens chunks `first`, `first + step`, … until the file ends, a segment
+/// fails, or the download is dropped. Chunk `i` is the plaintext from
+/// `offset + i * CHUNK` rounded down to a segment, to the next chunk's start
+/// (chunks after the first are whole segments).
 fn read_worker(
     src: &Source,
     first: usize,
     step: usize,
-    mut deliver: impl FnMut(u64, Vec<u8>, Option<io::Error>) -> Delivered,
+    tx: &mpsc::Sender<Piece>,
+    spare: &std_mpsc::Receiver<Vec<u8>>,
 ) {
     use std::os::unix::fs::FileExt;
     let layout = *src.dec.layout();
@@ -240,7 +223,6 @@ fn read_worker(
     // multiple of the segment length); the first chunk starts at `offset`.
     let base = src.offset - src.offset % CHUNK as u64;
     let mut sealed = Vec::new();
-    let mut spare = None;
     let mut i = first as u64;
     loop {
         let start = (base + i * CHUNK as u64).max(src.offset);
@@ -258,8 +240,8 @@ fn read_worker(
         let sealed_len: usize = segs.iter().map(|s| s.ciphertext_len).sum();
         let plain_len: usize = segs.iter().map(|s| s.plaintext_len).sum();
         sealed.resize(sealed_len, 0);
-        let mut buf: Vec<u8> = spare.take().unwrap_or_default();
-        // Reused buffers come back full-length: only a new one is zeroed.
+        let mut buf = spare.try_recv().unwrap_or_default();
+        // Recycled buffers come back full-length: only a new one is zeroed.
         buf.resize(plain_len.max(buf.len()), 0);
         let mut failure = src
             .file
@@ -285,9 +267,8 @@ fn read_worker(
         let skip = usize::try_from(start - first_seg.plaintext_offset).unwrap_or(0);
         buf.drain(..skip.min(buf.len()));
         let stop = failure.is_some();
-        match deliver(i, buf, failure) {
-            Delivered::Next(reuse) if !stop => spare = reuse,
-            _ => return,
+        if tx.blocking_send((buf, failure)).is_err() || stop {
+            return;
         }
         i += step as u64;
     }

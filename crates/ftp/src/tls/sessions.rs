@@ -57,7 +57,7 @@ const DATA_SESSIONS: usize = 8;
 const PER_HANDSHAKE: usize = 4;
 /// How long a session stays resumable: the lifetime rustls announces in
 /// its stateful TLS 1.3 tickets.
-pub(crate) const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
