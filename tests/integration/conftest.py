@@ -19,6 +19,7 @@ import pathlib
 import queue
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -48,7 +49,7 @@ _RANGES = (_POOL_HIGH - _POOL_LOW) // _PORTS_PER_SERVER
 _next_range = itertools.count(random.randrange(_RANGES))
 
 READY = re.compile(
-    r"dropvault: FTP on (?P<host>[0-9.]+):(?P<port>\d+)"
+    r"dropvault: FTP on (?:\[(?P<host6>[0-9a-f:]+)\]|(?P<host>[0-9.]+)):(?P<port>\d+)"
     r"(?: \(explicit FTPS available\))?"
     r"(?:, implicit FTPS on (?P<ihost>[0-9.]+):(?P<iport>\d+))?"
 )
@@ -97,6 +98,8 @@ class Server:
         self.port = 0
         self.implicit_port: int | None = None
         self.passive_ports = ""
+        # (soft, hard) open-file limit the server starts with; None = ours.
+        self.nofile: tuple[int, int] | None = None
 
     # -- process -------------------------------------------------------
 
@@ -128,7 +131,7 @@ class Server:
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
                 [BIN, "serve"], env=self.env(), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=err, preexec_fn=_die_with_parent,
+                stdout=subprocess.PIPE, stderr=err, preexec_fn=self._preexec,
             )
         lines: queue.Queue[str] = queue.Queue()
         out = self.proc.stdout
@@ -155,10 +158,15 @@ class Server:
                 continue
             m = READY.search(line)
             if m:
-                self.host = m["host"]
+                self.host = m["host"] or m["host6"]
                 self.port = int(m["port"])
                 self.implicit_port = int(m["iport"]) if m["iport"] else None
                 return self
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     @property
     def running(self) -> bool:
@@ -262,7 +270,8 @@ def dropvault(tmp_path, kek_template):
     counter = itertools.count()
 
     def start(users: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
-              prepare: bool = True, **settings) -> Server:
+              prepare: bool = True, nofile: tuple[int, int] | None = None,
+              **settings) -> Server:
         if data_dir is None:
             data_dir = tmp_path / f"data{next(counter)}"
         if prepare and not data_dir.exists():
@@ -275,6 +284,7 @@ def dropvault(tmp_path, kek_template):
             r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
             assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
         srv = Server(data_dir, settings, tmp_path)
+        srv.nofile = nofile
         ALL_DATA_DIRS.append(data_dir)
         servers.append(srv)
         return srv.start()

@@ -6,11 +6,13 @@ import os
 import pathlib
 import shutil
 import subprocess
+import threading
+import time
 import uuid
 
 import pytest
 
-from dvclients import ftp_plain, ftp_tls, payload, retr, stor
+from dvclients import ftp_plain, ftp_tls, payload, raw, retr, stor
 
 PAM_FILE = pathlib.Path("/etc/pam.d/dropvault")
 SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "packaging" / "pam.d" / "dropvault"
@@ -65,3 +67,44 @@ def test_pam_login(dropvault, pam_service, system_user):
         ftp_plain(server, user="root", password="anything")
     with pytest.raises(ftplib.error_perm, match="^530"):
         ftp_plain(server, user="no-such-" + name, password=password)
+
+
+def test_wrong_passwords_in_pam_do_not_hold_up_a_correct_login(dropvault, pam_service,
+                                                               system_user):
+    # pam_unix delays each failure by ~2 s. Before, that delay was served
+    # inside PAM while holding one of a few (cores) login permits, so a
+    # handful of wrong passwords made every other login queue behind them.
+    # Now PAM's delay is left to the server, which serves it holding
+    # nothing: the correct login is answered before any of the failures.
+    name, password = system_user
+    server = dropvault(users={}, auth_backend="pam", auth_pam_service=pam_service,
+                       ftp_ban_after_failures=1000, ftp_max_sessions_per_ip=100)
+    attackers = [raw(server) for _ in range(2 * (os.cpu_count() or 2))]
+    for r in attackers:
+        assert r.cmd(f"USER {name}")[0] == 331
+    for r in attackers:
+        r.send("PASS wrong-" + uuid.uuid4().hex[:6])
+    # Let the wrong passwords reach PAM first.
+    time.sleep(0.5)
+    good = raw(server)
+    assert good.cmd(f"USER {name}")[0] == 331
+    good.send(f"PASS {password}")
+    answered = []
+    lock = threading.Lock()
+
+    def collect(label, r):
+        code = r.reply()[0]
+        with lock:
+            answered.append((label, code))
+
+    threads = [threading.Thread(target=collect, args=("attacker", r)) for r in attackers]
+    threads.append(threading.Thread(target=collect, args=("good", good)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answered[0] == ("good", 230), answered
+    assert sorted(code for label, code in answered if label == "attacker") == \
+        [530] * len(attackers), answered
+    for r in attackers + [good]:
+        r.close()

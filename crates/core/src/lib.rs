@@ -16,12 +16,16 @@
 //! - [`scan`]: the verdict on an upload before it is committed — clamd
 //!   over INSTREAM and a command hook, fed the plaintext as it streams.
 //!
+//! - [`guard`]: failed logins counted per client and account, bans, and
+//!   the guess budget every front end's logins draw from.
+//!
 //! - [`events`]: login, upload, download and the like, delivered to a
 //!   webhook and a command through a bounded queue, off the hot path.
 
 pub mod accounts;
 pub mod events;
 mod fsutil;
+pub mod guard;
 mod hookproc;
 mod http;
 pub mod keys;

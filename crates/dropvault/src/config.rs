@@ -145,8 +145,16 @@ pub(crate) struct Ftp {
     pub(crate) max_sessions_per_ip: usize,
     /// Idle sessions are closed after this many seconds.
     pub(crate) idle_timeout_secs: u64,
+    /// A data connection with no progress this long is aborted (seconds).
+    pub(crate) data_timeout_secs: u64,
+    /// Seconds from connect to a successful login.
+    pub(crate) login_timeout_secs: u64,
+    /// Failed logins per session, then the session is closed.
+    pub(crate) max_login_failures: usize,
     /// Failed logins from one address that trigger a ban.
     pub(crate) ban_after_failures: usize,
+    /// IPv6 clients are counted per prefix of this many bits.
+    pub(crate) ban_ipv6_prefix: u8,
     /// Window, in seconds, in which failed logins are counted.
     pub(crate) ban_window_secs: u64,
     /// Seconds a banned address is refused.
@@ -274,7 +282,11 @@ impl Default for Ftp {
             max_sessions: 500,
             max_sessions_per_ip: 20,
             idle_timeout_secs: 600,
+            data_timeout_secs: 300,
+            login_timeout_secs: 30,
+            max_login_failures: 3,
             ban_after_failures: 5,
+            ban_ipv6_prefix: 64,
             ban_window_secs: 300,
             ban_secs: 900,
             drain_grace_secs: 30,
@@ -590,6 +602,16 @@ impl Config {
         }
     }
 
+    fn ban_ipv6_prefix(&self) -> Result<u8, ConfigError> {
+        match self.ftp.ban_ipv6_prefix {
+            p @ 1..=128 => Ok(p),
+            p => Err(invalid(
+                "ftp.ban_ipv6_prefix",
+                format!("{p} is not a prefix length from 1 to 128"),
+            )),
+        }
+    }
+
     /// The FTP front end's settings.
     pub(crate) fn ftp_config(&self) -> Result<dropvault_ftp::FtpConfig, ConfigError> {
         Ok(dropvault_ftp::FtpConfig {
@@ -601,7 +623,11 @@ impl Config {
             max_sessions: self.ftp.max_sessions,
             max_sessions_per_ip: self.ftp.max_sessions_per_ip,
             idle_timeout: Duration::from_secs(self.ftp.idle_timeout_secs),
+            data_timeout: Duration::from_secs(self.ftp.data_timeout_secs.max(1)),
+            login_timeout: Duration::from_secs(self.ftp.login_timeout_secs.max(1)),
+            max_login_failures: self.ftp.max_login_failures.max(1),
             ban_after_failures: self.ftp.ban_after_failures.max(1),
+            ban_ipv6_prefix: self.ban_ipv6_prefix()?,
             ban_window: Duration::from_secs(self.ftp.ban_window_secs),
             ban_duration: Duration::from_secs(self.ftp.ban_secs),
             drain_grace: Duration::from_secs(self.ftp.drain_grace_secs),

@@ -319,6 +319,7 @@ fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
 }
 
 fn serve(config: Config) -> Result<(), AnyError> {
+    raise_open_file_limit(config.ftp.max_sessions);
     data_dir(&config)?;
     let keyring = Arc::new(ops::keyring(&config, ops::Kek::Create)?);
     tracing::info!(
@@ -457,6 +458,41 @@ fn tls(config: &Config, action: TlsAction) -> Result<bool, AnyError> {
 /// Removes interrupted uploads' staging files older than
 /// [`STAGING_TTL`](dropvault_core::vault::STAGING_TTL): now, and then every
 /// hour for as long as the server runs.
+/// Open files a session may hold at once: its control connection, a data
+/// connection or passive listener, and a file or two of storage.
+const FILES_PER_SESSION: u64 = 4;
+
+/// Raises the open-file limit to its hard limit, since the soft one (1024
+/// on most systems) runs out long before `max_sessions`, and warns when
+/// even the hard limit is too low for them.
+fn raise_open_file_limit(max_sessions: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let have = getrlimit(Resource::Nofile).current;
+    let need = (max_sessions as u64)
+        .saturating_mul(FILES_PER_SESSION)
+        .saturating_add(64);
+    match have {
+        Some(have) if have < need => tracing::warn!(
+            open_files = have,
+            needed = need,
+            max_sessions,
+            "the open-file limit is too low for ftp.max_sessions: raise it (LimitNOFILE= in \
+             systemd, ulimit -Hn) or lower max_sessions"
+        ),
+        _ => tracing::debug!(open_files = ?have, "open-file limit"),
+    }
+}
+
 async fn expire_staging(vault: Arc<Vault>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {

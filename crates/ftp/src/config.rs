@@ -42,10 +42,20 @@ pub struct FtpConfig {
     pub max_sessions_per_ip: usize,
     /// A session with no command for this long is closed.
     pub idle_timeout: Duration,
-    /// How long to wait for a data connection to be made.
+    /// A data connection that moves no byte for this long is aborted, and
+    /// its session closed. Waits for a data connection to be made, and
+    /// unused passive listeners, end after this or 30 s, whichever is less.
     pub data_timeout: Duration,
-    /// Failed logins from one address within `ban_window` that trigger a ban.
+    /// A session that has not logged in this long after connecting is
+    /// closed.
+    pub login_timeout: Duration,
+    /// Failed logins after which a session is closed.
+    pub max_login_failures: usize,
+    /// Failed logins from one client within `ban_window` that trigger a ban.
     pub ban_after_failures: usize,
+    /// IPv6 clients are counted per prefix of this many bits, for bans and
+    /// per-client session limits.
+    pub ban_ipv6_prefix: u8,
     /// Window in which failed logins are counted.
     pub ban_window: Duration,
     /// How long a banned address is refused.
@@ -67,13 +77,24 @@ impl Default for FtpConfig {
             max_sessions: 500,
             max_sessions_per_ip: 20,
             idle_timeout: Duration::from_secs(600),
-            data_timeout: Duration::from_secs(30),
+            data_timeout: Duration::from_secs(300),
+            login_timeout: Duration::from_secs(30),
+            max_login_failures: 3,
             ban_after_failures: 5,
+            ban_ipv6_prefix: 64,
             ban_window: Duration::from_secs(300),
             ban_duration: Duration::from_secs(900),
             failed_login_delay: Duration::from_secs(1),
             drain_grace: Duration::from_secs(30),
         }
+    }
+}
+
+impl FtpConfig {
+    /// How long to wait for a data connection to be made (and a TLS
+    /// handshake on it), and how long a passive listener stays open unused.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.data_timeout.min(Duration::from_secs(30))
     }
 }
 

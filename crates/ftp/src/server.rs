@@ -1,12 +1,13 @@
 //! The listener loop: admits connections (session limits, bans), runs one
 //! task per session, and drains on shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+
+use dropvault_core::guard::{ClientId, Guard, GuardConfig};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -31,12 +32,9 @@ pub(crate) struct Shared {
     pub(crate) config: FtpConfig,
     pub(crate) services: Services,
     limits: Mutex<Limits>,
-    bans: Mutex<HashMap<IpAddr, BanState>>,
+    /// Failed logins, bans and the guess budget of each client.
+    pub(crate) guard: Arc<Guard>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Password checks running at once. argon2id takes 19 MiB and a core's
-    /// worth of work per check: more at a time than cores only adds memory
-    /// and lets a login flood starve everything else.
-    pub(crate) logins: tokio::sync::Semaphore,
     /// Every TLS session this server issued, and to whom.
     pub(crate) tls_sessions: Arc<crate::tls::SessionCache>,
 }
@@ -44,20 +42,21 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 struct Limits {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-#[derive(Debug, Default)]
-struct BanState {
-    failures: VecDeque<Instant>,
-    banned_until: Option<Instant>,
+    per_client: HashMap<ClientId, usize>,
 }
 
 /// A session's place in the limits, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Admission {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    client: ClientId,
+}
+
+impl Admission {
+    /// The client the session counts against.
+    pub(crate) fn client(&self) -> ClientId {
+        self.client
+    }
 }
 
 impl Drop for Admission {
@@ -68,10 +67,10 @@ impl Drop for Admission {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         l.total = l.total.saturating_sub(1);
-        if let Some(n) = l.per_ip.get_mut(&self.ip) {
+        if let Some(n) = l.per_client.get_mut(&self.client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                l.per_ip.remove(&self.ip);
+                l.per_client.remove(&self.client);
             }
         }
     }
@@ -81,14 +80,15 @@ impl Shared {
     /// Admits a new connection from `ip`, or says why not (as an FTP reply
     /// text for a 421).
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, &'static str> {
-        if self.is_banned(ip) {
+        let client = ClientId::new(ip, self.config.ban_ipv6_prefix);
+        if self.guard.is_banned(client) {
             return Err("Too many failed logins from your address; try again later.");
         }
         let mut l = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
         if l.total >= self.config.max_sessions {
             return Err("Too many sessions; try again later.");
         }
-        let n = l.per_ip.entry(ip).or_default();
+        let n = l.per_client.entry(client).or_default();
         if *n >= self.config.max_sessions_per_ip {
             return Err("Too many sessions from your address.");
         }
@@ -96,60 +96,8 @@ impl Shared {
         l.total += 1;
         Ok(Admission {
             shared: self.clone(),
-            ip,
+            client,
         })
-    }
-
-    pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
-        let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
-        match bans.get(&ip).and_then(|b| b.banned_until) {
-            Some(until) if until > Instant::now() => true,
-            Some(_) => {
-                bans.remove(&ip);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Records a failed login; returns true when the address is now banned.
-    pub(crate) fn login_failed(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
-        // Keep the table from growing without bound under a spray of
-        // addresses: forget entries with nothing recent.
-        if bans.len() > 100_000 {
-            let window = self.config.ban_window;
-            bans.retain(|_, b| {
-                b.banned_until.is_some_and(|u| u > now)
-                    || b.failures
-                        .back()
-                        .is_some_and(|t| now.duration_since(*t) < window)
-            });
-        }
-        let b = bans.entry(ip).or_default();
-        while b
-            .failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.config.ban_window)
-        {
-            b.failures.pop_front();
-        }
-        b.failures.push_back(now);
-        if b.failures.len() >= self.config.ban_after_failures {
-            b.failures.clear();
-            b.banned_until = Some(now + self.config.ban_duration);
-            return true;
-        }
-        false
-    }
-
-    /// Forgets failures after a successful login.
-    pub(crate) fn login_succeeded(&self, ip: IpAddr) {
-        let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
-        if bans.get(&ip).is_some_and(|b| b.banned_until.is_none()) {
-            bans.remove(&ip);
-        }
     }
 }
 
@@ -170,14 +118,15 @@ pub async fn serve(
     // as the server may have at once, at least 1024.
     let tls_sessions = Arc::new(crate::tls::SessionCache::new(config.max_sessions.max(1024)));
     let shared = Arc::new(Shared {
+        guard: Arc::new(Guard::new(GuardConfig {
+            ban_after_failures: config.ban_after_failures,
+            window: config.ban_window,
+            ban_duration: config.ban_duration,
+        })),
         config,
         services,
         limits: Mutex::new(Limits::default()),
-        bans: Mutex::new(HashMap::new()),
         shutdown: rx,
-        logins: tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-        ),
         tls_sessions,
     });
     let mut tasks = JoinSet::new();
@@ -234,6 +183,7 @@ async fn accept_opt(l: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAdd
 
 async fn start(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
     let _ = stream.set_nodelay(true);
+    crate::session::keepalive(&stream);
     let admission = match shared.admit(peer.ip()) {
         Ok(a) => a,
         Err(why) => {

@@ -37,6 +37,8 @@ const PAM_MAXTRIES: c_int = 11;
 const PAM_NEW_AUTHTOK_REQD: c_int = 12;
 const PAM_ACCT_EXPIRED: c_int = 13;
 const PAM_CONV_ERR: c_int = 19;
+/// `pam_set_item` item: the application's failure-delay function.
+const PAM_FAIL_DELAY: c_int = 10;
 
 const PAM_PROMPT_ECHO_OFF: c_int = 1;
 const PAM_PROMPT_ECHO_ON: c_int = 2;
@@ -121,6 +123,10 @@ type StartFn = unsafe extern "C" fn(
 ) -> c_int;
 type HandleFlagsFn = unsafe extern "C" fn(pamh: *mut PamHandle, flags: c_int) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(pamh: *mut PamHandle, errnum: c_int) -> *const c_char;
+type SetItemFn =
+    unsafe extern "C" fn(pamh: *mut PamHandle, item_type: c_int, item: *const c_void) -> c_int;
+/// The prototype of a `PAM_FAIL_DELAY` function.
+type DelayFn = unsafe extern "C" fn(retval: c_int, usec_delay: u32, appdata_ptr: *mut c_void);
 
 /// The libpam functions we call, resolved once per process.
 struct Lib {
@@ -129,6 +135,7 @@ struct Lib {
     acct_mgmt: HandleFlagsFn,
     end: HandleFlagsFn,
     strerror: StrerrorFn,
+    set_item: SetItemFn,
     /// Kept open for the life of the process, so the function pointers
     /// above stay valid: `Lib` only ever lives in a `static`.
     _lib: libloading::Library,
@@ -158,12 +165,15 @@ fn load() -> Result<Lib, String> {
     let end = unsafe { symbol::<HandleFlagsFn>(&lib, b"pam_end\0") }?;
     // SAFETY: as above.
     let strerror = unsafe { symbol::<StrerrorFn>(&lib, b"pam_strerror\0") }?;
+    // SAFETY: as above.
+    let set_item = unsafe { symbol::<SetItemFn>(&lib, b"pam_set_item\0") }?;
     Ok(Lib {
         start,
         authenticate,
         acct_mgmt,
         end,
         strerror,
+        set_item,
         _lib: lib,
     })
 }
@@ -317,6 +327,12 @@ unsafe fn free_replies(replies: *mut PamResponse, n: usize) {
     unsafe { libc::free(replies.cast()) };
 }
 
+/// The failure delay PAM modules ask for (`pam_fail_delay`, ~2 s in
+/// `pam_unix`) is not slept on the calling thread: the caller serves its own
+/// delay after a failure without holding a thread or anything else other
+/// logins need (see `dropvault_core::guard`).
+unsafe extern "C" fn no_delay(_retval: c_int, _usec_delay: u32, _appdata_ptr: *mut c_void) {}
+
 /// One PAM transaction; `pam_end` runs on every path out.
 struct Transaction {
     lib: &'static Lib,
@@ -363,8 +379,9 @@ fn strerror(lib: &Lib, handle: *mut PamHandle, rc: c_int) -> String {
 /// (the file `/etc/pam.d/<service>`), then checks that the account may log
 /// in now (`pam_acct_mgmt`). Opens no session and sets no credentials.
 ///
-/// Blocks, possibly for seconds: modules such as `pam_unix` delay after a
-/// failure. Checking another user's password with `pam_unix` needs root (or
+/// Blocks while modules work (reading files, asking a directory); the
+/// failure delay modules such as `pam_unix` request is left to the caller
+/// (see [`no_delay`]). Checking another user's password with `pam_unix` needs root (or
 /// read access to `/etc/shadow`).
 pub fn authenticate(service: &str, user: &str, password: &str) -> Result<(), PamError> {
     let lib = lib()?;
@@ -394,6 +411,14 @@ pub fn authenticate(service: &str, user: &str, password: &str) -> Result<(), Pam
         handle,
         status: PAM_SUCCESS,
     };
+    let delay: DelayFn = no_delay;
+    // SAFETY: `handle` is live; for PAM_FAIL_DELAY the item is a function
+    // pointer of the `DelayFn` prototype, which `no_delay` has, and it lives
+    // forever. Linux-PAM then calls it instead of sleeping.
+    let rc = unsafe { (lib.set_item)(handle, PAM_FAIL_DELAY, delay as *const c_void) };
+    if rc != PAM_SUCCESS {
+        return Err(PamError::Other(rc, tx.strerror(rc)));
+    }
 
     // SAFETY: `handle` is live until `tx` drops.
     let rc =

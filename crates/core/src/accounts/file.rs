@@ -19,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use argon2::password_hash::{self, SaltString};
 use argon2::{
@@ -334,37 +334,70 @@ impl Authenticator for UserFile {
 }
 
 /// Buffers of argon2 working memory (19 MiB each with the default costs),
-/// kept for the next check instead of being allocated and freed each time.
-/// Freed ones did not go back to the system: the allocator kept them in
+/// kept for the next check instead of being allocated and freed each time,
+/// and the limit on checks at once.
+///
+/// Freed buffers did not go back to the system: the allocator kept them in
 /// per-thread arenas, and 200 first logins left the server at 1 GB
-/// resident (bench/run, distinct users). Checks run a few at a time (the
-/// front ends' permits), so a few buffers serve them all; each is zeroed
-/// when it comes back (it holds state derived from a password).
-#[derive(Default)]
-struct MemoryPool(Mutex<Vec<Vec<Block>>>);
+/// resident (bench/run, distinct users). Each is zeroed when it comes back
+/// (it holds state derived from a password).
+///
+/// argon2id is a core's worth of work per check: more at once than cores
+/// only adds memory and lets a login flood starve everything else. The
+/// limit lives here, with the work it limits, so other backends (PAM, a
+/// directory) are not held to the number of cores.
+struct MemoryPool {
+    state: Mutex<Pool>,
+    freed: Condvar,
+    limit: usize,
+}
 
-/// Buffers the pool keeps; checks beyond that many at once get one of
-/// their own for the time they run.
+#[derive(Default)]
+struct Pool {
+    buffers: Vec<Vec<Block>>,
+    running: usize,
+}
+
+/// Buffers the pool keeps at most.
 const POOLED: usize = 4;
 
+impl Default for MemoryPool {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            freed: Condvar::new(),
+            limit: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        }
+    }
+}
+
 impl MemoryPool {
-    /// Runs `f` with at least `blocks` blocks of working memory.
+    /// Runs `f` with at least `blocks` blocks of working memory, once fewer
+    /// than `limit` checks are running.
     fn with<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
-        let mut memory = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default();
+        let mut memory = {
+            let mut pool = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            while pool.running >= self.limit {
+                pool = self
+                    .freed
+                    .wait(pool)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            pool.running += 1;
+            pool.buffers.pop().unwrap_or_default()
+        };
         if memory.len() < blocks {
             memory.resize(blocks, Block::default());
         }
         let out = f(&mut memory[..blocks]);
         memory.iter_mut().for_each(Zeroize::zeroize);
-        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < POOLED {
-            pool.push(memory);
+        let mut pool = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.running -= 1;
+        if pool.buffers.len() < POOLED {
+            pool.buffers.push(memory);
         }
+        drop(pool);
+        self.freed.notify_one();
         out
     }
 
@@ -586,9 +619,11 @@ mod tests {
             assert_eq!(pool.verify(b"wrong", &parsed).ok(), Some(false));
         }
         // One buffer served every check, and came back zeroed.
-        let kept = pool.0.lock().expect("pool");
-        assert_eq!(kept.len(), 1);
-        assert!(kept[0].iter().all(|b| b.as_ref().iter().all(|&x| x == 0)));
+        let kept = pool.state.lock().expect("pool");
+        assert_eq!((kept.buffers.len(), kept.running), (1, 0));
+        assert!(kept.buffers[0]
+            .iter()
+            .all(|b| b.as_ref().iter().all(|&x| x == 0)));
         // Two hashes of one password differ: the salt is random.
         assert_ne!(phc, hash_password(&pw).expect("hash"));
     }

@@ -4,6 +4,7 @@
 use dropvault_core::vault::VaultError;
 
 use super::data::DataError;
+use super::stream::Stalling;
 use crate::proto::Reply;
 
 /// The reply for a failed file operation.
@@ -71,8 +72,14 @@ pub(crate) fn data_reply(e: &DataError) -> Reply {
     }
 }
 
-/// The reply for a transfer that broke off mid-way.
+/// The reply for a transfer that broke off mid-way. A data connection
+/// that stalled ends the session, as vsftpd's data timeout does: the
+/// client is gone or stuck, and the session's upload lock is let go.
 pub(crate) fn transfer_reply(e: &std::io::Error) -> Reply {
+    if Stalling::<()>::is_stall(e) {
+        tracing::info!("data connection stalled; closing the session");
+        return Reply::closing("No data moved within the time limit; transfer aborted, closing.");
+    }
     if let Some(fe) = dropvault_format::Error::from_io(e) {
         tracing::error!(error = %fe, "stored file failed authentication during download");
         return Reply::new(451, "Stored file is damaged; transfer stopped.");

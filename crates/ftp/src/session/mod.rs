@@ -81,8 +81,34 @@ struct Session {
     rest: u64,
     rename_from: Option<VPath>,
     data: DataPlan,
+    /// When an unused passive listener closes.
+    passive_expires: Option<tokio::time::Instant>,
     epsv_all: bool,
-    _admission: Admission,
+    /// Failed logins in this session.
+    login_failures: usize,
+    /// When the session must be logged in by.
+    login_deadline: tokio::time::Instant,
+    admission: Admission,
+}
+
+/// TCP keepalive on a control or data connection, so a peer that vanished
+/// without a FIN or RST (a dead NAT, a pulled cable) is noticed within about
+/// two minutes even while the server waits to read; and `TCP_USER_TIMEOUT`,
+/// so data we sent that is never acknowledged ends the connection as soon.
+pub(crate) fn keepalive(tcp: &TcpStream) {
+    use std::time::Duration;
+    let sock = socket2::SockRef::from(tcp);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = sock.set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(120))) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
 }
 
 /// Runs one session to its end.
@@ -100,6 +126,7 @@ pub(crate) async fn run(
     // Clients send ABOR as TCP urgent data (Python's ftplib sends the whole
     // line that way); keep urgent bytes in the stream or the line is cut.
     let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
+    let shared_login_timeout = shared.config.login_timeout;
     let mut s = Session {
         shared,
         peer,
@@ -113,8 +140,11 @@ pub(crate) async fn run(
         rest: 0,
         rename_from: None,
         data: DataPlan::None,
+        passive_expires: None,
         epsv_all: false,
-        _admission: admission,
+        login_failures: 0,
+        login_deadline: tokio::time::Instant::now() + shared_login_timeout,
+        admission,
     };
     tracing::debug!(event = "connect", %peer, implicit);
     if implicit {
@@ -134,10 +164,25 @@ pub(crate) async fn run(
     let mut shutdown = s.shared.shutdown.clone();
     let idle = s.shared.config.idle_timeout;
     loop {
+        let logging_in = !matches!(s.login, Login::In(_));
+        let passive = s
+            .passive_expires
+            .filter(|_| matches!(s.data, DataPlan::Passive(_)));
         let line = tokio::select! {
             () = stopped(&mut shutdown) => {
                 let _ = Box::pin(s.reply(Reply::closing("Server shutting down."))).await;
                 break;
+            }
+            () = tokio::time::sleep_until(s.login_deadline), if logging_in => {
+                let _ = Box::pin(s.reply(Reply::closing("Login timeout; closing."))).await;
+                tracing::info!(event = "login_timeout", %peer);
+                break;
+            }
+            () = sleep_until(passive) => {
+                // Nobody connected: give the port back.
+                s.data = DataPlan::None;
+                s.passive_expires = None;
+                continue;
             }
             r = tokio::time::timeout(idle, s.next_line()) => match r {
                 Err(_) => {
@@ -157,6 +202,14 @@ pub(crate) async fn run(
         }
     }
     // Dropping `s` logs the logout and releases the key.
+}
+
+/// Completes at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes once the server starts shutting down.
@@ -368,7 +421,7 @@ impl Session {
         let session_tls =
             crate::tls::SessionTls::new(&base, &self.shared.tls_sessions, self.peer.ip());
         let handshake = TlsAcceptor::from(session_tls.control()).accept(tcp);
-        let tls = tokio::time::timeout(self.shared.config.data_timeout, handshake)
+        let tls = tokio::time::timeout(self.shared.config.connect_timeout(), handshake)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.control = Stream::Tls(Box::new(tls));

@@ -1,6 +1,7 @@
 //! A connection that is plain TCP or TLS over it, for both the control and
 //! the data channel.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -89,5 +90,101 @@ impl AsyncWrite for Stream {
             Stream::Ended => Poll::Ready(Ok(())),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
+    }
+}
+
+/// The error a [`Stalling`] stream fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("no data moved on the data connection within the time limit")]
+pub(crate) struct Stalled;
+
+/// A data connection that fails with [`Stalled`] once one read, write,
+/// flush or shutdown has waited `limit` without the peer moving a byte.
+/// Only time spent waiting on the peer counts: a transfer held up by our
+/// own storage is not the client's stall.
+pub(crate) struct Stalling<S> {
+    inner: S,
+    limit: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+}
+
+impl<S> Stalling<S> {
+    pub(crate) fn new(inner: S, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            waiting: false,
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether `e` is this wrapper's stall.
+    pub(crate) fn is_stall(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Stalled>())
+    }
+
+    /// The inner operation is waiting on the peer: start the clock, or
+    /// fail if it ran out.
+    fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.waiting {
+            self.waiting = true;
+            let at = tokio::time::Instant::now() + self.limit;
+            self.deadline.as_mut().reset(at);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, Stalled))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.waiting(cx),
+            ready => {
+                self.waiting = false;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.progress(cx, r)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, r)
     }
 }

@@ -22,8 +22,7 @@ impl Session {
         };
         match bind_passive(self.local.ip(), self.shared.config.passive_ports).await {
             Ok(l) => {
-                let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-                self.data = DataPlan::Passive(l);
+                let port = self.plan_passive(l);
                 pasv_reply(SocketAddrV4::new(announce, port))
             }
             Err(e) => {
@@ -45,8 +44,7 @@ impl Session {
         }
         match bind_passive(self.local.ip(), self.shared.config.passive_ports).await {
             Ok(l) => {
-                let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-                self.data = DataPlan::Passive(l);
+                let port = self.plan_passive(l);
                 epsv_reply(port)
             }
             Err(err) => {
@@ -54,6 +52,16 @@ impl Session {
                 Reply::cannot_open_data("No passive port available.")
             }
         }
+    }
+
+    /// Plans a passive data connection on `listener`, which closes unused
+    /// after the connect timeout; its port.
+    fn plan_passive(&mut self, listener: tokio::net::TcpListener) -> u16 {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.data = DataPlan::Passive(listener);
+        self.passive_expires =
+            Some(tokio::time::Instant::now() + self.shared.config.connect_timeout());
+        port
     }
 
     /// PORT and EPRT: only to the control connection's own address and an

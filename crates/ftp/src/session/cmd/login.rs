@@ -1,12 +1,34 @@
-//! USER and PASS. Replies never say whether a user exists; failed logins are
-//! delayed, counted per client address, and lead to a ban.
+//! USER and PASS. Replies never say whether a user exists. Each password
+//! check draws on the client's guess budget (`dropvault_core::guard`):
+//! failures are counted per client and account, a banned client's PASS is
+//! refused even on a session opened before the ban, and a session is closed
+//! after `max_login_failures`. A server-side fault (accounts or key service
+//! unavailable) is not a wrong password: it counts for nothing and the
+//! client is told to try again later.
 
-use dropvault_core::accounts::Password;
+use dropvault_core::accounts::{AuthError, Password};
 use dropvault_core::events::Event;
+use dropvault_core::guard::{Attempt, Failure};
 use dropvault_core::keys::KeyError;
 
 use crate::proto::{self, Reply};
 use crate::session::{Flow, LoggedIn, Login, Session};
+
+/// How a password check ended.
+enum Checked {
+    /// Right password, key unlocked.
+    In(
+        dropvault_core::accounts::Account,
+        std::sync::Arc<dropvault_core::keys::UserKey>,
+    ),
+    /// Wrong password, unknown user, or an account that may not log in
+    /// (why, for the log).
+    Wrong(Option<String>),
+    /// The accounts backend failed.
+    AuthFault(AuthError),
+    /// The key service failed.
+    KeyFault(KeyError),
+}
 
 impl Session {
     pub(crate) fn cmd_user(&mut self, name: String) -> Reply {
@@ -32,48 +54,63 @@ impl Session {
             }
         };
         let peer = self.peer;
-        let services = self.shared.services.clone();
         let password = String::from_utf8(pw.as_bytes().to_vec())
             .ok()
             .map(Password::new);
         drop(pw);
+        // The client's budget: waits while its checks in flight (from any
+        // of its sessions) and recent failures use it up; refused if banned.
+        let guard = self.shared.guard.clone();
+        let attempt = match tokio::time::timeout_at(
+            self.login_deadline,
+            guard.attempt(self.admission.client()),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(refused)) => {
+                tracing::warn!(event = "login_refused", user = %name, %peer, reason = %refused);
+                self.reply(Reply::closing(
+                    "Too many failed logins from your address; try again later.",
+                ))
+                .await?;
+                return Ok(Flow::Close);
+            }
+            Err(_) => {
+                tracing::info!(event = "login_timeout", %peer);
+                self.reply(Reply::closing("Login timeout; closing."))
+                    .await?;
+                return Ok(Flow::Close);
+            }
+        };
+        let services = self.shared.services.clone();
         let user = name.clone();
-        // Password checks block and burn CPU (argon2id, PAM): off the async
-        // runtime, a bounded number at a time.
-        let permit = self.shared.logins.acquire().await;
-        let auth = services.clone();
+        // Password checks and key unwrapping block (argon2id, PAM, RSA, a
+        // request to the key service): off the async runtime. The users
+        // file bounds its own argon2 work; nothing here waits for other
+        // logins' checks.
         let checked = tokio::task::spawn_blocking(move || {
             let Some(password) = password else {
-                return Ok(None);
+                return Checked::Wrong(None);
             };
-            auth.auth
-                .authenticate(&user, &password)
-                .map_err(|e| Refusal::Auth(e.to_string()))
+            let account = match services.auth.authenticate(&user, &password) {
+                Ok(Some(account)) => account,
+                Ok(None) => return Checked::Wrong(None),
+                Err(AuthError::Refused { reason, .. }) => return Checked::Wrong(Some(reason)),
+                Err(e) => return Checked::AuthFault(e),
+            };
+            match services.keyring.unlock(&account.name) {
+                Ok(key) => Checked::In(account, key),
+                Err(e) => Checked::KeyFault(e),
+            }
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-        drop(permit);
-        // Unwrapping the key blocks too (RSA, or a request to the key
-        // service), but outside the permit: a slow key service must not
-        // hold up password checks of other logins.
-        let outcome = match checked {
-            Ok(Some(account)) => tokio::task::spawn_blocking(move || {
-                services
-                    .keyring
-                    .unlock(&account.name)
-                    .map(|key| Some((account, key)))
-                    .map_err(Refusal::Key)
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
 
-        match outcome {
-            Ok(Some((account, key))) => match self.shared.services.vault.for_user(key) {
+        match checked {
+            Checked::In(account, key) => match self.shared.services.vault.for_user(key) {
                 Ok(vault) => {
-                    self.shared.login_succeeded(peer.ip());
+                    attempt.succeeded(&name);
                     if let Some(tls) = &self.tls {
                         tls.logged_in(&account.name);
                     }
@@ -91,49 +128,63 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::error!(event = "login_refused", user = %account.name, %peer, error = %e);
-                    self.reply(Reply::new(530, "Login refused: storage unavailable."))
-                        .await?;
-                    Ok(Flow::Continue)
+                    self.try_later("storage is unavailable").await
                 }
             },
-            Ok(None) => self.failed_login(&name).await,
-            Err(Refusal::Auth(e)) => {
-                tracing::error!(event = "login_refused", user = %name, %peer, error = %e);
-                self.failed_login(&name).await
+            Checked::Wrong(reason) => {
+                if let Some(reason) = reason {
+                    tracing::warn!(event = "login_refused", user = %name, %peer, reason = %reason);
+                }
+                self.failed_login(&name, attempt).await
             }
-            Err(Refusal::Key(e)) => {
+            Checked::AuthFault(e) => {
+                tracing::error!(event = "login_refused", user = %name, %peer, error = %e,
+                    "accounts backend failed");
+                self.try_later("accounts are unavailable").await
+            }
+            Checked::KeyFault(e) => {
                 tracing::error!(event = "login_refused", user = %name, %peer, error = %e,
                     transient = e.is_transient(), "key service failed");
-                self.reply(Reply::new(
-                    530,
-                    "Login refused: the key service is unavailable. Try again later.",
-                ))
-                .await?;
-                Ok(Flow::Continue)
+                self.try_later("the key service is unavailable").await
             }
         }
     }
 
-    async fn failed_login(&mut self, name: &str) -> std::io::Result<Flow> {
+    /// A login that failed on the server's side: `421`, and the session
+    /// ends (the client may reconnect at once; nothing was counted).
+    async fn try_later(&mut self, what: &str) -> std::io::Result<Flow> {
+        self.reply(Reply::closing(format!(
+            "Login refused: {what}. Try again later."
+        )))
+        .await?;
+        Ok(Flow::Close)
+    }
+
+    async fn failed_login(&mut self, name: &str, attempt: Attempt) -> std::io::Result<Flow> {
         let peer = self.peer;
+        // Counted before the delay, so the budget is right while it runs.
+        let verdict = attempt.failed(name);
+        self.login_failures += 1;
         tracing::warn!(event = "login_failed", user = %name, %peer);
         self.shared
             .services
             .events
             .emit(Event::new("login_failed").user(name).peer(peer));
+        // Served holding nothing: other logins go on meanwhile.
         tokio::time::sleep(self.shared.config.failed_login_delay).await;
-        if self.shared.login_failed(peer.ip()) {
-            tracing::warn!(event = "banned", %peer, "too many failed logins");
+        if verdict == Failure::Banned {
+            tracing::warn!(event = "banned", %peer, client = %self.admission.client(),
+                "too many failed logins");
             self.reply(Reply::closing("Too many failed logins; try again later."))
+                .await?;
+            return Ok(Flow::Close);
+        }
+        if self.login_failures >= self.shared.config.max_login_failures {
+            self.reply(Reply::closing("Too many failed logins; closing."))
                 .await?;
             return Ok(Flow::Close);
         }
         self.reply(Reply::not_logged_in("Login incorrect.")).await?;
         Ok(Flow::Continue)
     }
-}
-
-enum Refusal {
-    Auth(String),
-    Key(KeyError),
 }

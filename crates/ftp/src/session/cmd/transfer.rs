@@ -28,7 +28,7 @@ use crate::config::TlsMode;
 use crate::proto::{parse_command, Command, Reply};
 use crate::session::data::{self, DataPlan, DataTls};
 use crate::session::errors::{data_reply, transfer_reply, vault_reply};
-use crate::session::stream::Stream;
+use crate::session::stream::{Stalling, Stream};
 use crate::session::{Flow, Input, Session};
 
 /// Which upload verb.
@@ -180,7 +180,8 @@ impl Session {
             _ => None,
         };
         let plan = std::mem::take(&mut self.data);
-        let timeout = self.shared.config.data_timeout;
+        let timeout = self.shared.config.connect_timeout();
+        let stall = self.shared.config.data_timeout;
         self.reply(opening).await?;
 
         let mut exited = match &mut job {
@@ -188,7 +189,7 @@ impl Session {
             _ => None,
         };
         let mut quit = false;
-        let mut moving = Box::pin(move_bytes(plan, self.peer.ip(), timeout, tls, job));
+        let mut moving = Box::pin(move_bytes(plan, self.peer.ip(), (timeout, stall), tls, job));
         let watched = self.watch(&mut moving, &mut quit).await;
         drop(moving);
         if let Watched::Done(Ok(Moved::Received {
@@ -209,7 +210,11 @@ impl Session {
             let _ = tokio::time::timeout(timeout, exited.wait()).await;
         }
         match watched {
-            Watched::Done(outcome) => self.answer(outcome, &record).await?,
+            Watched::Done(outcome) => {
+                if self.answer(outcome, &record).await? {
+                    return Ok(Flow::Close);
+                }
+            }
             Watched::Aborted => {
                 tracing::info!(event = "transfer_aborted", user = %record.user, peer = %record.peer);
                 self.reply(Reply::transfer_aborted("Transfer aborted."))
@@ -224,12 +229,13 @@ impl Session {
     }
 
     /// The final reply of a transfer that ended by itself, and the record
-    /// of a download (an upload's is its commit's).
+    /// of a download (an upload's is its commit's). True when the reply
+    /// closes the session (a `421`: the data connection stalled).
     async fn answer(
         &mut self,
         outcome: Result<Moved, Reply>,
         record: &Record,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         match outcome {
             Ok(Moved::Sent { bytes, path }) => {
                 if let Some(path) = path {
@@ -247,14 +253,17 @@ impl Session {
                 self.reply(Reply::transfer_complete(format!(
                     "Transfer complete, {bytes} bytes."
                 )))
-                .await
+                .await?;
+                Ok(false)
             }
             // Committed by its own task (run_transfer_with); not here.
-            Ok(Moved::Received { .. }) => Ok(()),
+            Ok(Moved::Received { .. }) => Ok(false),
             Err(reply) => {
                 tracing::info!(event = "transfer_failed", user = %record.user,
                     peer = %record.peer, code = reply.code());
-                self.reply(reply).await
+                let close = reply.code() == 421;
+                self.reply(reply).await?;
+                Ok(close)
             }
         }
     }
@@ -346,17 +355,19 @@ impl Session {
     }
 }
 
-/// Phase 2: opens the data connection and moves the job's bytes.
+/// Phase 2: opens the data connection (within `timeout`) and moves the
+/// job's bytes; a connection on which nothing moves for `stall` is given up.
 async fn move_bytes(
     plan: DataPlan,
     peer_ip: std::net::IpAddr,
-    timeout: std::time::Duration,
+    (timeout, stall): (Duration, Duration),
     tls: Option<DataTls>,
     job: Job,
 ) -> Result<Moved, Reply> {
-    let mut stream = data::open(plan, peer_ip, timeout, tls)
+    let stream = data::open(plan, peer_ip, timeout, tls)
         .await
         .map_err(|e| data_reply(&e))?;
+    let mut stream = Stalling::new(stream, stall);
     match job {
         Job::Send(bytes) => {
             stream
@@ -388,7 +399,7 @@ async fn move_bytes(
 }
 
 /// Streams a file to the client in the decryptor's chunks; the bytes sent.
-async fn send_file(stream: &mut Stream, mut download: Download) -> Result<u64, Reply> {
+async fn send_file(stream: &mut Stalling<Stream>, mut download: Download) -> Result<u64, Reply> {
     let mut sent = 0u64;
     while let Some(chunk) = download
         .next_chunk()
@@ -413,13 +424,15 @@ async fn send_file(stream: &mut Stream, mut download: Download) -> Result<u64, R
 /// committed (its sealed data stays for a resume). The one exception is an
 /// upload with no data at all, which some clients (Node's TLS sockets, so
 /// basic-ftp) end without close_notify: there is nothing to cut short.
-async fn receive(stream: &mut Stream, upload: &mut Upload) -> Result<u64, Reply> {
+async fn receive(stream: &mut Stalling<Stream>, upload: &mut Upload) -> Result<u64, Reply> {
     let mut received = 0u64;
     loop {
         match upload.read_from(stream).await {
             Ok(0) => return Ok(received),
             Ok(n) => received += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && stream.is_tls() => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof && stream.get_ref().is_tls() =>
+            {
                 if received == 0 {
                     return Ok(0);
                 }
