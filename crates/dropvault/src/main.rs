@@ -2,6 +2,7 @@
 //! runs — the server, and user management for the `file` account backend.
 
 mod config;
+mod logging;
 mod ops;
 mod progress;
 
@@ -186,6 +187,9 @@ enum UserAction {
 }
 
 fn main() -> ExitCode {
+    // Before any secret is read: no core file, no ptrace or
+    // /proc/<pid>/{environ,mem} for other processes of the same user.
+    let hardened = no_dumps();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -194,7 +198,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    logging::init(&config.log.format);
+    if let Err(e) = hardened {
+        tracing::warn!(error = %e, "cannot disable core dumps; a crash may write memory (keys) to disk");
+    }
     let result = match cli.command {
         Command::Serve => serve(config).map(|()| true),
         Command::User { action } => user(&config, action).map(|()| true),
@@ -230,17 +237,12 @@ fn main() -> ExitCode {
 
 pub(crate) type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+/// No core dumps (RLIMIT_CORE 0) and not dumpable (PR_SET_DUMPABLE 0),
+/// which also makes /proc/<pid>/{environ,mem,fd} root's and refuses ptrace
+/// to the server's own user, e.g. to a hook running as that user.
+fn no_dumps() -> nix::Result<()> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)
 }
 
 fn data_dir(config: &Config) -> Result<(), AnyError> {
@@ -327,6 +329,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
         "key provider ready"
     );
     let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
+    hook_accounts(&config);
     if scanner.is_some() {
         tracing::info!(clamd = %config.scan.clamd, command = ?config.scan.command,
             on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
@@ -334,7 +337,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
     }
     let vault = Arc::new(Vault::create(config.path(&config.storage.root))?.with_scanner(scanner));
     let events = Arc::new(dropvault_core::events::Hooks::start(
-        config.hook_settings(),
+        config.hook_settings()?,
     )?);
     let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
         "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
@@ -422,6 +425,36 @@ fn serve(config: Config) -> Result<(), AnyError> {
     events.shutdown(std::time::Duration::from_secs(5));
     tracing::info!(event = "stopped", "dropvault stopped");
     Ok(())
+}
+
+/// Says who the configured hook commands run as. `run_as` applies only to
+/// a server running as root; otherwise they run as the server's own user,
+/// a warning if `run_as` names another account than the default.
+fn hook_accounts(config: &Config) {
+    let root = nix::unistd::geteuid().is_root();
+    for (key, command, run_as) in [
+        ("scan.run_as", &config.scan.command, &config.scan.run_as),
+        ("hooks.run_as", &config.hooks.command, &config.hooks.run_as),
+    ] {
+        if command.is_empty() {
+            continue;
+        }
+        let own = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+        match (root, run_as.as_str()) {
+            (true, "") => tracing::warn!(
+                setting = key,
+                "hook commands run as root: set an unprivileged account"
+            ),
+            (true, name) => tracing::info!(setting = key, user = name, "hook commands run as"),
+            (false, "" | "nobody") => tracing::info!(setting = key, user = %own,
+                "hook commands run as the server's own user (run_as applies only to root)"),
+            (false, name) => tracing::warn!(setting = key, run_as = name, user = %own,
+                "not root: cannot switch users; hook commands run as the server's own user"),
+        }
+    }
 }
 
 /// The certificate and key the configuration names, or the self-signed
