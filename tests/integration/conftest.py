@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -86,9 +87,11 @@ def passive_range(size: int = _PORTS_PER_SERVER) -> str:
 class Server:
     """One `dropvault serve` process (and its restarts) on one data folder."""
 
-    def __init__(self, data_dir: pathlib.Path, settings: dict[str, str], workdir: pathlib.Path):
+    def __init__(self, data_dir: pathlib.Path, settings: dict[str, str], workdir: pathlib.Path,
+                 extra_env: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.settings = dict(settings)
+        self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -113,6 +116,7 @@ class Server:
             "DROPVAULT_FTP_DRAIN_GRACE_SECS": "5",
             "DROPVAULT_LOG_FORMAT": "json",
         })
+        env.update(self.extra_env)
         for key, value in self.settings.items():
             name = "DROPVAULT_" + key.upper()
             if value is None:
@@ -265,13 +269,14 @@ def dropvault(tmp_path, kek_template):
     becomes DROPVAULT_FTP_TLS=required). Users are created with
     `dropvault user add NAME --password-stdin` before the start (default:
     alice); `users={}` creates none. With prepare=False the data folder is
-    left for the server to create (and its key to generate)."""
+    left for the server to create (and its key to generate). `env` adds
+    environment variables that are not settings (RUST_LOG, proxies, ...)."""
     servers: list[Server] = []
     counter = itertools.count()
 
     def start(users: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
-              prepare: bool = True, nofile: tuple[int, int] | None = None,
-              **settings) -> Server:
+              prepare: bool = True, env: dict[str, str] | None = None,
+              nofile: tuple[int, int] | None = None, **settings) -> Server:
         if data_dir is None:
             data_dir = tmp_path / f"data{next(counter)}"
         if prepare and not data_dir.exists():
@@ -283,7 +288,7 @@ def dropvault(tmp_path, kek_template):
         for name, password in users.items():
             r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
             assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
-        srv = Server(data_dir, settings, tmp_path)
+        srv = Server(data_dir, settings, tmp_path, env)
         srv.nofile = nofile
         ALL_DATA_DIRS.append(data_dir)
         servers.append(srv)
@@ -338,3 +343,15 @@ def payload_file(tmp_path):
 
     return make
 
+
+
+@pytest.fixture
+def hook_dir():
+    """A folder for hook scripts and what they write, usable by the
+    unprivileged account hooks run as (scan.run_as / hooks.run_as default
+    to `nobody` when the server is root): pytest's own tmp folders are
+    root's alone."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="dv-hooks-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

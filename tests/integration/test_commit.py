@@ -15,12 +15,13 @@ from dvclients import USER, ftp_plain, mlsd, payload, reset_ftp, retr, wait_unti
 
 
 @pytest.fixture
-def held(tmp_path):
+def held(hook_dir):
     """A scan command that reads the upload, says it started deciding,
     then waits for the test's word: `release` accepts, `reject` rejects."""
-    gate = tmp_path / "gate"
+    gate = hook_dir / "gate"
     gate.mkdir()
-    hook = tmp_path / "held.sh"
+    gate.chmod(0o777)
+    hook = hook_dir / "held.sh"
     hook.write_text(f"""#!/bin/sh
 cat > /dev/null
 touch {gate}/deciding

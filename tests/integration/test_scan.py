@@ -158,8 +158,8 @@ def test_on_error_policies_when_clamd_is_down_or_its_limit_is_passed(dropvault, 
     daemon.close()
 
 
-def test_a_scanner_slower_than_the_timeout_is_no_verdict(dropvault, tmp_path):
-    slow = hook_script(tmp_path, "slow.sh", "sleep 30\n")
+def test_a_scanner_slower_than_the_timeout_is_no_verdict(dropvault, hook_dir):
+    slow = hook_script(hook_dir, "slow.sh", "sleep 30\n")
     strict = dropvault(scan_command=json.dumps([str(slow)]), scan_timeout_secs="2")
     with ftp_plain(strict) as ftp:
         with pytest.raises(ftplib.error_temp) as err:
@@ -170,23 +170,30 @@ def test_a_scanner_slower_than_the_timeout_is_no_verdict(dropvault, tmp_path):
     assert failures, strict.log_text()[-2000:]
 
 
-def hook_script(tmp_path, name: str, body: str):
-    path = tmp_path / name
+def hook_script(folder, name: str, body: str):
+    path = folder / name
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
     return path
 
 
-def test_command_hook_gets_the_plaintext_and_decides(dropvault, tmp_path, monkeypatch):
-    seen = tmp_path / "hook-events.jsonl"
-    leaked = tmp_path / "hook-env.txt"
+def test_command_hook_gets_the_plaintext_and_decides(dropvault, hook_dir, monkeypatch):
+    seen = hook_dir / "hook-events.jsonl"
+    leaked = hook_dir / "hook-env.txt"
     # The server's secrets stay out of the hook's environment.
     monkeypatch.setenv("VAULT_TOKEN", "s.not-for-hooks")
-    hook = hook_script(tmp_path, "dlp.sh", f"""\
+    # The first line of standard error is the finding when it is a short
+    # name; the rest (here: what the file said) goes to the log only.
+    hook = hook_script(hook_dir, "dlp.sh", f"""\
 printf '%s\\n' "$DROPVAULT_EVENT" >> {seen}
 env | grep -E '^(DROPVAULT_|VAULT_TOKEN|BAO_TOKEN)' | grep -v '^DROPVAULT_EVENT=' >> {leaked}
+if [ "$(head -c 4 | tr -cd A-Z)" = "FREE" ]; then
+    echo "the file starts with FREE-TEXT-FINDING" >&2
+    exit 4
+fi
 if grep -q 'SECRET-DLP-TOKEN'; then
-    echo "DLP: secret token found" >&2
+    echo "DLP.Secret-Token" >&2
+    echo "matched: ...SECRET-DLP-TOKEN... at the end" >&2
     exit 3
 fi
 exit 0
@@ -196,14 +203,23 @@ exit 0
     clean = payload(150_000)
     with ftp_plain(server) as ftp:
         reply = rejected(ftp, "leak.txt", leaky)
-        assert reply.startswith("550") and "DLP: secret token found" in reply, reply
+        assert reply.startswith("550") and "DLP.Secret-Token" in reply, reply
+        assert "matched" not in reply, reply
+        # A first line that is not a short name is not shown to the client.
+        reply = rejected(ftp, "free.txt", b"FREE" + payload(1000))
+        assert reply.startswith("550") and "scan-command-rejected" in reply, reply
+        assert "FREE-TEXT" not in reply, reply
         stor(ftp, "ok.bin", clean)
         assert ftp.nlst() == ["ok.bin"]
         assert retr(ftp, "ok.bin") == clean
     calls = [json.loads(line) for line in seen.read_text().splitlines()]
-    assert [(c["user"], c["path"]) for c in calls] == [(USER, "/leak.txt"), (USER, "/ok.bin")]
-    rejections = server.wait_for_event("upload_rejected")
-    assert rejections[-1]["signature"] == "DLP: secret token found"
+    assert [(c["user"], c["path"]) for c in calls] == [
+        (USER, "/leak.txt"), (USER, "/free.txt"), (USER, "/ok.bin")]
+    rejections = server.wait_for_event("upload_rejected", count=2)
+    assert [r["signature"] for r in rejections] == ["DLP.Secret-Token", "scan-command-rejected"]
+    stderr = {r["path"]: r["stderr"] for r in server.events("scan_hook_stderr")}
+    assert "matched: ...SECRET-DLP-TOKEN..." in stderr["/leak.txt"], stderr
+    assert "FREE-TEXT-FINDING" in stderr["/free.txt"], stderr
     assert leaked.read_text() == "", leaked.read_text()
 
 
@@ -251,12 +267,12 @@ class Receiver:
         self.server.server_close()
 
 
-def test_every_event_kind_reaches_the_webhook_and_the_command(dropvault, tmp_path):
+def test_every_event_kind_reaches_the_webhook_and_the_command(dropvault, hook_dir):
     receiver = Receiver(fail_first=2)
-    log = tmp_path / "events.jsonl"
-    command = hook_script(tmp_path, "event.sh", f'printf "%s\\n" "$DROPVAULT_EVENT" >> {log}\n')
-    reject = hook_script(tmp_path, "reject.sh", """\
-if grep -q 'REJECT-ME'; then echo "policy: REJECT-ME seen" >&2; exit 1; fi
+    log = hook_dir / "events.jsonl"
+    command = hook_script(hook_dir, "event.sh", f'printf "%s\\n" "$DROPVAULT_EVENT" >> {log}\n')
+    reject = hook_script(hook_dir, "reject.sh", """\
+if grep -q 'REJECT-ME'; then echo "policy:REJECT-ME" >&2; exit 1; fi
 """)
     server = dropvault(hooks_webhook_url=receiver.url, hooks_command=json.dumps([str(command)]),
                        hooks_webhook_secret="hook-secret-1",
@@ -276,7 +292,7 @@ if grep -q 'REJECT-ME'; then echo "policy: REJECT-ME seen" >&2; exit 1; fi
         by_kind = {b["event"]: b for b in receiver.bodies}
         assert by_kind["upload"]["path"] == "/a.bin" and by_kind["upload"]["size"] == 1000
         assert by_kind["rename"]["path"] == "/a.bin" and by_kind["rename"]["to"] == "/b.bin"
-        assert by_kind["upload_rejected"]["finding"] == "policy: REJECT-ME seen"
+        assert by_kind["upload_rejected"]["finding"] == "policy:REJECT-ME"
         assert by_kind["login_failed"]["user"] == USER and "peer" in by_kind["login_failed"]
         assert all(b["user"] == USER and b["time"] > 1e9 for b in receiver.bodies)
         assert receiver.refused == 2  # and yet every kind arrived: retried

@@ -6,14 +6,18 @@ file, and the service's own errors in the operator's log."""
 
 from __future__ import annotations
 
+import base64
 import ftplib
 import json
+import re
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
-from dvclients import USER, ftp_plain, payload, retr, run_cli, stor
+from dvclients import PASSWORD, USER, ftp_plain, payload, retr, run_cli, stor
 from openbao import OpenBao
 from test_keys_cli import openssl_recovery_pair
 
@@ -297,3 +301,81 @@ def test_a_pinned_key_version_is_the_one_used(dropvault, bao):
     assert "behind" not in r.stdout, r.stdout
     with ftp_plain(server) as ftp:
         assert retr(ftp, "p.bin") == b"pinned"
+
+
+def wire_bytes(log: str) -> bytes:
+    """The bytes of any HTTP wire dump in the log: ureq-proto writes them at
+    trace as rows of 16 bytes in hex, `4745 5420 ... GET /v1/...`."""
+    out = bytearray()
+    for line in log.splitlines():
+        try:
+            message = json.loads(line).get("message", "")
+        except ValueError:
+            continue
+        m = re.match(r"((?:[0-9a-f-]{4} ){8}) ", message)
+        if m:
+            out += bytes.fromhex(m[1].replace(" ", "").replace("-", ""))
+    return bytes(out)
+
+
+def test_trace_logging_keeps_the_token_and_data_keys_out_of_the_log(dropvault, bao):
+    key = "dv-trace"
+    bao.create_key(key)
+    server = dropvault(env={"RUST_LOG": "trace"}, **transit(bao, key))
+    data = payload(10_000)
+    with ftp_plain(server) as ftp:  # first login: encrypt sends the key
+        stor(ftp, "a.bin", data)
+    server.restart()
+    with ftp_plain(server) as ftp:  # the next one: decrypt's answer has it
+        assert retr(ftp, "a.bin") == data
+    log = server.log_text()
+    # Verbose logging was on, ureq's own records included.
+    assert '"level":"DEBUG"' in log and '"target":"ureq::' in log
+    [kf] = key_files(server).values()
+    envelope = bao.decrypt(key, kf["wrapped_key"])
+    secrets = {
+        "token": bao.root_token.encode(),
+        "wrapped plaintext": base64.b64encode(envelope),
+        "data key (base64)": base64.b64encode(envelope[-32:]),
+        "data key (hex)": envelope[-32:].hex().encode(),
+    }
+    wire = wire_bytes(log)
+    for what, secret in secrets.items():
+        assert secret not in log.encode(), f"{what} in the log"
+        assert secret not in wire, f"{what} in the log's wire dump"
+
+
+def test_proxy_variables_do_not_apply_to_the_key_service(dropvault, bao):
+    """A proxy in the environment that nobody configured for dropvault
+    sees nothing: transit requests go straight to the service."""
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    seen: list[bytes] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = proxy.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                seen.append(conn.recv(65536))
+            except OSError:
+                seen.append(b"")
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = "http://127.0.0.1:%d" % proxy.getsockname()[1]
+    env = {name: url for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                                  "ALL_PROXY", "all_proxy")}
+    key = "dv-proxy"
+    bao.create_key(key)
+    try:
+        server = dropvault(env=env, **transit(bao, key, kms_transit_timeout_secs="5"))
+        with ftp_plain(server) as ftp:
+            stor(ftp, "a.bin", payload(1000))
+        assert seen == []
+    finally:
+        proxy.close()

@@ -1,10 +1,11 @@
 //! Events for the outside world: login, failed login, logout, upload,
 //! upload_rejected, download, delete, rename. Front ends [`Hooks::emit`]
 //! them; one delivery thread hands each, as JSON, to a webhook (HTTP POST)
-//! and/or a command (JSON on standard input and in `DROPVAULT_EVENT`),
-//! retrying failures with backoff. The queue between them is bounded and
-//! `emit` never waits: when it is full the event is dropped, counted and
-//! logged, so a slow receiver never slows a transfer.
+//! and/or a command (JSON on standard input and in `DROPVAULT_EVENT`; run
+//! as `hooks.run_as`, in `/`, without the server's environment), retrying
+//! failures with backoff. The queue between them is bounded and `emit`
+//! never waits: when it is full the event is dropped, counted and logged,
+//! so a slow receiver never slows a transfer.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -119,6 +120,8 @@ pub struct HookSettings {
     pub retries: u32,
     /// Limit for one delivery attempt.
     pub timeout: Duration,
+    /// The account the command runs as (`None`: the server's own).
+    pub run_as: Option<crate::RunAs>,
 }
 
 impl std::fmt::Debug for HookSettings {
@@ -133,6 +136,7 @@ impl std::fmt::Debug for HookSettings {
             .field("queue", &self.queue)
             .field("retries", &self.retries)
             .field("timeout", &self.timeout)
+            .field("run_as", &self.run_as)
             .finish()
     }
 }
@@ -308,9 +312,7 @@ impl Delivery {
             });
         }
         if !self.settings.command.is_empty() {
-            self.with_retries("command", event, || {
-                run(&self.settings.command, &json, self.settings.timeout)
-            });
+            self.with_retries("command", event, || run(&self.settings, &json));
         }
     }
 
@@ -352,9 +354,10 @@ fn post(agent: &ureq::Agent, url: &str, json: &str, signature: Option<&str>) -> 
     }
 }
 
-fn run(argv: &[String], json: &str, timeout: Duration) -> Result<(), String> {
+fn run(settings: &HookSettings, json: &str) -> Result<(), String> {
+    let (argv, timeout) = (&settings.command, settings.timeout);
     let program = argv.first().map_or("", String::as_str);
-    let mut child = crate::hookproc::hook_command(argv)
+    let mut child = crate::hookproc::hook_command(argv, settings.run_as.as_ref())
         .env("DROPVAULT_EVENT", json)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -399,6 +402,7 @@ mod tests {
             queue: 1,
             retries: 0,
             timeout: Duration::from_secs(5),
+            run_as: None,
         })
         .expect("start");
         for _ in 0..20 {

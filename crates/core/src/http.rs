@@ -1,6 +1,13 @@
 //! The HTTP client shared by the transit key provider and the webhook:
 //! ureq over rustls on aws-lc-rs, no redirects, every answer read up to a
-//! limit, a deadline for each request.
+//! limit, a deadline for each request, and no proxy: ureq would otherwise
+//! take one from `HTTP(S)_PROXY`/`ALL_PROXY`, and a proxy that nobody
+//! configured for dropvault would see every request (for `http://`, the
+//! key service token and data keys in the clear).
+//!
+//! ureq logs the bytes on the wire (`ureq_proto` at trace) and headers
+//! (`ureq`): the binary's log setup caps those targets, see its
+//! `init_logging`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +77,7 @@ pub(crate) fn agent(
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
             .max_redirects(0)
+            .proxy(None)
             .user_agent("dropvault")
             .tls_config(tls.build())
             .build(),

@@ -32,6 +32,8 @@ pub mod keys;
 pub mod scan;
 pub mod vault;
 
+pub use hookproc::{RunAs, RunAsError};
+
 /// Lower-case hex of `bytes` (key ids, file names, signatures).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -72,6 +72,8 @@ pub(crate) struct Scan {
     pub(crate) timeout_secs: i64,
     /// Keep rejected uploads, sealed, for operators.
     pub(crate) quarantine: bool,
+    /// Account the command runs as when the server is root; "" = root.
+    pub(crate) run_as: String,
 }
 
 /// `[hooks]`
@@ -90,6 +92,8 @@ pub(crate) struct Hooks {
     pub(crate) retries: i64,
     /// Limit for one delivery attempt.
     pub(crate) timeout_secs: i64,
+    /// Account the command runs as when the server is root; "" = root.
+    pub(crate) run_as: String,
 }
 
 impl Default for Scan {
@@ -100,6 +104,7 @@ impl Default for Scan {
             on_error: "reject".into(),
             timeout_secs: 60,
             quarantine: false,
+            run_as: "nobody".into(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl Default for Hooks {
             queue_size: 1024,
             retries: 3,
             timeout_secs: 10,
+            run_as: "nobody".into(),
         }
     }
 }
@@ -199,6 +205,8 @@ pub(crate) struct Kms {
     pub(crate) transit_secret_id_file: String,
     /// CA certificate (PEM) for an https:// address.
     pub(crate) transit_ca_cert: String,
+    /// Allow an http:// address that is not loopback.
+    pub(crate) transit_allow_http: bool,
     /// Limit for one request to the key service, in seconds.
     pub(crate) transit_timeout_secs: i64,
     /// How long the transit key's version numbers are cached, in seconds.
@@ -317,6 +325,7 @@ impl Default for Kms {
             transit_role_id: String::new(),
             transit_secret_id_file: String::new(),
             transit_ca_cert: String::new(),
+            transit_allow_http: false,
             transit_timeout_secs: 10,
             transit_version_cache_secs: 30,
             recovery_public_key: String::new(),
@@ -346,6 +355,12 @@ fn invalid(origin: impl Into<String>, message: impl ToString) -> ConfigError {
         origin: origin.into(),
         message: message.to_string(),
     }
+}
+
+/// A `run_as` setting resolved to an account (only when the server is
+/// root; see [`dropvault_core::RunAs::resolve`]).
+fn run_as(key: &str, name: &str) -> Result<Option<dropvault_core::RunAs>, ConfigError> {
+    dropvault_core::RunAs::resolve(name).map_err(|e| invalid(key, e))
 }
 
 impl Config {
@@ -476,7 +491,7 @@ impl Config {
         if !(1..=3600).contains(&self.hooks.timeout_secs) {
             return Err(invalid("hooks.timeout_secs", "must be 1 to 3600"));
         }
-        self.hook_settings()
+        self.hook_settings()?
             .check()
             .map_err(|e| invalid("hooks", e))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -509,14 +524,17 @@ impl Config {
                 u64::try_from(self.scan.timeout_secs).unwrap_or(60),
             ),
             quarantine: self.scan.quarantine,
+            run_as: run_as("scan.run_as", &self.scan.run_as)?,
         };
         settings.check().map_err(|e| invalid("scan", e))?;
         Ok(settings)
     }
 
     /// The event hook settings.
-    pub(crate) fn hook_settings(&self) -> dropvault_core::events::HookSettings {
-        dropvault_core::events::HookSettings {
+    pub(crate) fn hook_settings(
+        &self,
+    ) -> Result<dropvault_core::events::HookSettings, ConfigError> {
+        Ok(dropvault_core::events::HookSettings {
             webhook_url: Some(self.hooks.webhook_url.clone()).filter(|u| !u.is_empty()),
             webhook_secret: Some(self.hooks.webhook_secret.expose())
                 .filter(|k| !k.is_empty())
@@ -527,7 +545,8 @@ impl Config {
             timeout: std::time::Duration::from_secs(
                 u64::try_from(self.hooks.timeout_secs).unwrap_or(10),
             ),
-        }
+            run_as: run_as("hooks.run_as", &self.hooks.run_as)?,
+        })
     }
 
     /// A path setting resolved against `data_dir`.

@@ -2,6 +2,7 @@
 //! runs — the server, and user management for the `file` account backend.
 
 mod config;
+mod logging;
 mod ops;
 mod progress;
 
@@ -186,6 +187,9 @@ enum UserAction {
 }
 
 fn main() -> ExitCode {
+    // Before any secret is read: no core file, no ptrace or
+    // /proc/<pid>/{environ,mem} for other processes of the same user.
+    let hardened = no_dumps();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -194,7 +198,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    logging::init(&config.log.format);
+    if let Err(e) = hardened {
+        tracing::warn!(error = %e, "cannot disable core dumps; a crash may write memory (keys) to disk");
+    }
     let result = match cli.command {
         Command::Serve => serve(config).map(|()| true),
         Command::User { action } => user(&config, action).map(|()| true),
@@ -230,17 +237,12 @@ fn main() -> ExitCode {
 
 pub(crate) type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+/// No core dumps (RLIMIT_CORE 0) and not dumpable (PR_SET_DUMPABLE 0),
+/// which also makes /proc/<pid>/{environ,mem,fd} root's and refuses ptrace
+/// to the server's own user, e.g. to a hook running as that user.
+fn no_dumps() -> nix::Result<()> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)
 }
 
 fn data_dir(config: &Config) -> Result<(), AnyError> {
@@ -328,6 +330,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
         "key provider ready"
     );
     let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
+    hook_accounts(&config);
     if scanner.is_some() {
         tracing::info!(clamd = %config.scan.clamd, command = ?config.scan.command,
             on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
@@ -335,7 +338,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
     }
     let vault = Arc::new(Vault::create(config.path(&config.storage.root))?.with_scanner(scanner));
     let events = Arc::new(dropvault_core::events::Hooks::start(
-        config.hook_settings(),
+        config.hook_settings()?,
     )?);
     let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
         "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
@@ -425,6 +428,36 @@ fn serve(config: Config) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// Says who the configured hook commands run as. `run_as` applies only to
+/// a server running as root; otherwise they run as the server's own user,
+/// a warning if `run_as` names another account than the default.
+fn hook_accounts(config: &Config) {
+    let root = nix::unistd::geteuid().is_root();
+    for (key, command, run_as) in [
+        ("scan.run_as", &config.scan.command, &config.scan.run_as),
+        ("hooks.run_as", &config.hooks.command, &config.hooks.run_as),
+    ] {
+        if command.is_empty() {
+            continue;
+        }
+        let own = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+        match (root, run_as.as_str()) {
+            (true, "") => tracing::warn!(
+                setting = key,
+                "hook commands run as root: set an unprivileged account"
+            ),
+            (true, name) => tracing::info!(setting = key, user = name, "hook commands run as"),
+            (false, "" | "nobody") => tracing::info!(setting = key, user = %own,
+                "hook commands run as the server's own user (run_as applies only to root)"),
+            (false, name) => tracing::warn!(setting = key, run_as = name, user = %own,
+                "not root: cannot switch users; hook commands run as the server's own user"),
+        }
+    }
+}
+
 /// The certificate and key the configuration names, or the self-signed
 /// pair in the data folder.
 fn cert_files(config: &Config) -> dropvault_ftp::tls::CertFiles {
@@ -466,30 +499,29 @@ const FILES_PER_SESSION: u64 = 4;
 /// on most systems) runs out long before `max_sessions`, and warns when
 /// even the hard limit is too low for them.
 fn raise_open_file_limit(max_sessions: usize) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let raised = Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(error = %e, "could not raise the open-file limit");
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "could not raise the open-file limit");
+            }
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
-    let have = getrlimit(Resource::Nofile).current;
     let need = (max_sessions as u64)
         .saturating_mul(FILES_PER_SESSION)
         .saturating_add(64);
-    match have {
-        Some(have) if have < need => tracing::warn!(
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((have, _)) if have < need => tracing::warn!(
             open_files = have,
             needed = need,
             max_sessions,
             "the open-file limit is too low for ftp.max_sessions: raise it (LimitNOFILE= in \
              systemd, ulimit -Hn) or lower max_sessions"
         ),
-        _ => tracing::debug!(open_files = ?have, "open-file limit"),
+        Ok((have, _)) => tracing::debug!(open_files = have, "open-file limit"),
+        Err(_) => {}
     }
 }
 

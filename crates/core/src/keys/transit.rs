@@ -51,6 +51,9 @@ pub struct TransitConfig {
     pub auth: TransitAuth,
     /// PEM file of the CA that signed the service's certificate.
     pub ca_cert: Option<PathBuf>,
+    /// Allow an `http://` address that is not loopback (the token and
+    /// the data keys then cross the network in the clear).
+    pub allow_http: bool,
     /// Limit for one request, connect to last byte.
     pub timeout: Duration,
     /// How long the key's version numbers are trusted before the service
@@ -143,6 +146,12 @@ impl TransitProvider {
         let https = address.starts_with("https://");
         if !https && !address.starts_with("http://") {
             return Err(bad("transit_address must start with http:// or https://"));
+        }
+        if !https && !config.allow_http && !loopback(&address) {
+            return Err(bad(
+                "transit_address: http:// only to a loopback address (127.0.0.1, ::1, \
+                 localhost); use https://, or set kms.transit_allow_http = true",
+            ));
         }
         let mount = config.mount.trim_matches('/').to_owned();
         let safe = |s: &str| {
@@ -548,6 +557,22 @@ impl TransitProvider {
     }
 }
 
+/// Whether the host of URL `address` is a loopback address or
+/// `localhost`.
+fn loopback(address: &str) -> bool {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn user_binding(user: &str) -> digest::Digest {
     digest::digest(&digest::SHA256, &binding_label("data key", user))
 }
@@ -623,6 +648,49 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let config = |address: &str, allow_http: bool| TransitConfig {
+            address: address.into(),
+            mount: "transit".into(),
+            key: "k".into(),
+            key_version: 0,
+            auth: TransitAuth::Token(Zeroizing::new("t".into())),
+            ca_cert: None,
+            allow_http,
+            timeout: Duration::from_secs(1),
+            version_cache: Duration::from_secs(30),
+        };
+        for local in [
+            "http://127.0.0.1:8200",
+            "http://127.9.9.9",
+            "http://[::1]:8200/",
+            "http://LOCALHOST:8200",
+            "http://u@localhost",
+        ] {
+            assert!(
+                TransitProvider::new(config(local, false)).is_ok(),
+                "{local}"
+            );
+        }
+        for remote in [
+            "http://10.0.0.5:8200",
+            "http://bao.example:8200",
+            "http://127.0.0.1.example",
+            "http://localhost@10.0.0.5",
+            "http://[::2]:8200",
+        ] {
+            match TransitProvider::new(config(remote, false)) {
+                Err(KeyError::BadConfig(m)) => assert!(m.contains("transit_allow_http"), "{m}"),
+                other => panic!("{remote}: expected BadConfig, got {other:?}"),
+            }
+            assert!(
+                TransitProvider::new(config(remote, true)).is_ok(),
+                "{remote}"
+            );
+        }
+    }
+
+    #[test]
     fn settings_are_checked_and_the_token_never_printed() {
         let config = |address: &str, mount: &str, key: &str| TransitConfig {
             address: address.into(),
@@ -631,6 +699,7 @@ mod tests {
             key_version: 0,
             auth: TransitAuth::Token(Zeroizing::new("s.secret-token".into())),
             ca_cert: None,
+            allow_http: false,
             timeout: Duration::from_secs(1),
             version_cache: Duration::from_secs(30),
         };

@@ -1,10 +1,14 @@
 //! A command as a scanner (YARA, DLP, anything): it gets the upload's
 //! plaintext on standard input as it streams, and a JSON description of the
 //! upload in the environment variable `DROPVAULT_EVENT`. Exit status 0
-//! accepts; anything else rejects, with the first line of its standard
-//! error as the finding. A hook that stops reading early has decided: the
-//! rest is not sent. Every wait is bounded by the scan timeout, and a hook
-//! that overstays it is killed.
+//! accepts; anything else rejects. The finding the client is told is the
+//! first line of its standard error if that is a short name (letters,
+//! digits, `. _ - : / +`, up to [`MAX_FINDING`]), else a generic one; the
+//! whole standard error goes to the log only. A hook that stops reading
+//! early has decided: the rest is not sent. Every wait is bounded by the
+//! scan timeout, and a hook that overstays it is killed. It runs as
+//! `scan.run_as`, in `/`, without the server's environment (see
+//! `hookproc`).
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -21,10 +25,14 @@ use super::Verdict;
 /// Standard error kept from a hook.
 const MAX_STDERR: u64 = 64 * 1024;
 /// Longest finding taken from the first line of standard error.
-const MAX_FINDING: usize = 200;
+const MAX_FINDING: usize = 100;
+/// Most characters of a hook's standard error written to the log.
+const MAX_LOGGED_STDERR: usize = 4096;
 
 pub(super) struct Job {
     program: String,
+    user: String,
+    path: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     stderr: Option<mpsc::Receiver<Vec<u8>>>,
@@ -33,10 +41,14 @@ pub(super) struct Job {
 }
 
 impl Job {
-    pub(super) fn start(argv: &[String], user: &str, path: &str, timeout: Duration) -> Self {
+    pub(super) fn start(settings: &super::ScanSettings, user: &str, path: &str) -> Self {
+        let argv = &settings.command;
+        let timeout = settings.timeout;
         let program = argv.first().cloned().unwrap_or_default();
         let mut job = Self {
             program: program.clone(),
+            user: user.to_owned(),
+            path: path.to_owned(),
             child: None,
             stdin: None,
             stderr: None,
@@ -44,7 +56,7 @@ impl Job {
             failed: None,
         };
         let event = serde_json::json!({ "event": "upload_scan", "user": user, "path": path });
-        let spawned = crate::hookproc::hook_command(argv)
+        let spawned = crate::hookproc::hook_command(argv, settings.run_as.as_ref())
             .env("DROPVAULT_EVENT", event.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -144,6 +156,12 @@ impl Job {
             .take()
             .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
             .unwrap_or_default();
+        let text = String::from_utf8_lossy(&stderr);
+        if !text.trim().is_empty() {
+            let logged: String = text.chars().take(MAX_LOGGED_STDERR).collect();
+            tracing::info!(event = "scan_hook_stderr", user = %self.user, path = %self.path,
+                program = %self.program, stderr = %logged.trim_end());
+        }
         match status {
             Err(reason) => Verdict::Failed { reason },
             // A hook that timed out reading its input but then accepted
@@ -152,16 +170,28 @@ impl Job {
                 Some(reason) => Verdict::Failed { reason },
                 None => Verdict::Clean,
             },
-            Ok(s) => {
-                let text = String::from_utf8_lossy(&stderr);
-                let line = text.lines().map(str::trim).find(|l| !l.is_empty());
-                let finding = match line {
-                    Some(l) => l.chars().take(MAX_FINDING).collect(),
-                    None => format!("rejected by {} ({s})", self.program),
-                };
-                Verdict::Rejected { finding }
-            }
+            Ok(_) => Verdict::Rejected {
+                finding: finding_name(&text),
+            },
         }
+    }
+}
+
+/// What the client is told a hook found: the first non-empty line of its
+/// standard error if it is a short name, else "scan-command-rejected".
+/// Anything longer or freer (a sentence, a file's content, a path with
+/// spaces) could carry what the client must not see.
+fn finding_name(stderr: &str) -> String {
+    let line = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+    match line {
+        Some(l)
+            if l.len() <= MAX_FINDING
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-:/+".contains(&b)) =>
+        {
+            l.to_owned()
+        }
+        _ => "scan-command-rejected".to_owned(),
     }
 }
 
@@ -171,6 +201,29 @@ impl Drop for Job {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finding_name;
+
+    #[test]
+    fn only_a_short_name_becomes_the_finding() {
+        assert_eq!(
+            finding_name("\n  Policy.Secret-Token:v2 \ndetail"),
+            "Policy.Secret-Token:v2"
+        );
+        for free in [
+            "",
+            "DLP: secret token found",
+            "x peer=10.0.0.9:1",
+            "tab\there",
+            "caf\u{e9}",
+            &"A".repeat(101),
+        ] {
+            assert_eq!(finding_name(free), "scan-command-rejected", "{free:?}");
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct ScanSettings {
     pub timeout: Duration,
     /// Keep rejected uploads, sealed, in the quarantine folder.
     pub quarantine: bool,
+    /// The account the command runs as (`None`: the server's own).
+    pub run_as: Option<crate::RunAs>,
 }
 
 impl ScanSettings {
@@ -81,7 +83,8 @@ pub enum Verdict {
     /// Every scanner found it clean.
     Clean,
     /// A scanner found something: what (clamd's signature name, or the
-    /// command's first line of standard error).
+    /// command's first line of standard error when that is a short name,
+    /// else a generic one).
     Rejected {
         /// The finding.
         finding: String,
@@ -166,8 +169,8 @@ fn scan_worker(
         .clamd
         .as_ref()
         .map(|addr| clamd::Job::start(addr, settings.timeout));
-    let mut command = (!settings.command.is_empty())
-        .then(|| command::Job::start(&settings.command, user, path, settings.timeout));
+    let mut command =
+        (!settings.command.is_empty()).then(|| command::Job::start(settings, user, path));
     for feed in rx {
         match feed {
             Feed::Data(mut data) => {
@@ -303,6 +306,7 @@ mod tests {
             on_error: OnError::Reject,
             timeout: Duration::from_secs(1),
             quarantine: false,
+            run_as: None,
         };
         assert!(Scanner::new(settings).expect("ok").is_none());
     }
