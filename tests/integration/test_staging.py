@@ -53,7 +53,7 @@ def test_two_sessions_racing_on_one_path_never_leave_a_bad_file(dropvault, tmp_p
     server = dropvault(scan_command=json.dumps([str(hook)]))
     goods = [payload(150_000 + 4099 * i) for i in range(5)]
     bad = payload(170_000) + b"REJECT-THIS-UPLOAD"
-    rounds = 40
+    rounds = 100
     problems: list[str] = []
     outcomes = {"good": 0, "rejected": 0, "busy": 0}
     done = threading.Event()
