@@ -21,18 +21,47 @@ struct Fixture {
     dir: tempfile::TempDir,
     vault: Vault,
     user: UserVault,
+    key: Arc<dropvault_core::keys::UserKey>,
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|v| v)
+}
+
+/// A fixture whose vault `setup` configured.
+fn fixture_with(setup: impl FnOnce(Vault) -> Vault) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = Keyring::new(
         kek(),
         KeyFileStore::open(dir.path().join("keys")).expect("keys"),
     );
-    let vault = Vault::create(dir.path().join("files")).expect("vault");
+    let vault = setup(Vault::create(dir.path().join("files")).expect("vault"));
     let key = ring.unlock("alice").expect("key");
-    let user = vault.for_user(key).expect("user vault");
-    Fixture { dir, vault, user }
+    let user = vault.for_user(key.clone()).expect("user vault");
+    Fixture {
+        dir,
+        vault,
+        user,
+        key,
+    }
+}
+
+impl Fixture {
+    fn staging_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("files").join(".staging")
+    }
+
+    /// The files in the staging folder.
+    fn staged(&self) -> Vec<std::path::PathBuf> {
+        walk(&self.staging_dir())
+    }
+}
+
+/// Drops `up` and waits until its worker has let go of its staging file.
+async fn abandon(mut up: dropvault_core::vault::Upload) {
+    let exited = up.exit_signal();
+    drop(up);
+    exited.wait().await;
 }
 
 fn p(s: &str) -> VPath {
@@ -634,4 +663,207 @@ async fn an_empty_staging_file_is_no_resume_point() {
         f.user.size(&p("/nothing")).await,
         Err(VaultError::NotFound)
     ));
+}
+
+/// A command scanner that rejects uploads holding `BAD-BYTES`.
+fn rejecting_scanner(quarantine: bool) -> Option<Arc<dropvault_core::scan::Scanner>> {
+    let settings = dropvault_core::scan::ScanSettings {
+        clamd: None,
+        command: [
+            "sh",
+            "-c",
+            "if grep -q BAD-BYTES; then echo bad bytes >&2; exit 3; fi",
+        ]
+        .map(String::from)
+        .to_vec(),
+        on_error: dropvault_core::scan::OnError::Reject,
+        timeout: std::time::Duration::from_secs(30),
+        quarantine,
+    };
+    dropvault_core::scan::Scanner::new(settings)
+        .expect("scanner")
+        .map(Arc::new)
+}
+
+/// Moves the upload's staging file aside and puts another file under its
+/// name, as if something else had taken the name meanwhile. Returns the
+/// staging name.
+fn swap_staging_file(f: &Fixture) -> std::path::PathBuf {
+    let staged = f.staged();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    let name = staged[0].clone();
+    std::fs::rename(&name, f.staging_dir().join("moved-aside")).expect("move aside");
+    std::fs::write(&name, b"IMPOSTOR").expect("impostor");
+    name
+}
+
+/// Commit, reject and quarantine act on the staging file the upload holds,
+/// never on whatever its name names when they run.
+#[tokio::test]
+async fn commit_reject_and_quarantine_act_on_the_file_the_upload_holds() {
+    let f = fixture_with(|v| v.with_scanner(rejecting_scanner(true)));
+    let good = content(300_000);
+    let mut up = f
+        .user
+        .upload(&p("/ok.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(&good).await.expect("write");
+    up.flush().await.expect("flush");
+    let name = swap_staging_file(&f);
+    assert_eq!(up.commit().await.expect("commit"), good.len() as u64);
+    assert!(get(&f.user, "/ok.bin", 0).await == good);
+    assert_eq!(std::fs::read(&name).expect("impostor stays"), b"IMPOSTOR");
+    for leftover in f.staged() {
+        std::fs::remove_file(leftover).expect("rm");
+    }
+
+    let mut bad = content(300_000);
+    bad.extend_from_slice(b"BAD-BYTES");
+    let mut up = f
+        .user
+        .upload(&p("/bad.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(&bad).await.expect("write");
+    up.flush().await.expect("flush");
+    let name = swap_staging_file(&f);
+    assert!(matches!(
+        up.commit().await,
+        Err(VaultError::Rejected { .. })
+    ));
+    assert_eq!(std::fs::read(&name).expect("impostor stays"), b"IMPOSTOR");
+    // What went to quarantine is the rejected upload, sealed.
+    let q = f.vault.quarantine_list().expect("quarantine");
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].size, bad.len() as u64);
+    assert!(f.user.list(&p("/")).await.expect("ls").len() == 1);
+    assert_no_plaintext(f.dir.path());
+}
+
+/// APPE's re-seal of the committed file is the upload's worker's job, after
+/// `upload` returned (a front end has answered by then); dropped before any
+/// new byte came, the upload leaves no copy in staging.
+#[tokio::test]
+async fn an_append_reseals_after_the_upload_started_and_leaves_no_copy_when_dropped() {
+    let f = fixture();
+    let data = content(3 * 1024 * 1024 + 5);
+    put(&f.user, "/a.bin", &data).await;
+    let up = f
+        .user
+        .upload(&p("/a.bin"), UploadMode::Append)
+        .await
+        .expect("append");
+    assert_eq!(up.start_offset(), data.len() as u64);
+    abandon(up).await;
+    assert_eq!(f.staged(), Vec::<std::path::PathBuf>::new());
+
+    // A committed file damaged in its middle: the append starts (the
+    // check of the header and length is quick), and the damage shows when
+    // the re-seal reaches it; nothing stays in staging.
+    let stored = f.dir.path().join("files").join("alice").join("a.bin");
+    let mut sealed = std::fs::read(&stored).expect("read");
+    let middle = sealed.len() / 2;
+    sealed[middle] ^= 1;
+    std::fs::write(&stored, &sealed).expect("damage");
+    let mut up = f
+        .user
+        .upload(&p("/a.bin"), UploadMode::Append)
+        .await
+        .expect("an append starts before its re-seal");
+    let _ = up.write_all(b"more").await;
+    assert!(matches!(up.commit().await, Err(VaultError::Format(_))));
+    assert_eq!(f.staged(), Vec::<std::path::PathBuf>::new());
+}
+
+/// A resume with no byte after the end of an unfinished upload has no last
+/// segment to seal as final: refused, and the unfinished upload stays
+/// resumable (it used to commit a file of an invalid length).
+#[tokio::test]
+async fn a_resume_with_no_new_bytes_is_refused_and_the_upload_stays_resumable() {
+    let f = fixture();
+    let data = content(5 * 65_536 + 999);
+    let mut up = f
+        .user
+        .upload(&p("/r.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(&data[..3 * 65_536 + 10]).await.expect("write");
+    up.flush().await.expect("flush");
+    abandon(up).await;
+    let at = f.user.size(&p("/r.bin")).await.expect("resume point");
+    assert_eq!(at, 3 * 65_536);
+    for mode in [UploadMode::Resume(at), UploadMode::Append] {
+        let up = f.user.upload(&p("/r.bin"), mode).await.expect("resume");
+        assert!(
+            matches!(up.commit().await, Err(VaultError::EmptyResume { offset }) if offset == at),
+            "{mode:?}"
+        );
+        assert!(f.user.list(&p("/")).await.expect("ls").is_empty());
+        assert_eq!(
+            f.user.size(&p("/r.bin")).await.expect("still resumable"),
+            at
+        );
+    }
+    let mut up = upload_when_free(&f.user, "/r.bin", UploadMode::Resume(at))
+        .await
+        .expect("resume");
+    up.write_all(&data[at as usize..]).await.expect("write");
+    assert_eq!(up.commit().await.expect("commit"), data.len() as u64);
+    assert!(get(&f.user, "/r.bin", 0).await == data);
+}
+
+/// `max_staging_bytes_per_user`: one user's staging files together stay
+/// under the bound; an upload that would pass it fails and leaves nothing.
+#[tokio::test]
+async fn staging_bytes_are_bounded_per_user() {
+    const LIMIT: u64 = 1024 * 1024;
+    let f = fixture_with(|v| v.with_staging_limit(Some(LIMIT)));
+    // Too large by itself: refused on the way, nothing stays.
+    let mut up = f
+        .user
+        .upload(&p("/big.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    let _ = up.write_all(&content(3 * 1024 * 1024)).await;
+    assert!(matches!(
+        up.commit().await,
+        Err(VaultError::StagingFull { limit: LIMIT })
+    ));
+    assert!(f.staged().is_empty() && f.user.list(&p("/")).await.expect("ls").is_empty());
+    // An interrupted upload's staging file counts against later uploads.
+    let mut up = f
+        .user
+        .upload(&p("/part.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(&content(600_000)).await.expect("write");
+    up.flush().await.expect("flush");
+    abandon(up).await;
+    let mut up = f
+        .user
+        .upload(&p("/second.bin"), UploadMode::Replace)
+        .await
+        .expect("upload");
+    let _ = up.write_all(&content(600_000)).await;
+    assert!(matches!(
+        up.commit().await,
+        Err(VaultError::StagingFull { .. })
+    ));
+    assert_eq!(f.staged().len(), 1, "the interrupted upload stays");
+    assert_eq!(put(&f.user, "/small.bin", &content(300_000)).await, 300_000);
+    // An append whose re-seal alone passes the bound is refused at once.
+    let other = fixture();
+    let data = content(2 * 1024 * 1024);
+    put(&other.user, "/two.bin", &data).await;
+    let bounded = Vault::create(other.dir.path().join("files"))
+        .expect("vault")
+        .with_staging_limit(Some(LIMIT));
+    let user = bounded.for_user(other.key.clone()).expect("user");
+    assert!(matches!(
+        user.upload(&p("/two.bin"), UploadMode::Append).await,
+        Err(VaultError::StagingFull { .. })
+    ));
+    assert!(other.staged().is_empty());
+    assert!(get(&user, "/two.bin", 0).await == data);
 }

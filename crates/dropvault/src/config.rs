@@ -250,6 +250,9 @@ pub(crate) struct Storage {
     pub(crate) root: String,
     /// Folder of users' wrapped key files.
     pub(crate) keys_dir: String,
+    /// Most bytes one user's unfinished uploads may take in staging, as a
+    /// size ("10GiB"); "0" = no bound.
+    pub(crate) max_staging_bytes_per_user: String,
 }
 
 /// `[log]`
@@ -338,6 +341,7 @@ impl Default for Storage {
         Self {
             root: "files".into(),
             keys_dir: "keys".into(),
+            max_staging_bytes_per_user: "10GiB".into(),
         }
     }
 }
@@ -348,6 +352,36 @@ impl Default for Log {
             format: "text".into(),
         }
     }
+}
+
+/// A size setting in bytes: a whole number, alone (bytes) or followed by
+/// one of the units B, KiB, MiB, GiB, TiB (powers of 1024; a space before
+/// the unit is allowed). Decimal units (KB, MB …) and fractions are refused
+/// rather than guessed at.
+fn parse_size(text: &str) -> Result<u64, String> {
+    const UNITS: [(&str, u32); 5] = [("B", 0), ("KiB", 10), ("MiB", 20), ("GiB", 30), ("TiB", 40)];
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let unit = unit.trim_start();
+    let wrong = || {
+        format!("\"{text}\" is not a size: use a whole number of bytes, or one followed by B, KiB, MiB, GiB or TiB (e.g. \"10GiB\")")
+    };
+    let number: u64 = number.parse().map_err(|_| wrong())?;
+    let shift = if unit.is_empty() {
+        0
+    } else {
+        UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|&(_, shift)| shift)
+            .ok_or_else(wrong)?
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("\"{text}\" is too large"))
 }
 
 fn invalid(origin: impl Into<String>, message: impl ToString) -> ConfigError {
@@ -481,6 +515,7 @@ impl Config {
             }
             _ => return Err(invalid("kms.provider", "must be \"local\" or \"transit\"")),
         }
+        self.max_staging_bytes()?;
         self.scan_settings()?;
         if !(1..=1_000_000).contains(&self.hooks.queue_size) {
             return Err(invalid("hooks.queue_size", "must be 1 to 1000000"));
@@ -498,6 +533,14 @@ impl Config {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
         Ok(())
+    }
+
+    /// `storage.max_staging_bytes_per_user` in bytes; `None` for "0" (no
+    /// bound).
+    pub(crate) fn max_staging_bytes(&self) -> Result<Option<u64>, ConfigError> {
+        let bytes = parse_size(&self.storage.max_staging_bytes_per_user)
+            .map_err(|e| invalid("storage.max_staging_bytes_per_user", e))?;
+        Ok(Some(bytes).filter(|&b| b > 0))
     }
 
     /// The scanner settings, checked.
@@ -730,6 +773,45 @@ mod tests {
         assert_eq!(c.ftp.idle_timeout_secs, 60);
         assert_eq!(c.log.format, "json");
         assert_eq!(c.path("users.toml"), PathBuf::from("/srv/dv/users.toml"));
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units_and_0_is_no_bound() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("1234", 1234),
+            ("17B", 17),
+            ("1KiB", 1024),
+            ("500MiB", 500 << 20),
+            ("10GiB", 10 << 30),
+            (" 2 TiB ", 2 << 40),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for text in [
+            "",
+            "GiB",
+            "10GB",
+            "10gib",
+            "1.5GiB",
+            "-1",
+            "10 GiB x",
+            "99999999TiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text}");
+        }
+        let limit = |v: &str| {
+            Config::load(
+                None,
+                env(&[("DROPVAULT_STORAGE_MAX_STAGING_BYTES_PER_USER", v)]),
+            )
+            .map(|c| c.max_staging_bytes().expect("checked"))
+        };
+        assert_eq!(limit("10GiB").expect("loads"), Some(10 << 30));
+        assert_eq!(limit("0").expect("loads"), None);
+        assert!(limit("ten").is_err());
+        let d = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(d.max_staging_bytes().expect("default"), Some(10 << 30));
     }
 
     #[test]

@@ -336,7 +336,11 @@ fn serve(config: Config) -> Result<(), AnyError> {
             on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
             "uploads are scanned before they are committed");
     }
-    let vault = Arc::new(Vault::create(config.path(&config.storage.root))?.with_scanner(scanner));
+    let vault = Arc::new(
+        Vault::create(config.path(&config.storage.root))?
+            .with_scanner(scanner)
+            .with_staging_limit(config.max_staging_bytes()?),
+    );
     let events = Arc::new(dropvault_core::events::Hooks::start(
         config.hook_settings()?,
     )?);

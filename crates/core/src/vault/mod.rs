@@ -14,6 +14,7 @@ mod direct;
 mod download;
 mod offline;
 mod path;
+mod quota;
 mod upload;
 
 use std::fs::{self, OpenOptions};
@@ -37,6 +38,7 @@ pub use upload::{Upload, UploadExited};
 use crate::hex;
 use crate::keys::UserKey;
 use crate::scan::Scanner;
+use quota::StagingQuota;
 
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
@@ -107,6 +109,22 @@ pub enum VaultError {
         /// Why.
         reason: String,
     },
+    /// The upload would take the user's staging files (unfinished uploads,
+    /// re-sealed copies) past `storage.max_staging_bytes_per_user`; it
+    /// was refused and left nothing in staging.
+    #[error("staging would exceed the user's bound of {limit} bytes")]
+    StagingFull {
+        /// The bound, in bytes.
+        limit: u64,
+    },
+    /// A resumed upload that continued an unfinished one ended without a
+    /// byte of its own: there is no last segment to seal as final, so it
+    /// is not committed (the unfinished upload stays for a real resume).
+    #[error("nothing received after the resume point {offset}")]
+    EmptyResume {
+        /// Where the upload resumed.
+        offset: u64,
+    },
 }
 
 fn map_io(e: io::Error) -> VaultError {
@@ -140,6 +158,7 @@ pub struct Vault {
     staging: PathBuf,
     quarantine: PathBuf,
     scanner: Option<Arc<Scanner>>,
+    quota: Arc<StagingQuota>,
 }
 
 impl Vault {
@@ -153,6 +172,7 @@ impl Vault {
             quarantine: root.join(QUARANTINE),
             root,
             scanner: None,
+            quota: Arc::new(StagingQuota::new(None)),
         }
     }
 
@@ -176,6 +196,14 @@ impl Vault {
         self
     }
 
+    /// Bounds each user's staging bytes (unfinished uploads and re-sealed
+    /// copies together) to `limit`; `None` = no bound. Uploads that would
+    /// go past it fail with [`VaultError::StagingFull`].
+    pub fn with_staging_limit(mut self, limit: Option<u64>) -> Self {
+        self.quota = Arc::new(StagingQuota::new(limit));
+        self
+    }
+
     /// Removes staging files (interrupted uploads) untouched for longer
     /// than `ttl`, except those an upload holds right now; returns how many
     /// went. The server runs this at start and then periodically.
@@ -194,11 +222,17 @@ impl Vault {
             if !old {
                 continue;
             }
-            // An upload in progress holds its staging file's lock.
-            let Ok(file) = open_nofollow(&entry.path()) else {
+            // An upload in progress holds its staging file's lock; and
+            // what is removed is the file locked, still under that name
+            // (an upload may have put another file there meanwhile).
+            let path = entry.path();
+            let Ok(file) = open_nofollow(&path) else {
                 continue;
             };
-            if file.try_lock().is_ok() && fs::remove_file(entry.path()).is_ok() {
+            if file.try_lock().is_ok()
+                && crate::fsutil::names(&path, &file).unwrap_or(false)
+                && fs::remove_file(&path).is_ok()
+            {
                 removed += 1;
             }
         }
@@ -239,6 +273,7 @@ impl Vault {
                 staging: self.staging.clone(),
                 quarantine: self.quarantine.clone(),
                 scanner: self.scanner.clone(),
+                quota: self.quota.clone(),
                 key,
             }),
         })
@@ -290,6 +325,7 @@ struct Inner {
     staging: PathBuf,
     quarantine: PathBuf,
     scanner: Option<Arc<Scanner>>,
+    quota: Arc<StagingQuota>,
     key: Arc<UserKey>,
 }
 
@@ -394,6 +430,10 @@ impl UserVault {
     /// Resuming follows docs/FORMAT.md section 6: continue the staging file
     /// when the client resumes exactly where it ends, otherwise re-encrypt
     /// the kept prefix of the committed file under a fresh salt.
+    ///
+    /// Only the checks happen here (quickly: a front end answers once this
+    /// returns); a re-seal of kept data is the upload's worker's first job,
+    /// which stops early if the upload is dropped meanwhile.
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
         let staging = self.staging_path(p);
         let (me, p) = (self.clone(), p.clone());
@@ -401,22 +441,22 @@ impl UserVault {
             scanner,
             user: self.user().to_owned(),
             path: p.to_string(),
-            key: self.inner.key.clone(),
             quarantine: self.inner.quarantine.clone(),
             prefix: staging_prefix(self.user()),
         });
-        let (writer, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
-        Ok(Upload::start(writer, target, plan))
+        let (begin, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
+        Ok(Upload::start(begin, target, plan))
     }
 
-    /// The blocking part of [`UserVault::upload`]: lock the staging file and
-    /// decide where sealing starts.
+    /// The blocking part of [`UserVault::upload`]: lock the staging file,
+    /// decide where sealing starts, and charge the staging bytes it takes.
     fn open_upload(
         &self,
         p: &VPath,
         mode: UploadMode,
         staging: PathBuf,
-    ) -> Result<(Sealer, upload::Target), VaultError> {
+    ) -> Result<(upload::Begin, upload::Target), VaultError> {
+        use upload::{Begin, Source};
         let target = self.real(p)?;
         if p.is_root() {
             return Err(VaultError::IsADirectory);
@@ -431,8 +471,21 @@ impl UserVault {
             return Err(VaultError::AlreadyExists);
         }
         // One upload per path at a time, across sessions and processes.
-        let mut lock = lock_staging(&staging)?;
+        let lock = lock_staging(&staging)?;
         let staged_len = lock.metadata()?.len();
+        let refused = |e: VaultError| {
+            // An empty staging file is no upload's: it goes with the refusal.
+            if staged_len == 0 && crate::fsutil::names(&staging, &lock).unwrap_or(false) {
+                let _ = fs::remove_file(&staging);
+            }
+            e
+        };
+        let mut charge = self.inner.quota.enter(
+            self.user(),
+            &self.inner.staging,
+            &format!("{}-", staging_prefix(self.user())),
+            staged_len,
+        );
         // Plaintext in the whole segments an interrupted upload left.
         let staged = whole_segments(staged_len) * SEGMENT_LEN as u64;
         let key = self.inner.key.data_key();
@@ -444,47 +497,88 @@ impl UserVault {
             let writer = EncryptingWriter::resume(lock.try_clone().ok()?, key).ok()?;
             direct(writer, staged_len).ok()
         };
-        let writer = match mode {
+        // The committed file, opened now: a re-seal reads what was there
+        // when the client asked, and a damaged one is refused at once.
+        let open_committed = |len: Option<u64>| -> Result<Begin, VaultError> {
+            let old = DecryptingReader::new(open_nofollow(&target).map_err(map_io)?, key)?;
+            let size = old.plaintext_len();
+            let len = len.unwrap_or(size);
+            if len > size {
+                return Err(VaultError::BadRestOffset {
+                    requested: len,
+                    available: size,
+                });
+            }
+            Ok(Begin::Reseal {
+                from: Source::Committed(Box::new(old)),
+                len,
+            })
+        };
+        let reseal_staged = |len| Begin::Reseal {
+            from: Source::Staging,
+            len,
+        };
+        let continued = |writer| Begin::Ready {
+            writer: Box::new(writer),
+            continued: true,
+        };
+        let begin = match mode {
             UploadMode::Resume(offset) if offset > 0 => match resumable() {
-                Some(w) if w.plaintext_len() == offset => w,
+                Some(w) if w.plaintext_len() == offset => continued(w),
                 _ => match committed {
-                    Some(size) if size >= offset => reseal(&lock, &target, key, offset)?,
-                    None if staged >= offset => {
-                        let (w, new_lock) = reseal_staging(&lock, &staging, key, offset)?;
-                        lock = new_lock;
-                        w
+                    Some(size) if size >= offset => {
+                        open_committed(Some(offset)).map_err(refused)?
                     }
+                    None if staged >= offset => reseal_staged(offset),
                     other => {
-                        return Err(VaultError::BadRestOffset {
+                        return Err(refused(VaultError::BadRestOffset {
                             requested: offset,
                             available: other.unwrap_or(staged),
-                        });
+                        }));
                     }
                 },
             },
             UploadMode::Append => match committed {
-                Some(size) => reseal(&lock, &target, key, size)?,
+                Some(_) => open_committed(None).map_err(refused)?,
                 // No committed file: append to what an interrupted upload
                 // left (the size SIZE reported), if it can be continued.
                 None => match resumable() {
-                    Some(w) => w,
-                    None if staged > 0 => {
-                        let (w, new_lock) = reseal_staging(&lock, &staging, key, staged)?;
-                        lock = new_lock;
-                        w
-                    }
-                    None => fresh(&lock, key)?,
+                    Some(w) => continued(w),
+                    None if staged > 0 => reseal_staged(staged),
+                    None => Begin::Ready {
+                        writer: Box::new(fresh(&lock, key)?),
+                        continued: false,
+                    },
                 },
             },
-            UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => fresh(&lock, key)?,
+            UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => Begin::Ready {
+                writer: Box::new(fresh(&lock, key)?),
+                continued: false,
+            },
         };
+        // What the staging files will hold once the re-seal is done: the
+        // copy replaces the staging file's content, or (kept data of the
+        // staging file itself) sits next to it until it takes its place.
+        match &begin {
+            Begin::Ready { continued, .. } => {
+                charge.settle(if *continued { staged_len } else { 0 })
+            }
+            Begin::Reseal { from, len } => charge
+                .set(match from {
+                    Source::Committed(_) => sealed_len(*len),
+                    Source::Staging => staged_len.saturating_add(sealed_len(*len)),
+                })
+                .map_err(refused)?,
+        }
         Ok((
-            writer,
+            begin,
             upload::Target {
                 lock,
                 staging,
                 target,
                 replace: mode != UploadMode::Create,
+                key: self.inner.key.clone(),
+                charge,
             },
         ))
     }
@@ -618,19 +712,37 @@ fn fresh(staging: &fs::File, key: &dropvault_format::DataKey) -> Result<Sealer, 
     Ok(direct(writer, 0)?)
 }
 
-/// Starts a new staging file holding the first `len` plaintext bytes of the
-/// committed file at `target`, re-sealed under a fresh salt.
+/// Stored bytes of a sealed file of `len` plaintext bytes (an unfinished
+/// one holds at most that).
+fn sealed_len(len: u64) -> u64 {
+    dropvault_format::ciphertext_len(len).unwrap_or(u64::MAX)
+}
+
+/// What a re-seal returns when its upload was dropped before it was done.
+fn cancelled() -> VaultError {
+    VaultError::Io(io::Error::new(
+        ErrorKind::Interrupted,
+        "upload dropped during its re-seal",
+    ))
+}
+
+/// Starts a new sealed file in the staging file holding the first `len`
+/// plaintext bytes `old` reads (a committed file), under a fresh salt.
+/// Stops early once `stop` says so.
 fn reseal(
     staging: &fs::File,
-    target: &Path,
+    old: &mut DecryptingReader<fs::File>,
     key: &dropvault_format::DataKey,
     len: u64,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Sealer, VaultError> {
     let mut writer = fresh(staging, key)?;
-    let mut old = DecryptingReader::new(open_nofollow(target).map_err(map_io)?, key)?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
     let mut left = len;
     while left > 0 {
+        if stop() {
+            return Err(cancelled());
+        }
         let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let n = old.read(&mut buf[..want]).map_err(map_io)?;
         if n == 0 {
@@ -643,18 +755,30 @@ fn reseal(
 }
 
 /// Opens (creating, mode 0600, never through a link) and locks the staging
-/// file at `path`; `Busy` if another upload holds it.
+/// file at `path`; `Busy` if another upload holds it. The file locked is
+/// the one `path` names once locked: a file that was renamed away or
+/// removed between the open and the lock (a commit, a reject, a re-seal
+/// taking its place) is let go and `path` opened again. So whoever holds
+/// the lock of the file a staging name names is the only one who changes
+/// that name.
 fn lock_staging(path: &Path) -> Result<fs::File, VaultError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.try_lock().map_err(|_| VaultError::Busy)?;
-    Ok(file)
+    // Each retry means another upload changed the name meanwhile; a few in
+    // a row mean it is busy.
+    for _ in 0..4 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        file.try_lock().map_err(|_| VaultError::Busy)?;
+        if crate::fsutil::names(path, &file)? {
+            return Ok(file);
+        }
+    }
+    Err(VaultError::Busy)
 }
 
 /// Re-seals the first `len` plaintext bytes of the unfinished upload in
@@ -664,39 +788,55 @@ fn lock_staging(path: &Path) -> Result<fs::File, VaultError> {
 /// crash left ending inside a segment: that segment's counter may be on the
 /// disk already, so the upload cannot go on under the old salt
 /// (docs/FORMAT.md, section 6). Returns the writer and the new file (the
-/// lock).
+/// lock). Stopped early (by `stop`) or failed, it leaves `old` as it was.
 fn reseal_staging(
     old: &fs::File,
     staging: &Path,
     key: &dropvault_format::DataKey,
     len: u64,
+    stop: &dyn Fn() -> bool,
 ) -> Result<(Sealer, fs::File), VaultError> {
-    use std::os::unix::fs::FileExt;
-    let mut header = [0u8; HEADER_LEN];
-    old.read_exact_at(&mut header, 0)?;
-    let segments = len.div_ceil(SEGMENT_LEN as u64);
-    let dec = Decryptor::unfinished(key, &header, segments)?;
     let tmp = staging.with_extension("reseal");
     let new = lock_staging(&tmp)?;
-    new.set_len(0)?;
-    let mut writer = direct(EncryptingWriter::new(new.try_clone()?, key)?, 0)?;
-    let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
-    let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
-    let mut left = len;
-    for i in 0..segments {
-        let seg = dec
-            .layout()
-            .segment(i)
-            .ok_or(VaultError::Io(io::ErrorKind::UnexpectedEof.into()))?;
-        let body = &mut sealed[..seg.ciphertext_len];
-        old.read_exact_at(body, seg.ciphertext_offset)?;
-        let n = dec.open(&seg, body, &mut plain)?;
-        let take = usize::try_from(left).map_or(n, |l| l.min(n));
-        writer.write_all(&plain[..take]).map_err(map_io)?;
-        left -= take as u64;
+    let copied = (|| {
+        use std::os::unix::fs::FileExt;
+        let mut header = [0u8; HEADER_LEN];
+        old.read_exact_at(&mut header, 0)?;
+        let segments = len.div_ceil(SEGMENT_LEN as u64);
+        let dec = Decryptor::unfinished(key, &header, segments)?;
+        new.set_len(0)?;
+        let mut writer = direct(EncryptingWriter::new(new.try_clone()?, key)?, 0)?;
+        let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
+        let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
+        let mut left = len;
+        for i in 0..segments {
+            if stop() {
+                return Err(cancelled());
+            }
+            let seg = dec
+                .layout()
+                .segment(i)
+                .ok_or(VaultError::Io(io::ErrorKind::UnexpectedEof.into()))?;
+            let body = &mut sealed[..seg.ciphertext_len];
+            old.read_exact_at(body, seg.ciphertext_offset)?;
+            let n = dec.open(&seg, body, &mut plain)?;
+            let take = usize::try_from(left).map_or(n, |l| l.min(n));
+            writer.write_all(&plain[..take]).map_err(map_io)?;
+            left -= take as u64;
+        }
+        Ok(writer)
+    })();
+    match copied {
+        Ok(writer) => {
+            fs::rename(&tmp, staging)?;
+            Ok((writer, new))
+        }
+        Err(e) => {
+            // Still ours: we hold its lock.
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    fs::rename(&tmp, staging)?;
-    Ok((writer, new))
 }
 
 fn entry(name: &str, meta: &fs::Metadata) -> Option<Entry> {

@@ -8,19 +8,21 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use dropvault_format::EncryptingWriter;
+use dropvault_format::{DecryptingReader, EncryptingWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use super::direct::DirectFile;
-use super::{map_io, sync_parent, VaultError, CHUNK};
+use super::quota::Charge;
+use super::{map_io, sealed_len, sync_parent, VaultError, CHUNK};
+use crate::fsutil;
 use crate::keys::UserKey;
 use crate::scan::{OnError, ScanJob, Scanner, Verdict};
 
@@ -50,6 +52,8 @@ pub struct Upload {
     flushing: Option<oneshot::Receiver<io::Result<()>>>,
     /// Closed when the worker has let go of the staging file.
     exited: Option<oneshot::Receiver<()>>,
+    /// Why the worker stopped early, if it did (sent before it stops).
+    failure: oneshot::Receiver<VaultError>,
     start: u64,
     len: u64,
 }
@@ -79,12 +83,123 @@ impl UploadExited {
 
 /// Where a finished upload goes.
 pub(super) struct Target {
-    /// The staging file (sealed data so far), locked.
+    /// The staging file (sealed data so far), locked. Commit, reject and
+    /// quarantine act on this file, never on whatever `staging` names.
     pub(super) lock: File,
     pub(super) staging: PathBuf,
     pub(super) target: PathBuf,
     /// Whether the commit may replace a file at `target`.
     pub(super) replace: bool,
+    /// For re-seals, and to read a continued upload back for its scan.
+    pub(super) key: Arc<UserKey>,
+    /// The staging bytes the upload takes, counted against its user's bound.
+    pub(super) charge: Charge,
+}
+
+impl Target {
+    /// Removes the staging file, if its name still names the file this
+    /// upload holds (it does, unless someone outside the vault moved it).
+    fn unlink(&mut self) -> io::Result<()> {
+        if fsutil::names(&self.staging, &self.lock)? {
+            fs::remove_file(&self.staging)?;
+        }
+        self.charge.settle(0);
+        Ok(())
+    }
+
+    /// Gives the file this upload holds the name `to` (replacing a file
+    /// there only if `replace`), then takes its staging name away.
+    fn place(&mut self, to: &Path, replace: bool) -> io::Result<()> {
+        if replace {
+            // A name next to the staging file that only the holder of its
+            // lock uses; a crash may have left one behind.
+            let tmp = self.staging.with_extension("commit");
+            let _ = fs::remove_file(&tmp);
+            fsutil::link_open_file(&self.lock, &tmp)?;
+            if let Err(e) = fs::rename(&tmp, to) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        } else {
+            fsutil::link_open_file(&self.lock, to)?;
+        }
+        self.unlink()
+    }
+}
+
+/// Where an upload's sealing starts.
+pub(super) enum Begin {
+    /// At the writer's end: a new file, or (`continued`) an unfinished one
+    /// continued under its own salt.
+    Ready {
+        writer: Box<EncryptingWriter<DirectFile>>,
+        continued: bool,
+    },
+    /// After re-sealing the first `len` plaintext bytes of `from` under a
+    /// fresh salt: the worker's first job, after the front end has
+    /// answered.
+    Reseal { from: Source, len: u64 },
+}
+
+/// What a re-seal reads.
+pub(super) enum Source {
+    /// The committed file (`APPE`, `REST` into it), opened and checked.
+    Committed(Box<DecryptingReader<File>>),
+    /// The upload's own staging file, ending inside a segment.
+    Staging,
+}
+
+impl Begin {
+    /// Plaintext offset the upload starts at.
+    fn offset(&self) -> u64 {
+        match self {
+            Self::Ready { writer, .. } => writer.plaintext_len(),
+            Self::Reseal { len, .. } => *len,
+        }
+    }
+
+    /// The writer to seal the client's data with, and whether it continues
+    /// an unfinished file; re-seals first, unless `stop` says the upload is
+    /// gone. A failed or stopped re-seal of a committed file leaves no
+    /// staging file; of a staging file, leaves it as it was.
+    fn writer(
+        self,
+        t: &mut Target,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(EncryptingWriter<DirectFile>, bool), VaultError> {
+        let key = t.key.clone();
+        let key = key.data_key();
+        match self {
+            Self::Ready { writer, continued } => Ok((*writer, continued)),
+            Self::Reseal {
+                from: Source::Committed(mut old),
+                len,
+            } => match super::reseal(&t.lock, &mut old, key, len, stop) {
+                Ok(w) => Ok((w, false)),
+                Err(e) => {
+                    let _ = t.unlink();
+                    Err(e)
+                }
+            },
+            Self::Reseal {
+                from: Source::Staging,
+                len,
+            } => {
+                let held = t.lock.metadata()?.len();
+                match super::reseal_staging(&t.lock, &t.staging, key, len, stop) {
+                    Ok((w, new)) => {
+                        t.lock = new;
+                        t.charge.settle(sealed_len(len));
+                        Ok((w, false))
+                    }
+                    Err(e) => {
+                        t.charge.settle(held);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How an upload is scanned before it is committed.
@@ -92,26 +207,28 @@ pub(super) struct ScanPlan {
     pub(super) scanner: Arc<Scanner>,
     pub(super) user: String,
     pub(super) path: String,
-    /// To read a resumed upload's staging file back from its start.
-    pub(super) key: Arc<UserKey>,
     pub(super) quarantine: PathBuf,
     /// Start of the user's staging (and quarantine) file names.
     pub(super) prefix: String,
 }
 
 impl Upload {
-    /// Starts the worker sealing into `writer` (and feeding `scan`).
-    pub(super) fn start(
-        writer: EncryptingWriter<DirectFile>,
-        target: Target,
-        scan: Option<ScanPlan>,
-    ) -> Self {
-        let start = writer.plaintext_len();
+    /// Starts the worker: re-seal if `begin` asks for it, then seal the
+    /// client's data (and feed `scan`).
+    pub(super) fn start(begin: Begin, mut target: Target, scan: Option<ScanPlan>) -> Self {
+        let start = begin.offset();
         let (tx, rx) = mpsc::channel(AHEAD);
         let (recycle, spare) = std_mpsc::channel();
         let (exited_tx, exited) = oneshot::channel::<()>();
+        let (failed_tx, failure) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            write_worker(writer, &target, rx, &recycle, scan.as_ref());
+            let mut rx = rx;
+            if let Err(e) = write_worker(begin, &mut target, &mut rx, &recycle, scan.as_ref()) {
+                // Told before the channel closes, so whoever finds it
+                // closed finds why.
+                let _ = failed_tx.send(e);
+            }
+            drop(rx);
             // The staging lock goes first, then the news that it went.
             drop(target);
             drop(exited_tx);
@@ -122,6 +239,7 @@ impl Upload {
             chunk: Vec::new(),
             flushing: None,
             exited: Some(exited),
+            failure,
             start,
             len: start,
         }
@@ -148,6 +266,19 @@ impl Upload {
 
     fn closed() -> io::Error {
         io::Error::new(io::ErrorKind::BrokenPipe, "upload worker stopped")
+    }
+
+    /// Why the worker stopped before the upload's end, once it has: the
+    /// upload cannot go on (for example [`VaultError::StagingFull`], or a
+    /// re-seal that failed). A front end asks when writing failed.
+    pub fn failure(&mut self) -> Option<VaultError> {
+        self.failure.try_recv().ok()
+    }
+
+    /// The error for a worker found stopped.
+    fn stopped(&mut self) -> VaultError {
+        self.failure()
+            .unwrap_or_else(|| VaultError::Io(Self::closed()))
     }
 
     /// After a chunk went to the worker, starts the next one in a buffer
@@ -192,17 +323,24 @@ impl Upload {
     /// Seals the final segment, syncs the staging file, and renames it under
     /// its final name (syncing the folder). Returns the plaintext size.
     pub async fn commit(mut self) -> Result<u64, VaultError> {
-        std::future::poll_fn(|cx| self.poll_send_chunk(cx))
+        if std::future::poll_fn(|cx| self.poll_send_chunk(cx))
             .await
-            .map_err(VaultError::Io)?;
+            .is_err()
+        {
+            return Err(self.stopped());
+        }
         let (reply, done) = oneshot::channel();
-        std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
+        if std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
             .await
-            .map_err(|_| VaultError::Io(Self::closed()))?;
-        self.tx
-            .send_item(Msg::Commit(reply))
-            .map_err(|_| VaultError::Io(Self::closed()))?;
-        done.await.map_err(|_| VaultError::Io(Self::closed()))?
+            .is_err()
+            || self.tx.send_item(Msg::Commit(reply)).is_err()
+        {
+            return Err(self.stopped());
+        }
+        match done.await {
+            Ok(result) => result,
+            Err(_) => Err(self.stopped()),
+        }
     }
 }
 
@@ -254,25 +392,46 @@ impl AsyncWrite for Upload {
 
 /// Seals chunks into the staging file until told to commit, or until the
 /// upload is dropped (then it writes out what it sealed, for a resume).
+/// An error means the upload cannot go on: the worker stopped early, and
+/// left nothing of it in staging (except an unfinished upload it was to
+/// continue, as it was).
 fn write_worker(
-    mut writer: EncryptingWriter<DirectFile>,
-    target: &Target,
-    mut rx: mpsc::Receiver<Msg>,
+    begin: Begin,
+    target: &mut Target,
+    rx: &mut mpsc::Receiver<Msg>,
     recycle: &std_mpsc::Sender<Vec<u8>>,
     scan: Option<&ScanPlan>,
-) {
+) -> Result<(), VaultError> {
+    // A copy of a committed file is only worth keeping with data after it.
+    let copy_only = matches!(
+        begin,
+        Begin::Reseal {
+            from: Source::Committed(_),
+            ..
+        }
+    );
+    let start = begin.offset();
+    let (mut writer, continued) = begin.writer(target, &|| rx.is_closed())?;
     let mut failed: Option<io::Error> = None;
     let mut kicked = 0u64;
     // A fresh upload is scanned as it streams; one that continues sealed
     // data (resume, append) is read back whole at commit instead, so the
     // scanner always sees the entire file.
     let mut job = scan
-        .filter(|_| writer.plaintext_len() == 0)
+        .filter(|_| start == 0)
         .map(|s| s.scanner.begin(&s.user, &s.path));
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(mut chunk) => {
                 if failed.is_none() {
+                    // Charged before it is written: past the bound, the
+                    // upload ends here and its staging file goes.
+                    let after = writer.plaintext_len() + chunk.len() as u64;
+                    if let Err(e) = target.charge.set(sealed_len(after)) {
+                        drop(writer);
+                        let _ = target.unlink();
+                        return Err(e);
+                    }
                     failed = writer.write_all(&chunk).err();
                     let out = writer.get_ref();
                     if !out.is_direct() {
@@ -295,24 +454,45 @@ fn write_worker(
             Msg::Commit(reply) => {
                 let result = match failed {
                     Some(e) => Err(map_io(e)),
+                    // Nothing after the end of an unfinished upload: it has
+                    // no last segment to seal as final (docs/FORMAT.md,
+                    // section 3), so there is nothing to commit.
+                    None if continued && writer.plaintext_len() == start => {
+                        Err(VaultError::EmptyResume { offset: start })
+                    }
                     None => commit(writer, target, scan, job.take()),
                 };
+                if result.is_err() {
+                    target
+                        .charge
+                        .settle(target.lock.metadata().map_or(0, |m| m.len()));
+                }
                 let _ = reply.send(result);
-                return;
+                return Ok(());
             }
         }
     }
     let _ = writer.flush();
+    let added = writer.plaintext_len() > start;
+    drop(writer);
+    if copy_only && !added {
+        target.unlink()?;
+    } else {
+        target
+            .charge
+            .settle(target.lock.metadata().map_or(0, |m| m.len()));
+    }
+    Ok(())
 }
 
-/// The verdict on a whole sealed staging file, read back from its start.
-fn rescan(plan: &ScanPlan, staging: &std::path::Path) -> Verdict {
+/// The verdict on the whole sealed staging file the upload holds, read
+/// back from its start.
+fn rescan(plan: &ScanPlan, t: &Target) -> Verdict {
     use std::io::Read;
     let mut job = plan.scanner.begin(&plan.user, &plan.path);
     let read = (|| -> io::Result<()> {
-        let file = File::open(staging)?;
-        let mut reader = dropvault_format::DecryptingReader::new(file, plan.key.data_key())
-            .map_err(io::Error::from)?;
+        let file = t.lock.try_clone()?;
+        let mut reader = DecryptingReader::new(file, t.key.data_key()).map_err(io::Error::from)?;
         let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
         loop {
             let n = reader.read(&mut buf)?;
@@ -334,7 +514,7 @@ fn rescan(plan: &ScanPlan, staging: &std::path::Path) -> Verdict {
 /// Moves a rejected upload, still sealed, into the quarantine folder with a
 /// description next to it (written first, so a quarantined file always has
 /// one).
-fn quarantine(plan: &ScanPlan, t: &Target, size: u64, finding: &str) -> Result<(), VaultError> {
+fn quarantine(plan: &ScanPlan, t: &mut Target, size: u64, finding: &str) -> Result<(), VaultError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -356,7 +536,7 @@ fn quarantine(plan: &ScanPlan, t: &Target, size: u64, finding: &str) -> Result<(
         .open(&json_path)?;
     f.write_all(about.to_string().as_bytes())?;
     f.sync_all()?;
-    fs::rename(&t.staging, plan.quarantine.join(format!("{id}.sealed")))?;
+    t.place(&plan.quarantine.join(format!("{id}.sealed")), false)?;
     crate::fsutil::sync_dir(&plan.quarantine)?;
     tracing::info!(event = "quarantined", user = %plan.user, path = %plan.path, id, finding);
     Ok(())
@@ -384,9 +564,11 @@ fn start_writeback(file: &File, from: u64, pos: u64) -> u64 {
     pos
 }
 
+/// Finishes the sealed file, has it scanned, and puts the file the upload
+/// holds under its final name; a rejected one is removed or quarantined.
 fn commit(
     writer: EncryptingWriter<DirectFile>,
-    t: &Target,
+    t: &mut Target,
     scan: Option<&ScanPlan>,
     job: Option<ScanJob>,
 ) -> Result<u64, VaultError> {
@@ -396,7 +578,7 @@ fn commit(
     if let Some(plan) = scan {
         let verdict = match job {
             Some(job) => job.finish(),
-            None => rescan(plan, &t.staging),
+            None => rescan(plan, t),
         };
         match verdict {
             Verdict::Clean => {}
@@ -404,7 +586,7 @@ fn commit(
                 if plan.scanner.quarantine() {
                     quarantine(plan, t, len, &finding)?;
                 } else {
-                    fs::remove_file(&t.staging)?;
+                    t.unlink()?;
                 }
                 return Err(VaultError::Rejected { finding, size: len });
             }
@@ -414,7 +596,7 @@ fn commit(
                         error = %reason, "no scan verdict; committing anyway (scan.on_error = accept)");
                 }
                 OnError::Reject => {
-                    fs::remove_file(&t.staging)?;
+                    t.unlink()?;
                     return Err(VaultError::ScanFailed { reason });
                 }
             },
@@ -423,17 +605,14 @@ fn commit(
     if fs::symlink_metadata(&t.target).is_ok_and(|m| m.is_dir()) {
         return Err(VaultError::IsADirectory);
     }
-    if t.replace {
-        fs::rename(&t.staging, &t.target).map_err(map_io)?;
-    } else if let Err(e) = crate::fsutil::rename_noreplace(&t.staging, &t.target) {
+    let (target, replace) = (t.target.clone(), t.replace);
+    if let Err(e) = t.place(&target, replace) {
         // The name was taken meanwhile: this upload has nowhere to go.
         if e.kind() == io::ErrorKind::AlreadyExists {
-            let _ = fs::remove_file(&t.staging);
+            let _ = t.unlink();
         }
         return Err(map_io(e));
     }
     sync_parent(&t.target)?;
-    // The lock goes with the worker, after the rename.
-    let _ = &t.lock;
     Ok(len)
 }

@@ -40,6 +40,18 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
                 "Upload not stored: the malware scan is unavailable. Try again later.",
             )
         }
+        VaultError::StagingFull { limit } => {
+            tracing::warn!(limit, "upload refused: the user's staging bound is reached");
+            Reply::new(
+                552,
+                "Upload refused: your unfinished uploads would exceed their storage allowance. \
+                 Nothing of it was kept; finish or restart your interrupted uploads first.",
+            )
+        }
+        VaultError::EmptyResume { offset } => Reply::new(
+            554,
+            format!("Nothing received after the restart point {offset}: not stored. Send the rest of the file."),
+        ),
         VaultError::Io(io) => {
             tracing::error!(error = %io, "storage error");
             Reply::local_error("Storage error; try again later.")

@@ -446,7 +446,14 @@ async fn receive(stream: &mut Stalling<Stream>, upload: &mut Upload) -> Result<u
                      not stored. Resume it or send it again.",
                 ));
             }
-            Err(e) => return Err(transfer_reply(&e)),
+            // The upload's worker may have stopped it (the staging bound,
+            // a failed re-seal): say why, not that the connection broke.
+            Err(e) => {
+                return Err(match upload.failure() {
+                    Some(v) => vault_reply(&v),
+                    None => transfer_reply(&e),
+                })
+            }
         }
     }
 }
