@@ -20,8 +20,8 @@ def staging(server) -> list:
     return sorted((server.data_dir / "files" / ".staging").iterdir())
 
 
-def reject_script(tmp_path, marker: str):
-    path = tmp_path / "reject.sh"
+def reject_script(folder, marker: str):
+    path = folder / "reject.sh"
     path.write_text(f"""#!/bin/sh
 if grep -q '{marker}'; then
     echo "found {marker}" >&2
@@ -48,8 +48,8 @@ def stor_refused(ftp: ftplib.FTP, cmd: str, data: bytes, rest: int | None = None
         return str(e)
 
 
-def test_two_sessions_racing_on_one_path_never_leave_a_bad_file(dropvault, tmp_path):
-    hook = reject_script(tmp_path, "REJECT-THIS-UPLOAD")
+def test_two_sessions_racing_on_one_path_never_leave_a_bad_file(dropvault, hook_dir):
+    hook = reject_script(hook_dir, "REJECT-THIS-UPLOAD")
     server = dropvault(scan_command=json.dumps([str(hook)]))
     goods = [payload(150_000 + 4099 * i) for i in range(5)]
     bad = payload(170_000) + b"REJECT-THIS-UPLOAD"

@@ -679,6 +679,7 @@ fn rejecting_scanner(quarantine: bool) -> Option<Arc<dropvault_core::scan::Scann
         on_error: dropvault_core::scan::OnError::Reject,
         timeout: std::time::Duration::from_secs(30),
         quarantine,
+        run_as: None,
     };
     dropvault_core::scan::Scanner::new(settings)
         .expect("scanner")
