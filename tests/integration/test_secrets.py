@@ -214,6 +214,8 @@ def test_a_user_name_cannot_forge_log_fields(dropvault, fmt):
         pairs = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)
         peers = [v for k, v in pairs if k == "peer"]
         assert len(peers) == 1 and peers[0].startswith("127.0.0.1:"), line
+        # A log that is a file, not a terminal, holds no colour escapes.
+        assert "\x1b[" not in server.log_text()
 
 
 def test_http_transit_only_to_loopback_unless_allowed(tmp_path):

@@ -29,8 +29,11 @@ const WIRE_DUMPS: [(&str, Level); 2] = [("ureq_proto", Level::INFO), ("ureq", Le
 /// Installs the global subscriber; `format` is `text` or `json`.
 pub(crate) fn init(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: escapes in a log file or journal are
+    // noise, and break line-based parsing.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let no_wire = tracing_subscriber::filter::filter_fn(no_wire_dump);
     if format == "json" {
