@@ -2,9 +2,10 @@
 //! check draws on the client's guess budget (`dropvault_core::guard`):
 //! failures are counted per client and account, a banned client's PASS is
 //! refused even on a session opened before the ban, and a session is closed
-//! after `max_login_failures`. A server-side fault (accounts or key service
-//! unavailable) is not a wrong password: it counts for nothing and the
-//! client is told to try again later.
+//! after `max_login_failures`. A server-side fault is not a wrong password
+//! and counts for nothing: an accounts backend or key service that is
+//! unavailable is `421` "try again later"; a key the service refuses for
+//! good is `530` "contact the operator".
 
 use dropvault_core::accounts::{AuthError, Password};
 use dropvault_core::events::Event;
@@ -145,7 +146,18 @@ impl Session {
             Checked::KeyFault(e) => {
                 tracing::error!(event = "login_refused", user = %name, %peer, error = %e,
                     transient = e.is_transient(), "key service failed");
-                self.try_later("the key service is unavailable").await
+                if e.is_transient() {
+                    return self.try_later("the key service is unavailable").await;
+                }
+                // Refused for good (a lost key-encryption key, a key
+                // version the service no longer decrypts): not the
+                // client's guess, and trying again will not help.
+                self.reply(Reply::not_logged_in(
+                    "Login refused: the key service cannot unlock your key. \
+                     Contact the operator.",
+                ))
+                .await?;
+                Ok(Flow::Continue)
             }
         }
     }
