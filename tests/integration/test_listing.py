@@ -7,6 +7,7 @@ import ftplib
 import os
 import pathlib
 import shutil
+import signal
 
 import pytest
 
@@ -93,6 +94,15 @@ def test_parallel_listings_of_a_huge_folder_stay_within_a_few_mib(dropvault):
             names = {line.split()[-1] for line in lines}
             assert len(lines) == ENTRIES and len(names) == ENTRIES
             assert all(line.startswith("-rw------- 1 alice alice        100 ") for line in lines)
+
+        # A listing held up by its client does not hold up a shutdown: it
+        # is cut when the drain grace period is over.
+        conn = clients[0].transfercmd("LIST")
+        assert len(read_some(conn, 4096)) == 4096
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        assert "drain grace period over" in server.log_text()
+        conn.close()
     finally:
         for ftp in clients:
             ftp.close()

@@ -112,13 +112,11 @@ impl ListJob {
         }
         let mut sent = 0u64;
         loop {
-            let batch = match self.entries.next_batch().await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let _ = out.shutdown().await;
-                    return Err(vault_reply(&e));
-                }
-            };
+            let batch = self
+                .entries
+                .next_batch()
+                .await
+                .map_err(|e| vault_reply(&e))?;
             for e in &batch {
                 text.push_str(&self.line(e));
                 text.push_str("\r\n");
