@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from dvclients import curl, ftp_plain, ftp_url, payload, stor, PASSWORD, USER
+from dvclients import PASSWORD, USER, curl, ftp_plain, ftp_url, lftp, payload, rclone, stor
 
 ENTRIES = 100_000
 PARALLEL = 10
@@ -113,16 +113,17 @@ def test_parallel_listings_of_a_huge_folder_stay_within_a_few_mib(dropvault):
                 p.unlink()
 
 
-def test_a_listing_stops_at_the_cap_and_says_so(dropvault):
+def test_a_listing_stops_at_the_cap_and_says_so(dropvault, tmp_path):
     server = dropvault(ftp_max_listing_entries=5)
     fill(server, "seven", 7)
     fill(server, "five", 5)
     with ftp_plain(server) as ftp:
-        # More than the cap: the first five, then 451 (not 226), so a
-        # client does not take the listing for complete.
+        # More than the cap: the first five, then 550 (not 226, so a
+        # client does not take the listing for complete; not 4xx, which
+        # clients retry).
         for cmd in ("LIST seven", "NLST seven", "MLSD seven"):
             lines: list[str] = []
-            with pytest.raises(ftplib.error_temp, match="^451 Listing stopped after 5 entries"):
+            with pytest.raises(ftplib.error_perm, match="^550 Listing stopped after 5 entries"):
                 ftp.retrlines(cmd, lines.append)
             entries = [line for line in lines if "type=cdir" not in line]
             assert len(entries) == 5, (cmd, lines)
@@ -143,7 +144,9 @@ def test_a_listing_stops_at_the_cap_and_says_so(dropvault):
         # A single file is one entry.
         assert ftp.nlst("five/seed.bin") == ["seed.bin"]
 
-    # curl takes the 451 for a failed listing, and the full one for done.
+    # Real clients take the 550 for a failed listing, the full one for done:
+    # curl, lftp, and rclone (whose sync would otherwise act on the missing
+    # entries).
     url = ftp_url(server, "/seven/")
     r = curl("--user", f"{USER}:{PASSWORD}", url)
     assert r.returncode != 0, r
@@ -151,3 +154,12 @@ def test_a_listing_stops_at_the_cap_and_says_so(dropvault):
     r = curl("--user", f"{USER}:{PASSWORD}", ftp_url(server, "/five/"))
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 5
+    r = lftp(server, "cls -1 seven")
+    assert r.returncode != 0 and "Listing stopped after 5 entries" in r.stderr, r
+    r = lftp(server, "cls -1 five")
+    assert r.returncode == 0 and len(r.stdout.split()) == 5, r
+    once = ("--retries", "1", "--low-level-retries", "1")
+    r = rclone(server, "lsf", "dv:seven", *once, tls=False, config_dir=tmp_path / "rclone")
+    assert r.returncode != 0, r
+    r = rclone(server, "lsf", "dv:five", *once, tls=False, config_dir=tmp_path / "rclone")
+    assert r.returncode == 0 and len(r.stdout.split()) == 5, r

@@ -6,9 +6,10 @@
 //! in the order storage keeps them (sorting would need the whole folder).
 //! A listing shows at most `max_listing_entries` entries; a folder with
 //! more gets that many, then a final reply that says the listing was cut:
-//! 451 after LIST, NLST and MLSD (so that clients and sync tools, which
-//! take a 226 for a complete listing, do not act on a partial one), a note
-//! in the last line of a STAT reply (which must keep its 213).
+//! 550 after LIST, NLST and MLSD (so that clients and sync tools, which
+//! take a 226 for a complete listing, do not act on a partial one; a 4xx
+//! would have them retry a listing that cannot succeed, as lftp does), a
+//! note in the last line of a STAT reply (which must keep its 213).
 
 use std::time::SystemTime;
 
@@ -132,7 +133,7 @@ impl ListJob {
         }
         out.shutdown().await.map_err(|e| transfer_reply(&e))?;
         if self.entries.truncated {
-            return Err(Reply::local_error(self.entries.cut_note()));
+            return Err(Reply::new(550, self.entries.cut_note()));
         }
         Ok(sent)
     }
