@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
-use dropvault_core::vault::{EntryKind, UploadMode, UserVault, VPath, Vault, VaultError};
+use dropvault_core::vault::{Entry, EntryKind, UploadMode, UserVault, VPath, Vault, VaultError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-6c1f0e";
@@ -85,6 +85,22 @@ async fn put(user: &UserVault, path: &str, data: &[u8]) -> u64 {
     up.commit().await.expect("commit")
 }
 
+/// Every entry of folder `path`, sorted by name (listings come in storage
+/// order).
+async fn list(user: &UserVault, path: &str) -> Result<Vec<Entry>, VaultError> {
+    let mut listing = user.list(&p(path)).await?;
+    let mut out = Vec::new();
+    loop {
+        let batch = listing.next_batch().await?;
+        if batch.is_empty() {
+            break;
+        }
+        out.extend(batch);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 async fn get(user: &UserVault, path: &str, offset: u64) -> Vec<u8> {
     let mut d = user.download(&p(path), offset).await.expect("download");
     let mut out = Vec::new();
@@ -143,7 +159,7 @@ async fn upload_commit_list_download() {
     f.user.mkdir(&p("/sub")).await.expect("mkdir");
     put(&f.user, "/sub/empty", b"").await;
 
-    let list = f.user.list(&VPath::root()).await.expect("list");
+    let list = list(&f.user, "/").await.expect("list");
     let names: Vec<_> = list
         .iter()
         .map(|e| (e.name.as_str(), e.kind, e.size))
@@ -186,7 +202,7 @@ async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
         f.user.stat(&p("/big")).await,
         Err(VaultError::NotFound)
     ));
-    assert!(f.user.list(&VPath::root()).await.expect("list").is_empty());
+    assert!(list(&f.user, "/").await.expect("list").is_empty());
     // SIZE offers the resume point: whole sealed segments only.
     let at = f.user.size(&p("/big")).await.expect("resume point");
     assert_eq!(at, 2 * 65536);
@@ -290,7 +306,7 @@ async fn paths_stay_inside_the_users_folder() {
     // A symbolic link planted in the folder is never followed.
     std::os::unix::fs::symlink("/etc", f.vault.root().join("alice/link")).expect("symlink");
     assert!(matches!(
-        f.user.list(&p("/link")).await,
+        list(&f.user, "/link").await,
         Err(VaultError::PermissionDenied)
     ));
     assert!(matches!(
@@ -302,9 +318,7 @@ async fn paths_stay_inside_the_users_folder() {
         Err(VaultError::PermissionDenied)
     ));
     // Listings leave the link out.
-    let names: Vec<_> = f
-        .user
-        .list(&VPath::root())
+    let names: Vec<_> = list(&f.user, "/")
         .await
         .expect("list")
         .into_iter()
@@ -347,7 +361,7 @@ async fn rename_remove_mkdir_rmdir() {
         Err(VaultError::NotFound)
     ));
     assert!(matches!(
-        f.user.list(&p("/nope/deeper")).await,
+        list(&f.user, "/nope/deeper").await,
         Err(VaultError::NotFound)
     ));
 }
@@ -535,7 +549,7 @@ async fn set_modified_sets_the_time_listings_show() {
         assert_eq!(e.modified, when);
         assert_eq!(f.user.stat(&p(path)).await.expect("stat").modified, when);
     }
-    let listed = f.user.list(&VPath::root()).await.expect("list");
+    let listed = list(&f.user, "/").await.expect("list");
     assert!(listed.iter().all(|e| e.modified == when), "{listed:?}");
     assert_eq!(get(&f.user, "/doc", 0).await, content(70_000));
     assert!(matches!(
@@ -738,7 +752,7 @@ async fn commit_reject_and_quarantine_act_on_the_file_the_upload_holds() {
     let q = f.vault.quarantine_list().expect("quarantine");
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].size, bad.len() as u64);
-    assert!(f.user.list(&p("/")).await.expect("ls").len() == 1);
+    assert!(list(&f.user, "/").await.expect("ls").len() == 1);
     assert_no_plaintext(f.dir.path());
 }
 
@@ -800,7 +814,7 @@ async fn a_resume_with_no_new_bytes_is_refused_and_the_upload_stays_resumable() 
             matches!(up.commit().await, Err(VaultError::EmptyResume { offset }) if offset == at),
             "{mode:?}"
         );
-        assert!(f.user.list(&p("/")).await.expect("ls").is_empty());
+        assert!(list(&f.user, "/").await.expect("ls").is_empty());
         assert_eq!(
             f.user.size(&p("/r.bin")).await.expect("still resumable"),
             at
@@ -831,7 +845,7 @@ async fn staging_bytes_are_bounded_per_user() {
         up.commit().await,
         Err(VaultError::StagingFull { limit: LIMIT })
     ));
-    assert!(f.staged().is_empty() && f.user.list(&p("/")).await.expect("ls").is_empty());
+    assert!(f.staged().is_empty() && list(&f.user, "/").await.expect("ls").is_empty());
     // An interrupted upload's staging file counts against later uploads.
     let mut up = f
         .user
@@ -867,4 +881,42 @@ async fn staging_bytes_are_bounded_per_user() {
     ));
     assert!(other.staged().is_empty());
     assert!(get(&user, "/two.bin", 0).await == data);
+}
+
+/// A large folder is read a batch at a time: every entry once, in batches
+/// of a few hundred, never the whole folder at once.
+#[tokio::test]
+async fn a_large_folder_is_listed_in_bounded_batches() {
+    let f = fixture();
+    put(&f.user, "/seed", b"x").await;
+    let home = f.vault.root().join("alice");
+    for i in 0..2000 {
+        std::fs::hard_link(home.join("seed"), home.join(format!("f{i:04}"))).expect("link");
+    }
+    let mut listing = f.user.list(&VPath::root()).await.expect("list");
+    let mut names = Vec::new();
+    let mut batches = 0;
+    loop {
+        let batch = listing.next_batch().await.expect("batch");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 256, "a batch of {}", batch.len());
+        assert!(batch
+            .iter()
+            .all(|e| e.kind == EntryKind::File && e.size == 1));
+        batches += 1;
+        names.extend(batch.into_iter().map(|e| e.name));
+    }
+    assert!(batches >= 8, "{batches} batches");
+    // The end stays the end.
+    assert!(listing
+        .next_batch()
+        .await
+        .expect("after the end")
+        .is_empty());
+    names.sort();
+    let mut expected: Vec<String> = (0..2000).map(|i| format!("f{i:04}")).collect();
+    expected.push("seed".into());
+    assert_eq!(names, expected);
 }

@@ -167,6 +167,8 @@ pub(crate) struct Ftp {
     pub(crate) ban_secs: u64,
     /// Seconds transfers in flight may run on after SIGTERM.
     pub(crate) drain_grace_secs: u64,
+    /// Most entries one listing shows; a folder with more is cut there.
+    pub(crate) max_listing_entries: usize,
 }
 
 /// `[auth]`
@@ -301,6 +303,7 @@ impl Default for Ftp {
             ban_window_secs: 300,
             ban_secs: 900,
             drain_grace_secs: 30,
+            max_listing_entries: 100_000,
         }
     }
 }
@@ -480,6 +483,7 @@ impl Config {
         self.passive_address()?;
         self.listen()?;
         self.implicit_listen()?;
+        self.max_listing_entries()?;
         if !matches!(self.auth.backend.as_str(), "file" | "pam") {
             return Err(invalid("auth.backend", "must be \"file\" or \"pam\""));
         }
@@ -674,6 +678,13 @@ impl Config {
         }
     }
 
+    fn max_listing_entries(&self) -> Result<usize, ConfigError> {
+        match self.ftp.max_listing_entries {
+            0 => Err(invalid("ftp.max_listing_entries", "must be at least 1")),
+            n => Ok(n),
+        }
+    }
+
     /// The FTP front end's settings.
     pub(crate) fn ftp_config(&self) -> Result<dropvault_ftp::FtpConfig, ConfigError> {
         Ok(dropvault_ftp::FtpConfig {
@@ -693,6 +704,7 @@ impl Config {
             ban_window: Duration::from_secs(self.ftp.ban_window_secs),
             ban_duration: Duration::from_secs(self.ftp.ban_secs),
             drain_grace: Duration::from_secs(self.ftp.drain_grace_secs),
+            max_listing_entries: self.max_listing_entries()?,
             ..dropvault_ftp::FtpConfig::default()
         })
     }
@@ -718,6 +730,7 @@ mod tests {
         assert_eq!(f.passive_ports, (50000, 50100));
         assert_eq!((f.max_sessions, f.max_sessions_per_ip), (500, 20));
         assert!(f.tls_session_reuse_required);
+        assert_eq!(f.max_listing_entries, 100_000);
     }
 
     /// Every TOML block in docs/CONFIG.md is a configuration that loads,
@@ -820,6 +833,7 @@ mod tests {
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_MAX_SESSIONS", "many")])).is_err());
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_TLS", "maybe")])).is_err());
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_PASSIVE_PORTS", "10-5")])).is_err());
+        assert!(Config::load(None, env(&[("DROPVAULT_FTP_MAX_LISTING_ENTRIES", "0")])).is_err());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[ftp]\nlisen = \"x\"\n").expect("write");

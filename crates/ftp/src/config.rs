@@ -64,6 +64,9 @@ pub struct FtpConfig {
     pub failed_login_delay: Duration,
     /// On shutdown, how long transfers in flight may run before they are cut.
     pub drain_grace: Duration,
+    /// Most entries a listing (LIST, NLST, MLSD, STAT of a folder) shows;
+    /// a folder with more gets that many and a reply saying it was cut.
+    pub max_listing_entries: usize,
 }
 
 impl Default for FtpConfig {
@@ -86,6 +89,7 @@ impl Default for FtpConfig {
             ban_duration: Duration::from_secs(900),
             failed_login_delay: Duration::from_secs(1),
             drain_grace: Duration::from_secs(30),
+            max_listing_entries: 100_000,
         }
     }
 }

@@ -304,6 +304,47 @@ pub struct Entry {
     pub modified: SystemTime,
 }
 
+/// Entries a listing reads from storage at a time.
+const LIST_BATCH: usize = 256;
+
+/// A folder being listed ([`UserVault::list`]): memory for one batch of
+/// entries, however large the folder.
+#[derive(Debug)]
+pub struct Listing {
+    /// `None` once the folder is read to its end.
+    dir: Option<fs::ReadDir>,
+}
+
+impl Listing {
+    /// The next entries (at most a few hundred); empty at the end of the
+    /// folder. Symbolic links, special files, names that are not UTF-8 and
+    /// entries that vanish while being read are left out.
+    pub async fn next_batch(&mut self) -> Result<Vec<Entry>, VaultError> {
+        let Some(mut dir) = self.dir.take() else {
+            return Ok(Vec::new());
+        };
+        let (dir, batch) = blocking(move || {
+            let mut batch = Vec::with_capacity(LIST_BATCH);
+            while batch.len() < LIST_BATCH {
+                let Some(item) = dir.next() else {
+                    return Ok((None, batch));
+                };
+                let item = item.map_err(map_io)?;
+                let Ok(name) = item.file_name().into_string() else {
+                    continue;
+                };
+                if let Some(e) = item.metadata().ok().and_then(|m| entry(&name, &m)) {
+                    batch.push(e);
+                }
+            }
+            Ok((Some(dir), batch))
+        })
+        .await?;
+        self.dir = dir;
+        Ok(batch)
+    }
+}
+
 /// How an upload treats an existing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadMode {
@@ -382,26 +423,13 @@ impl UserVault {
         }
     }
 
-    /// The entries of folder `p`, sorted by name. Symbolic links and special
-    /// files are left out.
-    pub async fn list(&self, p: &VPath) -> Result<Vec<Entry>, VaultError> {
+    /// Opens folder `p` for listing. Its entries come a batch at a time
+    /// ([`Listing::next_batch`]), in the order storage keeps them: not
+    /// sorted, as sorting would hold the whole folder in memory.
+    pub async fn list(&self, p: &VPath) -> Result<Listing, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        blocking(move || {
-            let real = me.real(&p)?;
-            let mut out = Vec::new();
-            for item in fs::read_dir(&real).map_err(map_io)? {
-                let item = item?;
-                let Ok(name) = item.file_name().into_string() else {
-                    continue;
-                };
-                if let Some(e) = item.metadata().ok().and_then(|m| entry(&name, &m)) {
-                    out.push(e);
-                }
-            }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
-        })
-        .await
+        let dir = blocking(move || fs::read_dir(me.real(&p)?).map_err(map_io)).await?;
+        Ok(Listing { dir: Some(dir) })
     }
 
     /// Opens file `p` for reading from plaintext offset `offset`. The

@@ -71,14 +71,27 @@ impl Reply {
             [] => out.push_str(&format!("{code} \r\n")),
             [only] => out.push_str(&format!("{code} {only}\r\n")),
             [first, middle @ .., last] => {
-                out.push_str(&format!("{code}-{first}\r\n"));
+                out.push_str(&Reply::multi_start(code, first));
                 for line in middle {
-                    out.push_str(&format!(" {line}\r\n"));
+                    out.push_str(&Reply::multi_middle(line));
                 }
                 out.push_str(&format!("{code} {last}\r\n"));
             }
         }
         out.into_bytes()
+    }
+
+    /// The first line of a multi-line reply sent a piece at a time (one too
+    /// long to build whole, such as a STAT listing): `code-text`, CRLF.
+    /// [`Reply::multi_middle`] lines follow, then a [`Reply::new`] with the
+    /// same code ends it.
+    pub fn multi_start(code: u16, text: &str) -> String {
+        format!("{code}-{}\r\n", neutralise(text.to_owned()))
+    }
+
+    /// A middle line of a multi-line reply: a space, the text, CRLF.
+    pub fn multi_middle(text: &str) -> String {
+        format!(" {}\r\n", neutralise(text.to_owned()))
     }
 
     /// 150: about to open the data connection.
@@ -310,6 +323,20 @@ mod tests {
             .filter(|l| l.starts_with("250 "))
             .collect();
         assert_eq!(ends, ["250 End"]);
+    }
+
+    #[test]
+    fn a_multi_line_reply_sent_in_pieces_is_the_same_reply() {
+        let whole = Reply::multi(213, ["Status of a\r\nb:", "line 1", "226 x", "End"]);
+        let pieces = [
+            Reply::multi_start(213, "Status of a\r\nb:"),
+            Reply::multi_middle("line 1"),
+            Reply::multi_middle("226 x"),
+            wire(&Reply::new(213, "End")),
+        ]
+        .concat();
+        assert_eq!(pieces, wire(&whole));
+        assert_eq!(Reply::multi_middle("a\nb"), " a?b\r\n");
     }
 
     #[test]

@@ -278,9 +278,14 @@ impl Session {
     /// Sends a reply. A client that stops reading cannot hold the session:
     /// the write gives up after the idle timeout.
     async fn reply(&mut self, reply: Reply) -> std::io::Result<()> {
-        let bytes = reply.to_bytes();
+        self.send_control(&reply.to_bytes()).await
+    }
+
+    /// Sends bytes on the control connection (a reply, or part of a long
+    /// one), giving up after the idle timeout like [`Session::reply`].
+    async fn send_control(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let write = async {
-            self.control.write_all(&bytes).await?;
+            self.control.write_all(bytes).await?;
             self.control.flush().await
         };
         tokio::time::timeout(self.shared.config.idle_timeout, write)
@@ -388,7 +393,7 @@ impl Session {
             C::Nlst(p) => return self.cmd_list(p, cmd::listing::Kind::Nlst).await,
             C::Mlsd(p) => return self.cmd_list(p, cmd::listing::Kind::Mlsd).await,
             C::Mlst(p) => self.cmd_mlst(p).await,
-            C::Stat(p) => self.cmd_stat(p).await,
+            C::Stat(p) => return self.cmd_stat(p).await,
             C::Pasv => self.cmd_pasv().await,
             C::Epsv(e) => self.cmd_epsv(e).await,
             C::Port(a) => self.cmd_port(std::net::SocketAddr::V4(a)),

@@ -40,8 +40,8 @@ pub(crate) enum Store {
 
 /// What a data transfer moves.
 pub(crate) enum Job {
-    /// Bytes already in memory (listings).
-    Send(Vec<u8>),
+    /// A listing, streamed as storage is read.
+    List(super::listing::ListJob),
     /// A file to the client.
     Retr(Download, VPath),
     /// A file from the client.
@@ -369,17 +369,10 @@ async fn move_bytes(
         .map_err(|e| data_reply(&e))?;
     let mut stream = Stalling::new(stream, stall);
     match job {
-        Job::Send(bytes) => {
-            stream
-                .write_all(&bytes)
-                .await
-                .map_err(|e| transfer_reply(&e))?;
-            stream.shutdown().await.map_err(|e| transfer_reply(&e))?;
-            Ok(Moved::Sent {
-                bytes: bytes.len() as u64,
-                path: None,
-            })
-        }
+        Job::List(listing) => Ok(Moved::Sent {
+            bytes: listing.send(&mut stream).await?,
+            path: None,
+        }),
         Job::Retr(download, path) => Ok(Moved::Sent {
             bytes: send_file(&mut stream, download).await?,
             path: Some(path),
