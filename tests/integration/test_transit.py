@@ -352,7 +352,8 @@ def test_trace_logging_keeps_the_token_and_data_keys_out_of_the_log(dropvault, b
 
 def test_proxy_variables_do_not_apply_to_the_key_service(dropvault, bao):
     """A proxy in the environment that nobody configured for dropvault
-    sees nothing: transit requests go straight to the service."""
+    sees nothing: transit requests go straight to the service. The proxy
+    configured with kms.transit_proxy is used."""
     proxy = socket.socket()
     proxy.bind(("127.0.0.1", 0))
     proxy.listen(8)
@@ -382,5 +383,12 @@ def test_proxy_variables_do_not_apply_to_the_key_service(dropvault, bao):
         with ftp_plain(server) as ftp:
             stor(ftp, "a.bin", payload(1000))
         assert seen == []
+        # Configured, the proxy is used: this one answers nothing useful,
+        # so the key service is unreachable through it (421, try later).
+        through = dropvault(**transit(bao, key, kms_transit_timeout_secs="5",
+                                      kms_transit_proxy=url))
+        reply = refused_login(through, USER)
+        assert reply.startswith("421"), reply
+        assert seen and bao.addr.split("//")[1].encode() in seen[0], seen
     finally:
         proxy.close()

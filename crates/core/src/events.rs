@@ -109,6 +109,9 @@ impl Event {
 pub struct HookSettings {
     /// URL to POST each event to.
     pub webhook_url: Option<String>,
+    /// Proxy URL to reach the webhook through; `None` = straight (proxy
+    /// variables in the environment are never used).
+    pub webhook_proxy: Option<String>,
     /// Key for the `X-Dropvault-Signature` header (HMAC-SHA256 of the
     /// body), so the receiver can tell the events are dropvault's.
     pub webhook_secret: Option<zeroize::Zeroizing<String>>,
@@ -128,6 +131,7 @@ impl std::fmt::Debug for HookSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HookSettings")
             .field("webhook_url", &self.webhook_url)
+            .field("webhook_proxy", &self.webhook_proxy)
             .field(
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "[redacted]"),
@@ -193,7 +197,14 @@ impl Hooks {
         }
         let agent = url
             .as_ref()
-            .map(|u| crate::http::agent(settings.timeout, None, u.starts_with("https://")))
+            .map(|u| {
+                crate::http::agent(
+                    settings.timeout,
+                    None,
+                    u.starts_with("https://"),
+                    settings.webhook_proxy.as_deref(),
+                )
+            })
             .transpose()
             .map_err(|e| HookError::BadConfig(e.to_string()))?;
         let (tx, rx) = mpsc::sync_channel::<Event>(settings.queue.max(1));
@@ -397,6 +408,7 @@ mod tests {
         // thread, one waits in the queue, the rest are dropped.
         let hooks = Hooks::start(HookSettings {
             webhook_url: None,
+            webhook_proxy: None,
             webhook_secret: None,
             command: vec!["sleep".into(), "2".into()],
             queue: 1,

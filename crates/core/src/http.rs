@@ -1,9 +1,10 @@
 //! The HTTP client shared by the transit key provider and the webhook:
 //! ureq over rustls on aws-lc-rs, no redirects, every answer read up to a
-//! limit, a deadline for each request, and no proxy: ureq would otherwise
-//! take one from `HTTP(S)_PROXY`/`ALL_PROXY`, and a proxy that nobody
-//! configured for dropvault would see every request (for `http://`, the
-//! key service token and data keys in the clear).
+//! limit, a deadline for each request, and a proxy only when one is
+//! configured for it (`kms.transit_proxy`, `hooks.webhook_proxy`): ureq
+//! would otherwise take one from `HTTP(S)_PROXY`/`ALL_PROXY`, and a proxy
+//! that nobody configured for dropvault would see every request (for
+//! `http://`, the key service token and data keys in the clear).
 //!
 //! ureq logs the bytes on the wire (`ureq_proto` at trace) and headers
 //! (`ureq`): the binary's log setup caps those targets, see its
@@ -32,16 +33,24 @@ pub(crate) enum AgentError {
     /// The CA file holds no certificate.
     #[error("{0}: no PEM certificate in it")]
     NoCertificate(String),
+    /// The proxy is not an `http://`, `https://` or `socks5://` URL.
+    #[error("proxy {0:?} is not a proxy URL (http://host:port)")]
+    BadProxy(String),
 }
 
 /// An HTTP client: `timeout` for a whole request, server certificates
-/// checked against `ca_file` (or the system's bundle when `https`).
-/// Status codes are answers, not errors.
+/// checked against `ca_file` (or the system's bundle when `https`), through
+/// `proxy` if given and straight otherwise. Status codes are answers, not
+/// errors.
 pub(crate) fn agent(
     timeout: Duration,
     ca_file: Option<&Path>,
     https: bool,
+    proxy: Option<&str>,
 ) -> Result<ureq::Agent, AgentError> {
+    let proxy = proxy
+        .map(|url| ureq::Proxy::new(url).map_err(|_| AgentError::BadProxy(url.to_owned())))
+        .transpose()?;
     let ca = match ca_file {
         Some(path) => Some((
             path.display().to_string(),
@@ -77,7 +86,7 @@ pub(crate) fn agent(
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
             .max_redirects(0)
-            .proxy(None)
+            .proxy(proxy)
             .user_agent("dropvault")
             .tls_config(tls.build())
             .build(),

@@ -82,6 +82,8 @@ pub(crate) struct Scan {
 pub(crate) struct Hooks {
     /// URL that receives each event as an HTTP POST of JSON.
     pub(crate) webhook_url: String,
+    /// Proxy URL to reach the webhook through; empty = straight.
+    pub(crate) webhook_proxy: String,
     /// Key of the webhook's HMAC-SHA256 signature header.
     pub(crate) webhook_secret: Secret,
     /// Command (argv) run for each event.
@@ -113,6 +115,7 @@ impl Default for Hooks {
     fn default() -> Self {
         Self {
             webhook_url: String::new(),
+            webhook_proxy: String::new(),
             webhook_secret: Secret::default(),
             command: Vec::new(),
             queue_size: 1024,
@@ -209,6 +212,8 @@ pub(crate) struct Kms {
     pub(crate) transit_ca_cert: String,
     /// Allow an http:// address that is not loopback.
     pub(crate) transit_allow_http: bool,
+    /// Proxy URL to reach the key service through; empty = straight.
+    pub(crate) transit_proxy: String,
     /// Limit for one request to the key service, in seconds.
     pub(crate) transit_timeout_secs: i64,
     /// How long the transit key's version numbers are cached, in seconds.
@@ -332,6 +337,7 @@ impl Default for Kms {
             transit_secret_id_file: String::new(),
             transit_ca_cert: String::new(),
             transit_allow_http: false,
+            transit_proxy: String::new(),
             transit_timeout_secs: 10,
             transit_version_cache_secs: 30,
             recovery_public_key: String::new(),
@@ -583,6 +589,7 @@ impl Config {
     ) -> Result<dropvault_core::events::HookSettings, ConfigError> {
         Ok(dropvault_core::events::HookSettings {
             webhook_url: Some(self.hooks.webhook_url.clone()).filter(|u| !u.is_empty()),
+            webhook_proxy: Some(self.hooks.webhook_proxy.clone()).filter(|u| !u.is_empty()),
             webhook_secret: Some(self.hooks.webhook_secret.expose())
                 .filter(|k| !k.is_empty())
                 .map(|k| zeroize::Zeroizing::new(k.to_owned())),

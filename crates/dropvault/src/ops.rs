@@ -65,6 +65,7 @@ pub(crate) fn provider(config: &Config, kek: Kek) -> Result<Arc<dyn KeyProvider>
                 ca_cert: (!kms.transit_ca_cert.is_empty())
                     .then(|| config.path(&kms.transit_ca_cert)),
                 allow_http: kms.transit_allow_http,
+                proxy: Some(kms.transit_proxy.clone()).filter(|p| !p.is_empty()),
                 timeout: Duration::from_secs(u64::try_from(kms.transit_timeout_secs).unwrap_or(10)),
                 version_cache: Duration::from_secs(
                     u64::try_from(kms.transit_version_cache_secs).unwrap_or(30),

@@ -54,6 +54,9 @@ pub struct TransitConfig {
     /// Allow an `http://` address that is not loopback (the token and
     /// the data keys then cross the network in the clear).
     pub allow_http: bool,
+    /// Proxy URL to reach the service through; `None` = straight (proxy
+    /// variables in the environment are never used).
+    pub proxy: Option<String>,
     /// Limit for one request, connect to last byte.
     pub timeout: Duration,
     /// How long the key's version numbers are trusted before the service
@@ -168,8 +171,13 @@ impl TransitProvider {
         if !safe(&config.key) || config.key.contains('/') {
             return Err(bad("transit_key must be a name of letters, digits, - _ ."));
         }
-        let agent = crate::http::agent(config.timeout, config.ca_cert.as_deref(), https)
-            .map_err(|e| KeyError::BadConfig(format!("transit_ca_cert: {e}")))?;
+        let agent = crate::http::agent(
+            config.timeout,
+            config.ca_cert.as_deref(),
+            https,
+            config.proxy.as_deref(),
+        )
+        .map_err(|e| KeyError::BadConfig(format!("transit: {e}")))?;
         Ok(Self {
             agent,
             name: format!("{mount}/{}", config.key),
@@ -657,6 +665,7 @@ mod tests {
             auth: TransitAuth::Token(Zeroizing::new("t".into())),
             ca_cert: None,
             allow_http,
+            proxy: None,
             timeout: Duration::from_secs(1),
             version_cache: Duration::from_secs(30),
         };
@@ -700,6 +709,7 @@ mod tests {
             auth: TransitAuth::Token(Zeroizing::new("s.secret-token".into())),
             ca_cert: None,
             allow_http: false,
+            proxy: None,
             timeout: Duration::from_secs(1),
             version_cache: Duration::from_secs(30),
         };
