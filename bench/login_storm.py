@@ -10,7 +10,8 @@ the password checks busy for the whole run.
                          [--seconds 30] [--backend file|pam|both]
 
 The `file` backend checks argon2id hashes (19 MiB, a core's work each);
-`pam` checks a system account made for the run through /etc/pam.d/dropvault
+each of the prober's logins is a different user's first (no remembered
+password, a new data key), so each costs an argon2id check too. `pam` checks a system account made for the run through /etc/pam.d/dropvault
 (pam_unix, with its failure delay), and needs root. Prints the prober's
 login times (median, 90th percentile, max) and the attackers' attempts per
 second, per backend. Servers bind 127.0.0.1 and stop at the end.
@@ -35,7 +36,7 @@ PASSWORD = "storm-Pw-" + uuid.uuid4().hex[:8]
 PAM_FILE = pathlib.Path("/etc/pam.d/dropvault")
 
 
-def serve(binary: pathlib.Path, work: pathlib.Path, backend: str, user: str):
+def serve(binary: pathlib.Path, work: pathlib.Path, backend: str, users: list[str]):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPVAULT_")}
     env.update({
         "DROPVAULT_DATA_DIR": str(work / backend), "DROPVAULT_FTP_LISTEN": "127.0.0.1:0",
@@ -44,8 +45,10 @@ def serve(binary: pathlib.Path, work: pathlib.Path, backend: str, user: str):
         "DROPVAULT_LOG_FORMAT": "json",
     })
     if backend == "file":
-        subprocess.run([binary, "user", "add", user, "--password-stdin"], input=PASSWORD + "\n",
-                       text=True, env=env, check=True, capture_output=True)
+        for user in users:
+            subprocess.run([binary, "user", "add", user, "--password-stdin"],
+                           input=PASSWORD + "\n", text=True, env=env, check=True,
+                           capture_output=True)
     proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     for _ in range(20):
@@ -101,11 +104,19 @@ def probe(port: int, user: str) -> float:
 
 
 def storm(binary, work, backend, user, attackers, seconds):
-    proc, port = serve(binary, work, backend, user)
+    # The file backend: a fresh user for every probe (a first login each);
+    # PAM remembers nothing, so one account serves.
+    probes = [f"{user}p{i}" for i in range(int(seconds) + 8)] if backend == "file" else []
+    proc, port = serve(binary, work, backend, [user] + probes)
+    prober = iter(probes) if probes else None
+
+    def next_user():
+        return next(prober) if prober else user
+
     stop = threading.Event()
     counts = [[0] for _ in range(attackers)]
     try:
-        quiet = [probe(port, user) for _ in range(3)]
+        quiet = [probe(port, next_user()) for _ in range(3)]
         threads = [threading.Thread(target=attacker, args=(port, user, stop, c), daemon=True)
                    for c in counts]
         for t in threads:
@@ -115,7 +126,7 @@ def storm(binary, work, backend, user, attackers, seconds):
         start = time.monotonic()
         times = []
         while time.monotonic() - start < seconds:
-            times.append(probe(port, user))
+            times.append(probe(port, next_user()))
             time.sleep(1)
         rate = (sum(c[0] for c in counts) - before) / (time.monotonic() - start)
     finally:
