@@ -38,7 +38,8 @@ pub struct FtpConfig {
     pub active_mode: bool,
     /// Most concurrent sessions.
     pub max_sessions: usize,
-    /// Most concurrent sessions from one client address.
+    /// Most concurrent sessions from one client (an IPv4 address, or an
+    /// IPv6 prefix of `ban_ipv6_prefix` bits).
     pub max_sessions_per_ip: usize,
     /// A session with no command for this long is closed.
     pub idle_timeout: Duration,

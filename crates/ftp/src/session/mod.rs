@@ -126,7 +126,7 @@ pub(crate) async fn run(
     // Clients send ABOR as TCP urgent data (Python's ftplib sends the whole
     // line that way); keep urgent bytes in the stream or the line is cut.
     let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
-    let shared_login_timeout = shared.config.login_timeout;
+    let login_deadline = tokio::time::Instant::now() + shared.config.login_timeout;
     let mut s = Session {
         shared,
         peer,
@@ -143,7 +143,7 @@ pub(crate) async fn run(
         passive_expires: None,
         epsv_all: false,
         login_failures: 0,
-        login_deadline: tokio::time::Instant::now() + shared_login_timeout,
+        login_deadline,
         admission,
     };
     tracing::debug!(event = "connect", %peer, implicit);
