@@ -569,7 +569,9 @@ impl TransitProvider {
 /// `localhost`.
 fn loopback(address: &str) -> bool {
     let rest = address.split_once("://").map_or(address, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or_default();
+    // The authority ends at the path, query or fragment, whichever comes
+    // first (`http://10.0.0.5#@127.0.0.1` is 10.0.0.5).
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
@@ -687,6 +689,8 @@ mod tests {
             "http://127.0.0.1.example",
             "http://localhost@10.0.0.5",
             "http://[::2]:8200",
+            "http://10.0.0.5#@127.0.0.1",
+            "http://10.0.0.5?@localhost",
         ] {
             match TransitProvider::new(config(remote, false)) {
                 Err(KeyError::BadConfig(m)) => assert!(m.contains("transit_allow_http"), "{m}"),
