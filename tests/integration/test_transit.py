@@ -366,10 +366,17 @@ def test_proxy_variables_do_not_apply_to_the_key_service(dropvault, bao):
             except OSError:
                 return
             conn.settimeout(5)
+            head = b""
             try:
-                seen.append(conn.recv(65536))
+                # The request head, which may come in several pieces.
+                while b"\r\n\r\n" not in head:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    head += piece
             except OSError:
-                seen.append(b"")
+                pass
+            seen.append(head)
             conn.close()
 
     threading.Thread(target=accept, daemon=True).start()
