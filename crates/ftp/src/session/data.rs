@@ -18,10 +18,24 @@ pub(crate) enum DataPlan {
     /// Neither PASV/EPSV nor PORT/EPRT since the last transfer.
     #[default]
     None,
-    /// The client connects to this listener.
-    Passive(TcpListener),
+    /// The client connects to this listener, which closes unused at
+    /// `expires`.
+    Passive {
+        listener: TcpListener,
+        expires: tokio::time::Instant,
+    },
     /// The server connects to this client address.
     Active(SocketAddr),
+}
+
+impl DataPlan {
+    /// When an unused passive listener closes; `None` for other plans.
+    pub(crate) fn expires(&self) -> Option<tokio::time::Instant> {
+        match self {
+            DataPlan::Passive { expires, .. } => Some(*expires),
+            _ => None,
+        }
+    }
 }
 
 /// Why a data connection could not be made; each maps to a reply.
@@ -86,7 +100,7 @@ pub(crate) async fn open(
 ) -> Result<Stream, DataError> {
     let tcp = match plan {
         DataPlan::None => return Err(DataError::NoPlan),
-        DataPlan::Passive(listener) => {
+        DataPlan::Passive { listener, .. } => {
             tokio::time::timeout(timeout, accept_from(&listener, peer_ip))
                 .await
                 .map_err(|_| DataError::Timeout)??

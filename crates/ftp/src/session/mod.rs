@@ -81,8 +81,6 @@ struct Session {
     rest: u64,
     rename_from: Option<VPath>,
     data: DataPlan,
-    /// When an unused passive listener closes.
-    passive_expires: Option<tokio::time::Instant>,
     epsv_all: bool,
     /// Failed logins in this session.
     login_failures: usize,
@@ -140,7 +138,6 @@ pub(crate) async fn run(
         rest: 0,
         rename_from: None,
         data: DataPlan::None,
-        passive_expires: None,
         epsv_all: false,
         login_failures: 0,
         login_deadline,
@@ -165,9 +162,7 @@ pub(crate) async fn run(
     let idle = s.shared.config.idle_timeout;
     loop {
         let logging_in = !matches!(s.login, Login::In(_));
-        let passive = s
-            .passive_expires
-            .filter(|_| matches!(s.data, DataPlan::Passive(_)));
+        let passive = s.data.expires();
         let line = tokio::select! {
             () = stopped(&mut shutdown) => {
                 let _ = Box::pin(s.reply(Reply::closing("Server shutting down."))).await;
@@ -181,7 +176,6 @@ pub(crate) async fn run(
             () = sleep_until(passive) => {
                 // Nobody connected: give the port back.
                 s.data = DataPlan::None;
-                s.passive_expires = None;
                 continue;
             }
             r = tokio::time::timeout(idle, s.next_line()) => match r {

@@ -58,9 +58,8 @@ impl Session {
     /// after the connect timeout; its port.
     fn plan_passive(&mut self, listener: tokio::net::TcpListener) -> u16 {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        self.data = DataPlan::Passive(listener);
-        self.passive_expires =
-            Some(tokio::time::Instant::now() + self.shared.config.connect_timeout());
+        let expires = tokio::time::Instant::now() + self.shared.config.connect_timeout();
+        self.data = DataPlan::Passive { listener, expires };
         port
     }
 
