@@ -256,8 +256,9 @@ def epsv_port(reply: str) -> int:
 class Raw:
     """A bare control connection: send any bytes, read replies."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 30, source: str | None = None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
 
     def readline(self) -> bytes:

@@ -3,7 +3,6 @@ counted per client and account, bans that reach sessions opened before
 them, a guess budget that parallel sessions do not multiply, IPv6 clients
 counted per prefix, and server-side faults that are not wrong passwords."""
 
-import socket
 import subprocess
 import threading
 import uuid
@@ -15,10 +14,10 @@ from dvclients import PASSWORD, USER, Raw, raw
 MALLORY, MALLORY_PW = "mallory", "Mallory-pw-1234"
 
 
-def attempt(server, user, password):
-    """One login on a fresh connection: the PASS reply, or the greeting's
-    refusal."""
-    r = Raw(server.host, server.port, timeout=30)
+def attempt(server, user, password, source=None):
+    """One login on a fresh connection (from the address `source`, if
+    given): the PASS reply, or the greeting's refusal."""
+    r = Raw(server.host, server.port, timeout=30, source=source)
     try:
         code, text = r.reply()
         if code != 220:
@@ -127,31 +126,17 @@ def v6_addresses():
                            capture_output=True, timeout=10)
 
 
-def attempt_from(server_addr, source, user, password):
-    s = socket.create_connection(server_addr, timeout=30, source_address=(source, 0))
-    r = Raw.__new__(Raw)
-    r.sock, r.buf = s, b""
-    try:
-        code, text = r.reply()
-        if code != 220:
-            return code, text
-        r.cmd(f"USER {user}")
-        return r.cmd(f"PASS {password}")
-    finally:
-        r.close()
-
-
 @pytest.mark.parametrize("prefix", [64, 128])
 def test_ipv6_clients_are_counted_per_prefix(dropvault, v6_addresses, prefix):
     server_ip, first, second = v6_addresses
     server = dropvault(ftp_listen=f"[{server_ip}]:0", ftp_implicit_tls_listen="",
                        ftp_ban_after_failures=2, ftp_ban_ipv6_prefix=prefix)
-    addr = (server_ip, server.port)
-    assert attempt_from(addr, first, USER, "wrong1")[0] == 530
-    assert attempt_from(addr, first, USER, "wrong2")[0] == 421
+    assert server.host == server_ip
+    assert attempt(server, USER, "wrong1", source=first)[0] == 530
+    assert attempt(server, USER, "wrong2", source=first)[0] == 421
     # Another address of the same /64 is the same client; with /128 it is
     # not.
-    code, text = attempt_from(addr, second, USER, PASSWORD)
+    code, text = attempt(server, USER, PASSWORD, source=second)
     if prefix == 64:
         assert code == 421 and "failed logins" in text, text
     else:
