@@ -64,6 +64,19 @@ async fn abandon(mut up: dropvault_core::vault::Upload) {
     exited.wait().await;
 }
 
+/// An upload of `data` to `path` whose client vanished: written, flushed
+/// and dropped without a commit; returns once its worker has let go of the
+/// staging file.
+async fn interrupted(user: &UserVault, path: &str, data: &[u8]) {
+    let mut up = user
+        .upload(&p(path), UploadMode::Replace)
+        .await
+        .expect("upload");
+    up.write_all(data).await.expect("write");
+    up.flush().await.expect("flush");
+    abandon(up).await;
+}
+
 fn p(s: &str) -> VPath {
     VPath::resolve(&VPath::root(), s).expect("path")
 }
@@ -188,16 +201,7 @@ async fn upload_commit_list_download() {
 async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
     let f = fixture();
     let data = content(5 * 65536 + 123);
-    {
-        let mut up = f
-            .user
-            .upload(&p("/big"), UploadMode::Replace)
-            .await
-            .expect("upload");
-        up.write_all(&data[..2 * 65536 + 500]).await.expect("write");
-        up.flush().await.expect("flush");
-        // Client vanishes: dropped without commit.
-    }
+    interrupted(&f.user, "/big", &data[..2 * 65536 + 500]).await;
     assert!(matches!(
         f.user.stat(&p("/big")).await,
         Err(VaultError::NotFound)
@@ -479,15 +483,7 @@ async fn a_large_upload_dropped_midway_keeps_its_sealed_prefix_and_resumes() {
     let f = fixture();
     let data = content(7 * 1024 * 1024 + 4321);
     let cut = 5 * 1024 * 1024 + 777;
-    {
-        let mut up = f
-            .user
-            .upload(&p("/large"), UploadMode::Replace)
-            .await
-            .expect("upload");
-        up.write_all(&data[..cut]).await.expect("write");
-        up.flush().await.expect("flush");
-    }
+    interrupted(&f.user, "/large", &data[..cut]).await;
     // Everything flushed is in the staging file: whole segments up to the cut.
     let at = f.user.size(&p("/large")).await.expect("resume point");
     assert_eq!(at, (cut as u64 / 65_536) * 65_536);
@@ -614,15 +610,7 @@ async fn a_staging_file_cut_inside_a_segment_resumes_under_a_new_salt() {
     for mode in ["rest-at-size", "rest-earlier", "appe"] {
         let f = fixture();
         let data = content(5 * 65536 + 123);
-        {
-            let mut up = f
-                .user
-                .upload(&p("/big"), UploadMode::Replace)
-                .await
-                .expect("upload");
-            up.write_all(&data[..3 * 65536 + 10]).await.expect("write");
-            up.flush().await.expect("flush");
-        }
+        interrupted(&f.user, "/big", &data[..3 * 65536 + 10]).await;
         // Once the dropped upload's worker has let go (an impossible
         // resume gets past the lock), cut its staging file inside the third
         // segment, as a crash during a write would.
@@ -798,14 +786,7 @@ async fn an_append_reseals_after_the_upload_started_and_leaves_no_copy_when_drop
 async fn a_resume_with_no_new_bytes_is_refused_and_the_upload_stays_resumable() {
     let f = fixture();
     let data = content(5 * 65_536 + 999);
-    let mut up = f
-        .user
-        .upload(&p("/r.bin"), UploadMode::Replace)
-        .await
-        .expect("upload");
-    up.write_all(&data[..3 * 65_536 + 10]).await.expect("write");
-    up.flush().await.expect("flush");
-    abandon(up).await;
+    interrupted(&f.user, "/r.bin", &data[..3 * 65_536 + 10]).await;
     let at = f.user.size(&p("/r.bin")).await.expect("resume point");
     assert_eq!(at, 3 * 65_536);
     for mode in [UploadMode::Resume(at), UploadMode::Append] {
@@ -847,14 +828,7 @@ async fn staging_bytes_are_bounded_per_user() {
     ));
     assert!(f.staged().is_empty() && list(&f.user, "/").await.expect("ls").is_empty());
     // An interrupted upload's staging file counts against later uploads.
-    let mut up = f
-        .user
-        .upload(&p("/part.bin"), UploadMode::Replace)
-        .await
-        .expect("upload");
-    up.write_all(&content(600_000)).await.expect("write");
-    up.flush().await.expect("flush");
-    abandon(up).await;
+    interrupted(&f.user, "/part.bin", &content(600_000)).await;
     let mut up = f
         .user
         .upload(&p("/second.bin"), UploadMode::Replace)
