@@ -98,6 +98,9 @@ impl From<FrameError> for SftpError {
 /// How long a session's end waits for a dropped upload to let go of its
 /// staging file (so that a client reconnecting at once can resume it).
 const UPLOAD_EXIT_WAIT: Duration = Duration::from_secs(30);
+/// How long a session's end waits for an open upload to seal what it was
+/// sent before dropping it.
+const UPLOAD_FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// Bytes of entries per NAME reply from READDIR (well below what clients
 /// accept in one packet).
 const NAME_REPLY_BUDGET: usize = 64 * 1024;
@@ -191,8 +194,33 @@ enum WriteState {
     Failed(Status),
 }
 
+/// A value only ever used through `&mut`: shareable between threads
+/// (`Sync`) whatever it holds, as nothing can reach it through `&`. The
+/// session is borrowed across awaits, so everything in it must be `Sync`;
+/// an [`Upload`] is `Send` only.
+struct Exclusive<T>(std::sync::Mutex<T>);
+
+impl<T> Exclusive<T> {
+    fn new(value: T) -> Self {
+        Self(std::sync::Mutex::new(value))
+    }
+
+    fn get(&mut self) -> &mut T {
+        // Never locked, so never poisoned; taken either way.
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn into_inner(self) -> T {
+        self.0
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 struct Writing {
-    upload: Upload,
+    upload: Exclusive<Upload>,
     exited: UploadExited,
     /// Plaintext offset the next write in order starts at.
     end: u64,
@@ -295,15 +323,20 @@ impl Session {
     }
 
     /// Lets go of everything the session holds: in-flight tasks stop,
-    /// uploads still open are dropped (and waited for, within a bound, to
-    /// release their staging files).
+    /// uploads still open are flushed (the writes the client was told
+    /// succeeded stay, as far as whole segments go) and dropped, and waited
+    /// for, within a bound, to release their staging files: a client that
+    /// reconnects at once can resume them.
     async fn finish(&mut self) {
         self.tasks.shutdown().await;
         let mut exits = Vec::new();
         for (_, handle) in self.handles.drain() {
             if let Handle::Write(w) = handle {
                 if let WriteState::Writing(writing) = w.state {
-                    let Writing { upload, exited, .. } = *writing;
+                    let Writing {
+                        mut upload, exited, ..
+                    } = *writing;
+                    let _ = timeout(UPLOAD_FLUSH_WAIT, upload.get().flush()).await;
                     drop(upload);
                     exits.push(exited);
                 }
@@ -501,7 +534,7 @@ impl Session {
         if !existed {
             // A resumable upload counts as there for a client that
             // continues it without CREAT.
-            let staged = vault.size(&p).await.is_ok();
+            let staged = matches!(vault.size(&p).await, Ok(n) if n > 0);
             if !flags.has(OpenFlags::CREAT) && !staged {
                 return Err(VaultError::NotFound.into());
             }
@@ -600,7 +633,7 @@ impl Session {
                          the file was not stored"
                     )));
                 }
-                (upload, exited)
+                (upload.into_inner(), exited)
             }
             WriteState::Idle if flags.has(OpenFlags::TRUNC) || !existed || truncate => {
                 let mode = if flags.has(OpenFlags::EXCL) {
@@ -661,7 +694,7 @@ impl Session {
         match vault.stat(p).await {
             Ok(e) => Ok(entry_attrs(&e)),
             Err(VaultError::NotFound) => match vault.size(p).await {
-                Ok(size) => {
+                Ok(size) if size > 0 => {
                     let now = wire_time(SystemTime::now());
                     Ok(Attrs {
                         size: Some(size),
@@ -670,7 +703,7 @@ impl Session {
                         times: Some((now, now)),
                     })
                 }
-                Err(_) => Err(VaultError::NotFound.into()),
+                _ => Err(VaultError::NotFound.into()),
             },
             Err(e) => Err(e.into()),
         }
@@ -748,7 +781,7 @@ impl Session {
                 // Seals and writes out every whole segment so far; the
                 // last, partial one can only be sealed at CLOSE.
                 WriteState::Writing(writing) => {
-                    match timeout(limit, writing.upload.flush()).await {
+                    match timeout(limit, writing.upload.get().flush()).await {
                         Ok(Ok(())) => Ok(ok(id)),
                         _ => {
                             let status = writing.broken();
@@ -854,11 +887,18 @@ impl WriteHandle {
             if data.is_empty() {
                 return Ok(());
             }
-            let mut upload = user.vault().upload(&self.path, self.mode(offset)).await?;
+            let mut upload = match user.vault().upload(&self.path, self.mode(offset)).await {
+                Ok(upload) => upload,
+                Err(e) => {
+                    let status = Status::from(e);
+                    self.state = WriteState::Failed(status.clone());
+                    return Err(status);
+                }
+            };
             let exited = upload.exit_signal();
             let end = upload.plaintext_len();
             self.state = WriteState::Writing(Box::new(Writing {
-                upload,
+                upload: Exclusive::new(upload),
                 exited,
                 end,
                 appending: self.flags.has(OpenFlags::APPEND) && offset != end,
@@ -954,7 +994,7 @@ impl Writing {
     }
 
     async fn append(&mut self, data: &[u8], limit: Duration) -> Result<(), Status> {
-        match timeout(limit, self.upload.write_all(data)).await {
+        match timeout(limit, self.upload.get().write_all(data)).await {
             Ok(Ok(())) => {
                 self.end += data.len() as u64;
                 Ok(())
@@ -965,7 +1005,7 @@ impl Writing {
 
     /// Why the upload stopped: what its worker reports, or storage.
     fn broken(&mut self) -> Status {
-        match self.upload.failure() {
+        match self.upload.get().failure() {
             Some(e) => Status::from(&e),
             None => Status::failure("Storage error; the upload stopped. Try again later"),
         }
