@@ -376,13 +376,16 @@ fn serve(config: Config) -> Result<(), AnyError> {
             Some(tls)
         }
     };
-    let services = dropvault_ftp::Services {
+    let services = dropvault_core::session::Services {
         auth,
         keyring,
         vault,
-        tls,
         events: events.clone(),
     };
+    let gate = Arc::new(dropvault_core::session::Gate::new(
+        services,
+        config.gate_config()?,
+    ));
     // Every transfer holds a blocking thread (a large download two) for
     // its file I/O and cipher work; the rest of the pool serves logins,
     // listings and the like, so transfers at the session limit never queue
@@ -396,12 +399,10 @@ fn serve(config: Config) -> Result<(), AnyError> {
         // Signal handlers go in before anyone can learn the server is up,
         // so a SIGTERM right after the ready line still drains.
         let shutdown = shutdown_signal()?;
-        tokio::spawn(expire_staging(services.vault.clone()));
+        tokio::spawn(expire_staging(gate.services().vault.clone()));
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
-            Some(addr) if services.tls.is_some() => {
-                Some(tokio::net::TcpListener::bind(addr).await?)
-            }
+            Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
             _ => None,
         };
         let control_addr = control.local_addr()?;
@@ -410,7 +411,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             data_dir = %config.data_dir.display(), "dropvault serving");
         println_safe(&format!(
             "dropvault: FTP on {control_addr}{}{}",
-            if services.tls.is_some() {
+            if tls.is_some() {
                 " (explicit FTPS available)"
             } else {
                 ""
@@ -423,7 +424,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             control,
             implicit_tls,
         };
-        dropvault_ftp::serve(ftp, services, listeners, shutdown).await?;
+        dropvault_ftp::serve(ftp, gate, tls, listeners, shutdown).await?;
         Ok::<(), AnyError>(())
     })?;
     // Events still queued get a few seconds to go out.

@@ -61,6 +61,15 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     /// account that may not log in ([`AuthError::Refused`]); a front end
     /// logs it, and for `Refused` answers the peer as for a wrong password.
     fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError>;
+
+    /// Checks that `key_blob` (an SSH public key's wire encoding, whose
+    /// signature the caller verified) is one of `name`'s keys. Blocking.
+    /// Answers as [`Authenticator::authenticate`]; backends without keys
+    /// (PAM) say `Ok(None)`.
+    fn authenticate_key(&self, name: &str, key_blob: &[u8]) -> Result<Option<Account>, AuthError> {
+        let _ = (name, key_blob);
+        Ok(None)
+    }
 }
 
 /// Why an account could not be checked, created, changed or removed.
