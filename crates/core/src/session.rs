@@ -555,3 +555,22 @@ impl Audit {
         &self.0.peer
     }
 }
+
+/// TCP keepalive on a front end's connection, so a peer that vanished
+/// without a FIN or RST (a dead NAT, a pulled cable) is noticed within about
+/// two minutes even while the server waits to read; and `TCP_USER_TIMEOUT`,
+/// so data we sent that is never acknowledged ends the connection as soon.
+pub fn keepalive(tcp: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = sock.set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(120))) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
+}

@@ -18,10 +18,13 @@
 
 mod attrs;
 mod errors;
+pub mod hostkey;
 pub mod proto;
 mod session;
 mod shim;
 mod source;
+mod ssh;
 
 pub use session::{serve, SftpError, SftpSettings};
+pub use ssh::{serve as serve_ssh, SshConfig};
 pub use shim::LoggedIn;
