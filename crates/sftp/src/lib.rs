@@ -20,8 +20,6 @@ mod attrs;
 mod errors;
 pub mod proto;
 mod session;
-mod shim;
 mod source;
 
 pub use session::{serve, SftpError, SftpSettings};
-pub use shim::LoggedIn;

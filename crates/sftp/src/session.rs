@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dropvault_core::session::LoggedIn;
 use dropvault_core::vault::{
     Entry, EntryKind, Listing, Upload, UploadExited, UploadMode, VPath, VaultError,
 };
@@ -30,7 +31,6 @@ use crate::proto::{
     parse_packet, reply, Attrs, FrameBuffer, FrameError, NameEntry, OpenFlags, Packet, ParseError,
     Request, MAX_READ_LEN, STATUS_BAD_MESSAGE, STATUS_EOF, STATUS_OK,
 };
-use crate::shim::LoggedIn;
 use crate::source::Source;
 
 /// Limits and timeouts of one session.
@@ -118,7 +118,7 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut session = Session {
-        user: Arc::new(user),
+        user,
         settings: settings.clone(),
         handles: HashMap::new(),
         next_handle: 0,
@@ -135,7 +135,7 @@ where
 }
 
 struct Session {
-    user: Arc<LoggedIn>,
+    user: LoggedIn,
     settings: SftpSettings,
     handles: HashMap<u32, Handle>,
     next_handle: u32,
@@ -156,6 +156,7 @@ struct ReadHandle {
     source: Source,
     /// Bytes sent, for the download event.
     served: AtomicU64,
+    opened: Instant,
 }
 
 /// A folder open for listing.
@@ -230,6 +231,9 @@ struct Writing {
     /// Writes that arrived ahead of `end`, by offset.
     ahead: BTreeMap<u64, Vec<u8>>,
     ahead_bytes: usize,
+    /// Bytes the client sent, and since when, for the upload event.
+    received: u64,
+    started: Instant,
 }
 
 fn random_write() -> Status {
@@ -516,6 +520,7 @@ impl Session {
                 path: p,
                 source,
                 served: AtomicU64::new(0),
+                opened: Instant::now(),
             }));
             return Ok(reply::handle(id, &self.insert(h)?));
         }
@@ -595,7 +600,8 @@ impl Session {
             Some(Handle::Read(h)) => {
                 let served = h.served.load(Ordering::Relaxed);
                 if served > 0 {
-                    self.user.downloaded(&h.path, served);
+                    let secs = h.opened.elapsed().as_secs_f64();
+                    self.user.audit().downloaded(&h.path, served, secs);
                 }
                 Ok(Some(ok(id)))
             }
@@ -615,7 +621,7 @@ impl Session {
             mtime,
             truncate,
         } = w;
-        let (upload, exited) = match state {
+        let (upload, exited, received, started) = match state {
             WriteState::Failed(status) => return Err(status),
             WriteState::Writing(writing) => {
                 let Writing {
@@ -623,6 +629,8 @@ impl Session {
                     exited,
                     end,
                     ahead,
+                    received,
+                    started,
                     ..
                 } = *writing;
                 if !ahead.is_empty() {
@@ -633,7 +641,7 @@ impl Session {
                          the file was not stored"
                     )));
                 }
-                (upload.into_inner(), exited)
+                (upload.into_inner(), exited, received, started)
             }
             WriteState::Idle if flags.has(OpenFlags::TRUNC) || !existed || truncate => {
                 let mode = if flags.has(OpenFlags::EXCL) {
@@ -643,7 +651,7 @@ impl Session {
                 };
                 let mut upload = self.user.vault().upload(&path, mode).await?;
                 let exited = upload.exit_signal();
-                (upload, exited)
+                (upload, exited, 0, Instant::now())
             }
             WriteState::Idle => {
                 // Opened for writing, nothing written: the file stays.
@@ -653,16 +661,19 @@ impl Session {
                 return Ok(Some(ok(id)));
             }
         };
-        let user = self.user.clone();
-        let wait = self.settings.idle_timeout.max(UPLOAD_EXIT_WAIT);
+        let audit = self.user.audit();
+        let vault = self.user.vault().clone();
         self.tasks.spawn(async move {
-            let committed = user.commit(&path, upload).await;
-            let _ = timeout(wait, exited.wait()).await;
+            let secs = started.elapsed().as_secs_f64();
+            let committed = audit.commit(&path, upload, received, secs).await;
+            // The staging file is let go before the reply: a client that
+            // writes the same file again at once does not find it busy.
+            let _ = timeout(UPLOAD_EXIT_WAIT, exited.wait()).await;
             if let Err(e) = committed {
                 return Status::from(&e).to_reply(id);
             }
             if let Some(t) = mtime {
-                if let Err(e) = user.vault().set_modified(&path, t).await {
+                if let Err(e) = vault.set_modified(&path, t).await {
                     return Status::from(e).to_reply(id);
                 }
             }
@@ -746,7 +757,7 @@ impl Session {
                     return Err(size_unsupported());
                 }
                 let upload = self.user.vault().upload(p, UploadMode::Replace).await?;
-                self.user.commit(p, upload).await?;
+                self.user.audit().commit(p, upload, 0, 0.0).await?;
             }
         }
         if let Some((_, mtime)) = attrs.times {
@@ -904,6 +915,8 @@ impl WriteHandle {
                 appending: self.flags.has(OpenFlags::APPEND) && offset != end,
                 ahead: BTreeMap::new(),
                 ahead_bytes: 0,
+                received: 0,
+                started: Instant::now(),
             }));
         }
         let writing = match &mut self.state {
@@ -964,6 +977,7 @@ impl Writing {
         if data.is_empty() {
             return Ok(());
         }
+        self.received += data.len() as u64;
         let limit = settings.idle_timeout;
         if self.appending || offset == self.end {
             self.append(data, limit).await?;
