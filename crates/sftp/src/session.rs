@@ -49,7 +49,7 @@ pub struct SftpSettings {
     /// WRITEs that arrived ahead of the file's end held per file, waiting
     /// for the gap before them to fill.
     pub write_window_packets: usize,
-    /// Bytes of such WRITEs held per file.
+    /// Bytes of such WRITEs held by the session, all its files together.
     pub write_window_bytes: usize,
 }
 
@@ -689,12 +689,28 @@ impl Session {
         offset: u64,
         data: &[u8],
     ) -> Result<Vec<u8>, Status> {
-        let w = match self.handles.get_mut(&handle_id(handle)?) {
+        let hid = handle_id(handle)?;
+        // The window for writes ahead is the session's, shared by its files.
+        let held: usize = self
+            .handles
+            .iter()
+            .filter(|(k, _)| **k != hid)
+            .map(|(_, h)| match h {
+                Handle::Write(w) => match &w.state {
+                    WriteState::Writing(writing) => writing.ahead_bytes,
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum();
+        let room = self.settings.write_window_bytes.saturating_sub(held);
+        let w = match self.handles.get_mut(&hid) {
             Some(Handle::Write(w)) => w,
             Some(_) => return Err(Status::failure("Not open for writing")),
             None => return Err(bad_handle()),
         };
-        w.write(&self.user, &self.settings, offset, data).await?;
+        w.write(&self.user, &self.settings, room, offset, data)
+            .await?;
         Ok(ok(id))
     }
 
@@ -887,10 +903,13 @@ impl WriteHandle {
         }
     }
 
+    /// One WRITE; `room` is what the session's window for writes ahead
+    /// has left for this file.
     async fn write(
         &mut self,
         user: &LoggedIn,
         settings: &SftpSettings,
+        room: usize,
         offset: u64,
         data: &[u8],
     ) -> Result<(), Status> {
@@ -924,7 +943,7 @@ impl WriteHandle {
             WriteState::Failed(s) => return Err(s.clone()),
             WriteState::Idle => return Err(Status::failure("Local error")),
         };
-        if let Err(status) = writing.put(offset, data, settings).await {
+        if let Err(status) = writing.put(offset, data, settings, room).await {
             // The upload cannot go on: dropped now, resumable later.
             self.state = WriteState::Failed(status.clone());
             return Err(status);
@@ -973,6 +992,7 @@ impl Writing {
         offset: u64,
         data: &[u8],
         settings: &SftpSettings,
+        room: usize,
     ) -> Result<(), Status> {
         if data.is_empty() {
             return Ok(());
@@ -997,7 +1017,7 @@ impl Writing {
         }
         if offset < self.end
             || self.ahead.len() >= settings.write_window_packets
-            || self.ahead_bytes.saturating_add(data.len()) > settings.write_window_bytes
+            || self.ahead_bytes.saturating_add(data.len()) > room
             || self.ahead.contains_key(&offset)
         {
             return Err(random_write());

@@ -867,3 +867,29 @@ fn rejecting_scanner() -> Option<Arc<dropvault_core::scan::Scanner>> {
         .expect("scanner")
         .map(Arc::new)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_for_writes_ahead_is_shared_by_the_session() {
+    let f = fixture();
+    let settings = SftpSettings {
+        write_window_bytes: 10,
+        ..SftpSettings::default()
+    };
+    let (mut c, task) = Client::start(&f, settings).await;
+    let a = c.open("/a", WRITE | CREAT | TRUNC).await.expect("open");
+    let b = c.open("/b", WRITE | CREAT | TRUNC).await.expect("open");
+    assert_eq!(c.write(&a, 100, b"123456").await.0, STATUS_OK);
+    // Another 6 bytes ahead, in another file: past the session's 10.
+    assert_eq!(
+        c.write(&b, 100, b"123456").await,
+        (
+            STATUS_FAILURE,
+            "random writes are not supported; write sequentially".into()
+        )
+    );
+    // Filling file a's gap frees its share.
+    assert_eq!(c.write(&a, 0, &payload(100)).await.0, STATUS_OK);
+    assert_eq!(c.close(&a).await.0, STATUS_OK);
+    assert_eq!(c.stat("/a").await.expect("stat").0, Some(106));
+    c.quit(task).await.expect("end");
+}
