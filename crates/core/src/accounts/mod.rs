@@ -9,6 +9,7 @@
 
 mod file;
 mod pam;
+pub mod sshkey;
 
 pub use file::UserFile;
 pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};
