@@ -127,24 +127,45 @@ Subsystem sftp {SFTP_SERVER}
         self.stop()
         raise RuntimeError("sshd did not answer in time")
 
+    def sessions(self) -> list[int]:
+        """PIDs of the listener's descendants: one sshd [priv], one sshd
+        user process and one sftp-server per session (each session is a
+        process session of its own, so not in the listener's group)."""
+        if self.proc is None:
+            return []
+        kids: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    stat = pathlib.Path(f"/proc/{name}/stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+                kids.setdefault(ppid, []).append(int(name))
+        out, todo = [], list(kids.get(self.proc.pid, []))
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += kids.get(pid, [])
+        return out
+
     def stop(self) -> None:
-        """SIGTERM to its process group (the listener and every session),
-        then SIGKILL to what is left."""
+        """SIGTERM to the listener and every session process, then SIGKILL
+        to what is left."""
         if self.proc is None:
             return
+        pids = [*self.sessions(), self.proc.pid]
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
             try:
                 self.proc.wait(timeout=10)
-                if sig == signal.SIGTERM:
-                    continue
             except subprocess.TimeoutExpired:
-                pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
+                continue
+            time.sleep(0.2)
+            if not any(os.path.exists(f"/proc/{pid}") for pid in pids[:-1]):
+                break
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
