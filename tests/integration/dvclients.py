@@ -1,16 +1,23 @@
 """Real FTP clients for the acceptance tests: curl and lftp as subprocesses,
 Python's ftplib, and a raw control-connection socket for what no client
-sends on purpose (over-long lines, refused PORTs, ...)."""
+sends on purpose (over-long lines, refused PORTs, ...). SFTP clients:
+OpenSSH's sftp, paramiko, curl, lftp and rclone (checked against OpenSSH's
+sshd by `python3 tests/integration/sshd.py`)."""
 
 from __future__ import annotations
 
+import base64
 import ftplib
+import hashlib
 import os
 import pathlib
 import re
+import shlex
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -512,8 +519,6 @@ def paramiko_sftp(host: str, port: int, user: str, password: str | None = None,
 
 def host_key_sha256(pkey) -> str:
     """OpenSSH's `SHA256:...` fingerprint of a paramiko public key."""
-    import base64
-    import hashlib
     digest = hashlib.sha256(pkey.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
@@ -557,8 +562,6 @@ def lftp_sftp(host: str, port: int, commands: str, user: str = USER,
     its sftp subsystem). Password auth (lftp answers ssh's prompt) by
     default; with `key`, that key and no password. known_hosts defaults
     to one beside the key, or a fresh one per call for passwords."""
-    import shlex
-    import tempfile
     own = None
     if known_hosts is None:
         if key is not None:
@@ -583,7 +586,6 @@ def lftp_sftp(host: str, port: int, commands: str, user: str = USER,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     finally:
         if own:
-            import shutil
             shutil.rmtree(own, ignore_errors=True)
 
 
