@@ -342,7 +342,7 @@ def self_check() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bad = sum(1 for _, ok, _ in results if not ok)
-    print(f"{len(results) - bad} passed, {bad} failed")
+    print(f"SFTP helper checks against OpenSSH: {len(results) - bad} ok, {bad} failed")
     return 1 if bad else 0
 
 
