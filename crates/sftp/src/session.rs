@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dropvault_core::session::LoggedIn;
 use dropvault_core::vault::{
     Entry, EntryKind, Listing, Upload, UploadExited, UploadMode, VPath, VaultError,
 };
@@ -30,7 +31,6 @@ use crate::proto::{
     parse_packet, reply, Attrs, FrameBuffer, FrameError, NameEntry, OpenFlags, Packet, ParseError,
     Request, MAX_READ_LEN, STATUS_BAD_MESSAGE, STATUS_EOF, STATUS_OK,
 };
-use crate::shim::LoggedIn;
 use crate::source::Source;
 
 /// Limits and timeouts of one session.
@@ -49,7 +49,7 @@ pub struct SftpSettings {
     /// WRITEs that arrived ahead of the file's end held per file, waiting
     /// for the gap before them to fill.
     pub write_window_packets: usize,
-    /// Bytes of such WRITEs held per file.
+    /// Bytes of such WRITEs held by the session, all its files together.
     pub write_window_bytes: usize,
 }
 
@@ -118,7 +118,7 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut session = Session {
-        user: Arc::new(user),
+        user,
         settings: settings.clone(),
         handles: HashMap::new(),
         next_handle: 0,
@@ -135,7 +135,7 @@ where
 }
 
 struct Session {
-    user: Arc<LoggedIn>,
+    user: LoggedIn,
     settings: SftpSettings,
     handles: HashMap<u32, Handle>,
     next_handle: u32,
@@ -156,6 +156,7 @@ struct ReadHandle {
     source: Source,
     /// Bytes sent, for the download event.
     served: AtomicU64,
+    opened: Instant,
 }
 
 /// A folder open for listing.
@@ -230,6 +231,9 @@ struct Writing {
     /// Writes that arrived ahead of `end`, by offset.
     ahead: BTreeMap<u64, Vec<u8>>,
     ahead_bytes: usize,
+    /// Bytes the client sent, and since when, for the upload event.
+    received: u64,
+    started: Instant,
 }
 
 fn random_write() -> Status {
@@ -516,6 +520,7 @@ impl Session {
                 path: p,
                 source,
                 served: AtomicU64::new(0),
+                opened: Instant::now(),
             }));
             return Ok(reply::handle(id, &self.insert(h)?));
         }
@@ -595,7 +600,8 @@ impl Session {
             Some(Handle::Read(h)) => {
                 let served = h.served.load(Ordering::Relaxed);
                 if served > 0 {
-                    self.user.downloaded(&h.path, served);
+                    let secs = h.opened.elapsed().as_secs_f64();
+                    self.user.audit().downloaded(&h.path, served, secs);
                 }
                 Ok(Some(ok(id)))
             }
@@ -615,7 +621,7 @@ impl Session {
             mtime,
             truncate,
         } = w;
-        let (upload, exited) = match state {
+        let (upload, exited, received, started) = match state {
             WriteState::Failed(status) => return Err(status),
             WriteState::Writing(writing) => {
                 let Writing {
@@ -623,6 +629,8 @@ impl Session {
                     exited,
                     end,
                     ahead,
+                    received,
+                    started,
                     ..
                 } = *writing;
                 if !ahead.is_empty() {
@@ -633,7 +641,7 @@ impl Session {
                          the file was not stored"
                     )));
                 }
-                (upload.into_inner(), exited)
+                (upload.into_inner(), exited, received, started)
             }
             WriteState::Idle if flags.has(OpenFlags::TRUNC) || !existed || truncate => {
                 let mode = if flags.has(OpenFlags::EXCL) {
@@ -643,7 +651,7 @@ impl Session {
                 };
                 let mut upload = self.user.vault().upload(&path, mode).await?;
                 let exited = upload.exit_signal();
-                (upload, exited)
+                (upload, exited, 0, Instant::now())
             }
             WriteState::Idle => {
                 // Opened for writing, nothing written: the file stays.
@@ -653,16 +661,19 @@ impl Session {
                 return Ok(Some(ok(id)));
             }
         };
-        let user = self.user.clone();
-        let wait = self.settings.idle_timeout.max(UPLOAD_EXIT_WAIT);
+        let audit = self.user.audit();
+        let vault = self.user.vault().clone();
         self.tasks.spawn(async move {
-            let committed = user.commit(&path, upload).await;
-            let _ = timeout(wait, exited.wait()).await;
+            let secs = started.elapsed().as_secs_f64();
+            let committed = audit.commit(&path, upload, received, secs).await;
+            // The staging file is let go before the reply: a client that
+            // writes the same file again at once does not find it busy.
+            let _ = timeout(UPLOAD_EXIT_WAIT, exited.wait()).await;
             if let Err(e) = committed {
                 return Status::from(&e).to_reply(id);
             }
             if let Some(t) = mtime {
-                if let Err(e) = user.vault().set_modified(&path, t).await {
+                if let Err(e) = vault.set_modified(&path, t).await {
                     return Status::from(e).to_reply(id);
                 }
             }
@@ -678,12 +689,28 @@ impl Session {
         offset: u64,
         data: &[u8],
     ) -> Result<Vec<u8>, Status> {
-        let w = match self.handles.get_mut(&handle_id(handle)?) {
+        let hid = handle_id(handle)?;
+        // The window for writes ahead is the session's, shared by its files.
+        let held: usize = self
+            .handles
+            .iter()
+            .filter(|(k, _)| **k != hid)
+            .map(|(_, h)| match h {
+                Handle::Write(w) => match &w.state {
+                    WriteState::Writing(writing) => writing.ahead_bytes,
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum();
+        let room = self.settings.write_window_bytes.saturating_sub(held);
+        let w = match self.handles.get_mut(&hid) {
             Some(Handle::Write(w)) => w,
             Some(_) => return Err(Status::failure("Not open for writing")),
             None => return Err(bad_handle()),
         };
-        w.write(&self.user, &self.settings, offset, data).await?;
+        w.write(&self.user, &self.settings, room, offset, data)
+            .await?;
         Ok(ok(id))
     }
 
@@ -746,7 +773,7 @@ impl Session {
                     return Err(size_unsupported());
                 }
                 let upload = self.user.vault().upload(p, UploadMode::Replace).await?;
-                self.user.commit(p, upload).await?;
+                self.user.audit().commit(p, upload, 0, 0.0).await?;
             }
         }
         if let Some((_, mtime)) = attrs.times {
@@ -876,10 +903,13 @@ impl WriteHandle {
         }
     }
 
+    /// One WRITE; `room` is what the session's window for writes ahead
+    /// has left for this file.
     async fn write(
         &mut self,
         user: &LoggedIn,
         settings: &SftpSettings,
+        room: usize,
         offset: u64,
         data: &[u8],
     ) -> Result<(), Status> {
@@ -904,6 +934,8 @@ impl WriteHandle {
                 appending: self.flags.has(OpenFlags::APPEND) && offset != end,
                 ahead: BTreeMap::new(),
                 ahead_bytes: 0,
+                received: 0,
+                started: Instant::now(),
             }));
         }
         let writing = match &mut self.state {
@@ -911,7 +943,7 @@ impl WriteHandle {
             WriteState::Failed(s) => return Err(s.clone()),
             WriteState::Idle => return Err(Status::failure("Local error")),
         };
-        if let Err(status) = writing.put(offset, data, settings).await {
+        if let Err(status) = writing.put(offset, data, settings, room).await {
             // The upload cannot go on: dropped now, resumable later.
             self.state = WriteState::Failed(status.clone());
             return Err(status);
@@ -960,10 +992,12 @@ impl Writing {
         offset: u64,
         data: &[u8],
         settings: &SftpSettings,
+        room: usize,
     ) -> Result<(), Status> {
         if data.is_empty() {
             return Ok(());
         }
+        self.received += data.len() as u64;
         let limit = settings.idle_timeout;
         if self.appending || offset == self.end {
             self.append(data, limit).await?;
@@ -983,7 +1017,7 @@ impl Writing {
         }
         if offset < self.end
             || self.ahead.len() >= settings.write_window_packets
-            || self.ahead_bytes.saturating_add(data.len()) > settings.write_window_bytes
+            || self.ahead_bytes.saturating_add(data.len()) > room
             || self.ahead.contains_key(&offset)
         {
             return Err(random_write());

@@ -4,18 +4,21 @@
 
 #![allow(clippy::cast_possible_truncation)] // test sizes and offsets are small
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dropvault_core::accounts::{Password, UserFile};
 use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
-use dropvault_core::vault::{UserVault, Vault};
+use dropvault_core::session::{Credential, Gate, GateConfig, LoggedIn, Peer, Protocol, Services};
+use dropvault_core::vault::Vault;
 use dropvault_sftp::proto::{
     FrameBuffer, ATTR_ACMODTIME, ATTR_SIZE, FXP_ATTRS, FXP_DATA, FXP_HANDLE, FXP_NAME, FXP_STATUS,
     FXP_VERSION, STATUS_BAD_MESSAGE, STATUS_EOF, STATUS_FAILURE, STATUS_NO_SUCH_FILE, STATUS_OK,
     STATUS_OP_UNSUPPORTED,
 };
-use dropvault_sftp::{serve, LoggedIn, SftpError, SftpSettings};
+use dropvault_sftp::{serve, SftpError, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
@@ -33,9 +36,10 @@ fn kek() -> Arc<LocalRsaProvider> {
     Arc::new(LocalRsaProvider::open_or_create(&path).expect("kek"))
 }
 
+/// A server's services behind a gate, with user `alice`.
 struct Fixture {
     dir: tempfile::TempDir,
-    user: UserVault,
+    gate: Gate,
 }
 
 fn fixture() -> Fixture {
@@ -44,17 +48,44 @@ fn fixture() -> Fixture {
 
 fn fixture_with(setup: impl FnOnce(Vault) -> Vault) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ring = Keyring::new(
-        kek(),
-        KeyFileStore::open(dir.path().join("keys")).expect("keys"),
-    );
-    let vault = setup(Vault::create(dir.path().join("files")).expect("vault"));
-    let key = ring.unlock("alice").expect("key");
-    let user = vault.for_user(key).expect("user vault");
-    Fixture { dir, user }
+    let users = UserFile::open(dir.path().join("users.toml")).expect("users");
+    users
+        .add("alice", &Password::new("s3cret".into()))
+        .expect("add");
+    let services = Services {
+        auth: Arc::new(users),
+        keyring: Arc::new(Keyring::new(
+            kek(),
+            KeyFileStore::open(dir.path().join("keys")).expect("keys"),
+        )),
+        vault: Arc::new(setup(
+            Vault::create(dir.path().join("files")).expect("vault"),
+        )),
+        events: Arc::new(dropvault_core::events::Hooks::disabled()),
+    };
+    let gate = Gate::new(services, GateConfig::default());
+    Fixture { dir, gate }
 }
 
 impl Fixture {
+    /// `alice`, logged in through the gate as an SFTP client would be.
+    async fn login(&self) -> LoggedIn {
+        let addr: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let peer = Peer {
+            protocol: Protocol::Sftp,
+            addr,
+            client: self.gate.client(addr.ip()),
+        };
+        self.gate
+            .login(
+                &peer,
+                "alice",
+                Credential::Password(Password::new("s3cret".into())),
+            )
+            .await
+            .expect("login")
+    }
+
     /// Every file under the data folder holds no plaintext marker.
     fn assert_sealed(&self) {
         fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -165,11 +196,11 @@ fn attrs_of(body: &[u8]) -> (Option<u64>, Option<u32>, Option<u32>) {
 impl Client {
     /// A session for `user` with `settings`; INIT and VERSION exchanged.
     async fn start(
-        user: &UserVault,
+        f: &Fixture,
         settings: SftpSettings,
     ) -> (Client, JoinHandle<Result<(), SftpError>>) {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let logged_in = LoggedIn::new(user.clone());
+        let logged_in = f.login().await;
         let task = tokio::spawn(async move { serve(server, logged_in, &settings).await });
         let mut c = Client {
             io: client,
@@ -409,7 +440,7 @@ async fn upload(c: &mut Client, path: &str, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_then_pipelined_reads_return_the_same_bytes() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let data = payload(1_500_000);
     let h = c
         .open("/big.bin", WRITE | CREAT | TRUNC)
@@ -444,7 +475,7 @@ async fn upload_then_pipelined_reads_return_the_same_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_arriving_out_of_order_are_put_in_place() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let data = payload(100_000);
     let h = c
         .open("/ooo.bin", WRITE | CREAT | TRUNC)
@@ -471,7 +502,7 @@ async fn writes_arriving_out_of_order_are_put_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_behind_the_end_is_refused_and_nothing_is_stored() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let h = c
         .open("/rand.bin", WRITE | CREAT | TRUNC)
         .await
@@ -493,7 +524,7 @@ async fn a_write_behind_the_end_is_refused_and_nothing_is_stored() {
         write_window_packets: 2,
         ..SftpSettings::default()
     };
-    let (mut c2, task2) = Client::start(&f.user, settings).await;
+    let (mut c2, task2) = Client::start(&f, settings).await;
     let h = c2
         .open("/gap.bin", WRITE | CREAT | TRUNC)
         .await
@@ -524,7 +555,7 @@ async fn a_write_behind_the_end_is_refused_and_nothing_is_stored() {
 async fn an_interrupted_upload_resumes_from_the_size_stat_reports() {
     let f = fixture();
     let data = payload(3 * 64 * 1024 + 5000);
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let h = c
         .open("/resume.bin", WRITE | CREAT | TRUNC)
         .await
@@ -534,7 +565,7 @@ async fn an_interrupted_upload_resumes_from_the_size_stat_reports() {
     c.quit(task).await.expect("end");
     f.assert_sealed();
 
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let (size, _, _) = c
         .stat("/resume.bin")
         .await
@@ -566,7 +597,7 @@ async fn an_interrupted_upload_resumes_from_the_size_stat_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_continues_the_committed_file() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let data = payload(90_000);
     upload(&mut c, "/log.txt", &data[..40_000]).await;
     // curl and OpenSSH's `put -a`: APPEND, offsets from the current size.
@@ -588,7 +619,7 @@ async fn append_continues_the_committed_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_without_writes_follows_the_open_flags() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     upload(&mut c, "/keep.txt", &payload(1000)).await;
     // No TRUNC: the file stays as it was.
     let h = c.open("/keep.txt", WRITE).await.expect("open");
@@ -625,7 +656,7 @@ async fn close_without_writes_follows_the_open_flags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folders_listings_renames_and_removal() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     assert_eq!(c.path_op(14, "/docs").await.0, STATUS_OK);
     assert_eq!(c.path_op(14, "/docs").await.0, STATUS_FAILURE);
     upload(&mut c, "/docs/a.txt", &payload(10)).await;
@@ -686,7 +717,7 @@ async fn a_listing_stops_at_the_entry_limit() {
         max_listing_entries: 3,
         ..SftpSettings::default()
     };
-    let (mut c, task) = Client::start(&f.user, settings).await;
+    let (mut c, task) = Client::start(&f, settings).await;
     for name in ["/1", "/2", "/3"] {
         upload(&mut c, name, b"x").await;
     }
@@ -703,7 +734,7 @@ async fn a_listing_stops_at_the_entry_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modification_times_are_set_by_setstat_and_fsetstat() {
     let f = fixture();
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let attrs = |mtime: u32| {
         let mut b = Vec::new();
         b.extend_from_slice(&(ATTR_ACMODTIME | 0x4).to_be_bytes());
@@ -747,7 +778,7 @@ async fn limits_and_malformed_requests() {
         max_handles: 2,
         ..SftpSettings::default()
     };
-    let (mut c, task) = Client::start(&f.user, settings).await;
+    let (mut c, task) = Client::start(&f, settings).await;
     upload(&mut c, "/f", b"data").await;
     let h1 = c.open("/f", READ).await.expect("first");
     let _h2 = c.open("/f", READ).await.expect("second");
@@ -785,7 +816,7 @@ async fn an_idle_session_ends() {
         idle_timeout: Duration::from_millis(200),
         ..SftpSettings::default()
     };
-    let (_c, task) = Client::start(&f.user, settings).await;
+    let (_c, task) = Client::start(&f, settings).await;
     let end = task.await.expect("serve task");
     assert!(matches!(end, Err(SftpError::Idle)), "{end:?}");
 }
@@ -793,7 +824,7 @@ async fn an_idle_session_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scanner_rejection_is_reported_at_close() {
     let f = fixture_with(|v| v.with_scanner(rejecting_scanner()));
-    let (mut c, task) = Client::start(&f.user, SftpSettings::default()).await;
+    let (mut c, task) = Client::start(&f, SftpSettings::default()).await;
     let mut data = payload(70_000);
     data.extend_from_slice(b"BAD-BYTES");
     let h = c
@@ -835,4 +866,30 @@ fn rejecting_scanner() -> Option<Arc<dropvault_core::scan::Scanner>> {
     dropvault_core::scan::Scanner::new(settings)
         .expect("scanner")
         .map(Arc::new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_for_writes_ahead_is_shared_by_the_session() {
+    let f = fixture();
+    let settings = SftpSettings {
+        write_window_bytes: 10,
+        ..SftpSettings::default()
+    };
+    let (mut c, task) = Client::start(&f, settings).await;
+    let a = c.open("/a", WRITE | CREAT | TRUNC).await.expect("open");
+    let b = c.open("/b", WRITE | CREAT | TRUNC).await.expect("open");
+    assert_eq!(c.write(&a, 100, b"123456").await.0, STATUS_OK);
+    // Another 6 bytes ahead, in another file: past the session's 10.
+    assert_eq!(
+        c.write(&b, 100, b"123456").await,
+        (
+            STATUS_FAILURE,
+            "random writes are not supported; write sequentially".into()
+        )
+    );
+    // Filling file a's gap frees its share.
+    assert_eq!(c.write(&a, 0, &payload(100)).await.0, STATUS_OK);
+    assert_eq!(c.close(&a).await.0, STATUS_OK);
+    assert_eq!(c.stat("/a").await.expect("stat").0, Some(106));
+    c.quit(task).await.expect("end");
 }

@@ -43,10 +43,12 @@ pub struct FrameBuffer {
     start: usize,
 }
 
-/// Read size when nothing says more is needed.
-const READ_HINT: usize = 16 * 1024;
-/// Capacity kept over a quiet period.
-const IDLE_CAPACITY: usize = 4 * 1024;
+/// Read size when nothing says more is needed (most requests are far
+/// smaller; a WRITE's length field asks for the rest of it).
+const READ_HINT: usize = 4 * 1024;
+/// Capacity kept over a quiet period: the read size, so sessions of small
+/// requests do not reallocate, and one large packet is not kept.
+const IDLE_CAPACITY: usize = READ_HINT;
 
 impl FrameBuffer {
     /// An empty buffer (no allocation).
