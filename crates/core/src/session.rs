@@ -67,6 +67,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client the peer counts as, for limits and bans.
     pub client: ClientId,
+    /// Whether the connection is encrypted (FTPS after `AUTH TLS` or
+    /// implicitly; SSH always), as login log lines say.
+    pub encrypted: bool,
 }
 
 /// What a client offered to prove who it is.
@@ -318,7 +321,8 @@ impl Gate {
             Checked::In(account, key) => match self.services.vault.for_user(key) {
                 Ok(vault) => {
                     attempt.succeeded(name);
-                    tracing::info!(event = "login", protocol, user = %account.name, peer = %addr);
+                    tracing::info!(event = "login", protocol, user = %account.name, peer = %addr,
+                        encrypted = peer.encrypted);
                     let audit = Audit(Arc::new(AuditInner {
                         user: account.name,
                         peer: *peer,

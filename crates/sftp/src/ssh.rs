@@ -177,6 +177,7 @@ impl Connection {
                 protocol: Protocol::Sftp,
                 addr,
                 client: admission.client(),
+                encrypted: true,
             },
             deadline,
             authed: authed.clone(),

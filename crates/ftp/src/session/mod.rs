@@ -115,6 +115,7 @@ pub(crate) async fn run(
         protocol: Protocol::Ftp,
         addr: peer,
         client: admission.client(),
+        encrypted: false,
     };
     let mut s = Session {
         who,
@@ -416,6 +417,7 @@ impl Session {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.control = Stream::Tls(Box::new(tls));
         self.tls = Some(session_tls);
+        self.who.encrypted = true;
         Ok(())
     }
 
