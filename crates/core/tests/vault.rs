@@ -190,7 +190,7 @@ async fn upload_commit_list_download() {
     assert!(get(&f.user, "/a.bin", 70_000).await == data[70_000..]);
     assert!(matches!(
         f.user.download(&p("/a.bin"), data.len() as u64 + 1).await,
-        Err(VaultError::BadRestOffset { .. })
+        Err(VaultError::BadOffset { .. })
     ));
     // Nothing in storage holds plaintext; the staging folder is empty.
     assert_no_plaintext(f.dir.path());
@@ -214,13 +214,13 @@ async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
     // dropped upload's worker may still hold the file for a moment: retry
     // while busy, as a client would.)
     match upload_when_free(&f.user, "/big", UploadMode::Resume(at + 1)).await {
-        Err(VaultError::BadRestOffset {
+        Err(VaultError::BadOffset {
             requested,
             available,
         }) => {
             assert_eq!((requested, available), (at + 1, at));
         }
-        other => panic!("expected BadRestOffset, got {other:?}"),
+        other => panic!("expected BadOffset, got {other:?}"),
     }
     let mut up = f
         .user
@@ -617,7 +617,7 @@ async fn a_staging_file_cut_inside_a_segment_resumes_under_a_new_salt() {
         let staging_dir = f.dir.path().join("files").join(".staging");
         let free = upload_when_free(&f.user, "/big", UploadMode::Resume(1 << 40)).await;
         assert!(
-            matches!(free, Err(VaultError::BadRestOffset { .. })),
+            matches!(free, Err(VaultError::BadOffset { .. })),
             "{free:?}"
         );
         let staged = std::fs::read_dir(&staging_dir)
@@ -656,7 +656,7 @@ async fn an_empty_staging_file_is_no_resume_point() {
     let f = fixture();
     assert!(matches!(
         f.user.upload(&p("/nothing"), UploadMode::Resume(100)).await,
-        Err(VaultError::BadRestOffset {
+        Err(VaultError::BadOffset {
             requested: 100,
             available: 0
         })

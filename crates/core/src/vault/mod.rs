@@ -81,12 +81,14 @@ pub enum VaultError {
     /// Another upload to the same path is in progress.
     #[error("another upload to this file is in progress")]
     Busy,
-    /// A resumed upload asked for an offset the server cannot continue from.
-    #[error("cannot resume at offset {requested}; resume at {available} or start from 0")]
-    BadRestOffset {
+    /// A download or a resumed upload asked for an offset the server cannot
+    /// start at: past the end of the file, or (an upload) past what can be
+    /// continued.
+    #[error("cannot start at offset {requested}; start at {available} or at 0")]
+    BadOffset {
         /// The offset the client asked for.
         requested: u64,
-        /// The offset the server can resume at (0 if none).
+        /// The furthest offset the server can start at (0 if none).
         available: u64,
     },
     /// A stored file failed to open or authenticate.
@@ -442,7 +444,7 @@ impl UserVault {
             let dec = open_decryptor(&mut &file, me.inner.key.data_key())?;
             let len = dec.layout().plaintext_len();
             if offset > len {
-                return Err(VaultError::BadRestOffset {
+                return Err(VaultError::BadOffset {
                     requested: offset,
                     available: len,
                 });
@@ -532,7 +534,7 @@ impl UserVault {
             let size = old.plaintext_len();
             let len = len.unwrap_or(size);
             if len > size {
-                return Err(VaultError::BadRestOffset {
+                return Err(VaultError::BadOffset {
                     requested: len,
                     available: size,
                 });
@@ -559,7 +561,7 @@ impl UserVault {
                     }
                     None if staged >= offset => reseal_staged(offset),
                     other => {
-                        return Err(refused(VaultError::BadRestOffset {
+                        return Err(refused(VaultError::BadOffset {
                             requested: offset,
                             available: other.unwrap_or(staged),
                         }));
