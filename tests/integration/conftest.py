@@ -2,11 +2,12 @@
 
 Every test gets its own server(s): a fresh data folder under the test's
 tmp_path, the control and implicit-FTPS listeners on 127.0.0.1 port 0 (the
-real ports are parsed from the server's stdout line), a passive port range
-of its own that no other server of this run uses, JSON logs on stderr in a
-file. At teardown every server is stopped (SIGTERM, then SIGKILL), and every
-data folder is scanned, file by file, for the plaintext marker that every
-uploaded file carries; finding it fails the test.
+real ports are parsed from the server's stdout lines; SFTP's too, when it
+is configured), a passive port range of its own that no other server of
+this run uses, JSON logs on stderr in a file. At teardown every server is
+stopped (SIGTERM, then SIGKILL), and every data folder is scanned, file by
+file, for the plaintext marker that every uploaded file carries; finding it
+fails the test.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ READY = re.compile(
     r"(?: \(explicit FTPS available\))?"
     r"(?:, implicit FTPS on (?P<ihost>[0-9.]+):(?P<iport>\d+))?"
 )
+# Printed after the FTP line when [sftp] listen is set.
+SFTP_READY = re.compile(
+    r"dropvault: SFTP on (?:\[(?P<host6>[0-9a-f:]+)\]|(?P<host>[0-9.]+)):(?P<port>\d+)"
+    r"(?: \(host key (?P<fp>SHA256:[A-Za-z0-9+/=]+)\))?"
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -100,6 +106,10 @@ class Server:
         self.host = "127.0.0.1"
         self.port = 0
         self.implicit_port: int | None = None
+        # The SFTP listener's port and host key fingerprint ("SHA256:..."),
+        # None when the server has no SFTP listener.
+        self.sftp_port: int | None = None
+        self.sftp_host_key: str | None = None
         self.passive_ports = ""
         # (soft, hard) open-file limit the server starts with; None = ours.
         self.nofile: tuple[int, int] | None = None
@@ -147,25 +157,44 @@ class Server:
                 lines.put(line)
 
         threading.Thread(target=pump, daemon=True).start()
+        # The SFTP line is waited for only when SFTP is configured; without
+        # it, one already printed with the FTP line is still taken.
+        want_sftp = bool(self.env().get("DROPVAULT_SFTP_LISTEN"))
+        self.sftp_port = self.sftp_host_key = None
+        ftp_ready = False
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"dropvault serve exited with {self.proc.returncode} before it was "
-                        f"ready; stderr:\n{self.log_text()[-4000:]}")
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError("dropvault serve did not print its ready line in time")
-                continue
+            if ftp_ready and (self.sftp_port is not None or not want_sftp):
+                # Whatever else is already there (an SFTP line printed with
+                # the FTP one), without waiting.
+                try:
+                    line = lines.get_nowait()
+                except queue.Empty:
+                    return self
+            else:
+                try:
+                    line = lines.get(timeout=0.2)
+                except queue.Empty:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(
+                            f"dropvault serve exited with {self.proc.returncode} before it was "
+                            f"ready; stderr:\n{self.log_text()[-4000:]}")
+                    if time.monotonic() > deadline:
+                        self.kill()
+                        what = "SFTP ready line" if ftp_ready else "ready line"
+                        raise RuntimeError(f"dropvault serve did not print its {what} in time")
+                    continue
             m = READY.search(line)
             if m:
                 self.host = m["host"] or m["host6"]
                 self.port = int(m["port"])
                 self.implicit_port = int(m["iport"]) if m["iport"] else None
-                return self
+                ftp_ready = True
+                continue
+            m = SFTP_READY.search(line)
+            if m:
+                self.sftp_port = int(m["port"])
+                self.sftp_host_key = m["fp"]
 
     def _preexec(self) -> None:
         _die_with_parent()
@@ -270,7 +299,10 @@ def dropvault(tmp_path, kek_template):
     `dropvault user add NAME --password-stdin` before the start (default:
     alice); `users={}` creates none. With prepare=False the data folder is
     left for the server to create (and its key to generate). `env` adds
-    environment variables that are not settings (RUST_LOG, proxies, ...)."""
+    environment variables that are not settings (RUST_LOG, proxies, ...).
+    With sftp_listen="127.0.0.1:0" the start also waits for the SFTP ready
+    line: server.sftp_port and server.sftp_host_key ("SHA256:...") are
+    then set (None otherwise)."""
     servers: list[Server] = []
     counter = itertools.count()
 

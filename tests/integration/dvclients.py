@@ -1,16 +1,23 @@
 """Real FTP clients for the acceptance tests: curl and lftp as subprocesses,
 Python's ftplib, and a raw control-connection socket for what no client
-sends on purpose (over-long lines, refused PORTs, ...)."""
+sends on purpose (over-long lines, refused PORTs, ...). SFTP clients:
+OpenSSH's sftp, paramiko, curl, lftp and rclone (checked against OpenSSH's
+sshd by `python3 tests/integration/sshd.py`)."""
 
 from __future__ import annotations
 
+import base64
 import ftplib
+import hashlib
 import os
 import pathlib
 import re
+import shlex
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -393,3 +400,227 @@ def interrupted_upload(server, name: str, data: bytes, segments: int = 40) -> in
     watcher.quit()
     assert point % SEGMENT == 0 and 2 * SEGMENT <= point <= segments * SEGMENT, point
     return point
+
+
+# -- SFTP clients ---------------------------------------------------------------
+#
+# Every helper takes the server's address as (host, port): a dropvault
+# fixture's (server.host, server.sftp_port), or an OpenSSH sshd's (sshd.py).
+# None of them reads ~/.ssh: OpenSSH runs with `-F /dev/null` and a
+# known_hosts file of the caller's, curl with the host key's fingerprint (or
+# -k), rclone with an empty config.
+
+def ssh_options(known_hosts: pathlib.Path, key: pathlib.Path | None = None,
+                batch: bool = True) -> list[str]:
+    """OpenSSH client options for one server: no user or system client
+    config, no agent, only `key` (when given), new host keys accepted into
+    `known_hosts` and checked on later connections, timeouts on connect and
+    on a silent server. batch=False lets ssh prompt for a password (for a
+    program that answers it, like lftp)."""
+    opts = {
+        "StrictHostKeyChecking": "accept-new",
+        "UserKnownHostsFile": str(known_hosts),
+        "GlobalKnownHostsFile": "/dev/null",
+        "IdentityAgent": "none",
+        "ConnectTimeout": "15",
+        "ServerAliveInterval": "15",
+        "ServerAliveCountMax": "2",
+        "LogLevel": "ERROR",
+    }
+    if batch:
+        opts["BatchMode"] = "yes"
+    if key is not None:
+        opts["IdentitiesOnly"] = "yes"
+        opts["IdentityFile"] = str(key)
+    else:
+        opts["PubkeyAuthentication"] = "no"
+        opts["NumberOfPasswordPrompts"] = "1"
+    args = ["-F", "/dev/null"]
+    for name, value in opts.items():
+        args += ["-o", f"{name}={value}"]
+    return args
+
+
+def ssh_keygen(directory: pathlib.Path, name: str = "id_ed25519", kind: str = "ed25519",
+               comment: str = "dropvault-test") -> pathlib.Path:
+    """Generates a client key pair with ssh-keygen (no passphrase) into
+    `directory`; returns the private key's path (the public key is beside
+    it, with `.pub`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / name
+    cmd = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", str(key)]
+    if kind == "ecdsa":
+        cmd += ["-b", "256"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    return key
+
+
+def key_fingerprint(pub: pathlib.Path) -> str:
+    """`SHA256:...` of a public key file (or known_hosts file's first key),
+    as ssh-keygen -l prints it."""
+    r = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)],
+                       capture_output=True, text=True, timeout=30, check=True)
+    return r.stdout.split()[1]
+
+
+def sftp_batch(host: str, port: int, user: str, key: pathlib.Path,
+               commands: str | list[str], known_hosts: pathlib.Path | None = None,
+               extra: list[str] | None = None, timeout: int = CLIENT_TIMEOUT
+               ) -> subprocess.CompletedProcess:
+    """Runs OpenSSH's `sftp -b -` with `commands` (one a line; a leading `-`
+    lets one fail without ending the batch) as `user` with the private key
+    `key`. known_hosts defaults to a file beside the key, so a second call
+    checks the host key the first one accepted. A failed command, auth or
+    host key check gives a non-zero exit; stdout echoes each command
+    (`sftp> ls`) and its output."""
+    if isinstance(commands, list):
+        commands = "\n".join(commands)
+    known_hosts = known_hosts or key.parent / "known_hosts"
+    cmd = ["sftp", "-b", "-", *ssh_options(known_hosts, key), "-P", str(port),
+           *(extra or []), f"{user}@{host}"]
+    return subprocess.run(cmd, input=commands + "\n", capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def paramiko_connect(host: str, port: int, user: str, password: str | None = None,
+                     key: pathlib.Path | None = None, timeout: float = 30):
+    """A logged-in paramiko SSHClient (password auth, or `key`; any host
+    key accepted, no agent, no ~/.ssh keys). `client.open_sftp()` gives its
+    SFTPClient; close the client when done. The server's host key is
+    `client.get_transport().get_remote_server_key()` (see host_key_sha256)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    pkey = paramiko.PKey.from_path(str(key)) if key is not None else None
+    try:
+        client.connect(host, port=port, username=user, password=password, pkey=pkey,
+                       allow_agent=False, look_for_keys=False, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def paramiko_sftp(host: str, port: int, user: str, password: str | None = None,
+                  key: pathlib.Path | None = None, timeout: float = 30):
+    """(SSHClient, SFTPClient) logged in as paramiko_connect does; every
+    SFTP request times out after `timeout`. Close the client when done."""
+    client = paramiko_connect(host, port, user, password, key, timeout)
+    try:
+        sftp = client.open_sftp()
+        sftp.get_channel().settimeout(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client, sftp
+
+
+def host_key_sha256(pkey) -> str:
+    """OpenSSH's `SHA256:...` fingerprint of a paramiko public key."""
+    digest = hashlib.sha256(pkey.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def sftp_url(host: str, port: int, path: str = "/") -> str:
+    """An sftp:// URL; `path` is from the root the server gives the user
+    (dropvault: the user's vault root)."""
+    if not path.startswith("/"):
+        path = "/" + path
+    return f"sftp://{host}:{port}{path}"
+
+
+def curl_sftp(host: str, port: int, path: str, *args: str, user: str = USER,
+              password: str | None = PASSWORD, key: pathlib.Path | None = None,
+              host_sha256: str | None = None, timeout: int = CLIENT_TIMEOUT
+              ) -> subprocess.CompletedProcess:
+    """curl (libssh2) on sftp://host:port/path with ARGS (-T FILE to
+    upload, -o FILE to download, a path ending in / lists, -Q "rm /x" ...).
+    Password auth by default; with `key`, that key (and KEY.pub) instead.
+    The host key is checked against `host_sha256` ("SHA256:..." or bare
+    base64, curl's --hostpubsha256) when given, else not checked (-k)."""
+    cmd = ["curl", "-sS", "--connect-timeout", "15", "--max-time", str(timeout - 10)]
+    if key is not None:
+        cmd += ["-u", f"{user}:", "--key", str(key), "--pubkey", f"{key}.pub"]
+    else:
+        cmd += ["-u", f"{user}:{password}"]
+    if host_sha256:
+        cmd += ["--hostpubsha256", host_sha256.removeprefix("SHA256:")]
+    else:
+        cmd.append("-k")
+    cmd += [*args, sftp_url(host, port, path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def lftp_sftp(host: str, port: int, commands: str, user: str = USER,
+              password: str | None = PASSWORD, key: pathlib.Path | None = None,
+              known_hosts: pathlib.Path | None = None, timeout: int = CLIENT_TIMEOUT
+              ) -> subprocess.CompletedProcess:
+    """Runs lftp `commands` over sftp:// (lftp drives OpenSSH's ssh with
+    its sftp subsystem). Password auth (lftp answers ssh's prompt) by
+    default; with `key`, that key and no password. known_hosts defaults
+    to one beside the key, or a fresh one per call for passwords."""
+    own = None
+    if known_hosts is None:
+        if key is not None:
+            known_hosts = key.parent / "known_hosts"
+        else:
+            own = tempfile.mkdtemp(prefix="dv-lftp-")
+            known_hosts = pathlib.Path(own) / "known_hosts"
+    ssh = ["ssh", "-a", "-x", *ssh_options(known_hosts, key, batch=key is not None)]
+    settings = [
+        "set net:max-retries 1",
+        "set net:timeout 20",
+        "set net:reconnect-interval-base 1",
+        "set cmd:fail-exit true",
+        "set sftp:connect-program " + shlex.quote(shlex.join(ssh)),
+    ]
+    secret = "" if key is not None else (password or "")
+    script = "; ".join(settings + [
+        f"open -u {shlex.quote(user)},{shlex.quote(secret)} -p {port} sftp://{host}",
+        commands, "bye"])
+    try:
+        return subprocess.run(["lftp", "-c", script], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    finally:
+        if own:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+def rclone_sftp_remote(host: str, port: int, user: str = USER, password: str | None = PASSWORD,
+                       key: pathlib.Path | None = None,
+                       known_hosts: pathlib.Path | None = None) -> str:
+    """An rclone on-the-fly sftp remote (`:sftp,host=...:`) for the server;
+    append a path. Password (rclone-obscured) or `key_file`; rclone runs no
+    shell commands on the server (shell_type=none, no hash checks), as a
+    server without a shell needs. With known_hosts, rclone checks the host
+    key against it (else any is accepted)."""
+    opts = [f"host={host}", f"port={port}", f"user={user}", "shell_type=none",
+            "disable_hashcheck=true"]
+    if key is not None:
+        opts.append(f"key_file={key}")
+    else:
+        obscured = subprocess.run(["rclone", "obscure", password or ""], capture_output=True,
+                                  text=True, check=True, timeout=30).stdout.strip()
+        opts.append(f"pass={obscured}")
+    if known_hosts is not None:
+        opts.append(f"known_hosts_file={known_hosts}")
+    return ":sftp," + ",".join(opts) + ":"
+
+
+def rclone_sftp(remote: str, *args: str, config_dir: pathlib.Path,
+                timeout: int = CLIENT_TIMEOUT) -> subprocess.CompletedProcess:
+    """Runs `rclone ARGS` where ARGS name `remote` (from rclone_sftp_remote)
+    plus a path, e.g. rclone_sftp(r, "copy", str(local), r + "dir"), with an
+    empty config file in `config_dir` and rclone's defaults otherwise (4
+    parallel transfers)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    conf = config_dir / "rclone.conf"
+    conf.touch()
+    return subprocess.run(["rclone", "--config", str(conf), "--contimeout", "15s",
+                           "--timeout", "60s", "--retries", "1", "--low-level-retries", "1",
+                           *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)

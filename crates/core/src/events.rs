@@ -25,8 +25,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Event {
     /// `login`, `login_failed`, `logout`, `upload`, `upload_rejected`,
-    /// `download`, `delete`, `rename`.
+    /// `download`, `delete`, `rename`, `mkdir`, `rmdir`.
     pub event: &'static str,
+    /// The front end: `ftp` or `sftp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
     /// Seconds since the Unix epoch.
     pub time: f64,
     /// The user (as given, for a failed login).
@@ -57,6 +60,7 @@ impl Event {
             .map_or(0.0, |d| d.as_secs_f64());
         Self {
             event,
+            protocol: None,
             time,
             user: None,
             peer: None,
@@ -65,6 +69,12 @@ impl Event {
             size: None,
             finding: None,
         }
+    }
+
+    /// With the front end's name.
+    pub fn protocol(mut self, protocol: &'static str) -> Self {
+        self.protocol = Some(protocol);
+        self
     }
 
     /// With the user.

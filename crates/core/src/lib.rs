@@ -19,6 +19,9 @@
 //! - [`guard`]: failed logins counted per client and account, bans, and
 //!   the guess budget every front end's logins draw from.
 //!
+//! - [`session`]: what every front end shares — admission, login, logout
+//!   and the audit record of what a logged-in user does.
+//!
 //! - [`events`]: login, upload, download and the like, delivered to a
 //!   webhook and a command through a bounded queue, off the hot path.
 
@@ -30,6 +33,7 @@ mod hookproc;
 mod http;
 pub mod keys;
 pub mod scan;
+pub mod session;
 pub mod vault;
 
 pub use hookproc::{RunAs, RunAsError};

@@ -692,6 +692,22 @@ impl Config {
         }
     }
 
+    /// Session limits and bans, shared by every front end (their keys
+    /// live under `[ftp]`, where they started).
+    pub(crate) fn gate_config(&self) -> Result<dropvault_core::session::GateConfig, ConfigError> {
+        Ok(dropvault_core::session::GateConfig {
+            guard: dropvault_core::guard::GuardConfig {
+                ban_after_failures: self.ftp.ban_after_failures.max(1),
+                window: Duration::from_secs(self.ftp.ban_window_secs),
+                ban_duration: Duration::from_secs(self.ftp.ban_secs),
+            },
+            max_sessions: self.ftp.max_sessions,
+            max_sessions_per_client: self.ftp.max_sessions_per_ip,
+            ban_ipv6_prefix: self.ban_ipv6_prefix()?,
+            ..dropvault_core::session::GateConfig::default()
+        })
+    }
+
     /// The FTP front end's settings.
     pub(crate) fn ftp_config(&self) -> Result<dropvault_ftp::FtpConfig, ConfigError> {
         Ok(dropvault_ftp::FtpConfig {
@@ -700,19 +716,12 @@ impl Config {
             passive_ports: self.passive_ports()?,
             passive_address: self.passive_address()?,
             active_mode: self.ftp.active_mode,
-            max_sessions: self.ftp.max_sessions,
-            max_sessions_per_ip: self.ftp.max_sessions_per_ip,
             idle_timeout: Duration::from_secs(self.ftp.idle_timeout_secs),
             data_timeout: Duration::from_secs(self.ftp.data_timeout_secs.max(1)),
             login_timeout: Duration::from_secs(self.ftp.login_timeout_secs.max(1)),
             max_login_failures: self.ftp.max_login_failures.max(1),
-            ban_after_failures: self.ftp.ban_after_failures.max(1),
-            ban_ipv6_prefix: self.ban_ipv6_prefix()?,
-            ban_window: Duration::from_secs(self.ftp.ban_window_secs),
-            ban_duration: Duration::from_secs(self.ftp.ban_secs),
             drain_grace: Duration::from_secs(self.ftp.drain_grace_secs),
             max_listing_entries: self.max_listing_entries()?,
-            ..dropvault_ftp::FtpConfig::default()
         })
     }
 }
@@ -735,7 +744,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("dropvault-data"));
         let f = c.ftp_config().expect("ftp");
         assert_eq!(f.passive_ports, (50000, 50100));
-        assert_eq!((f.max_sessions, f.max_sessions_per_ip), (500, 20));
+        let g = c.gate_config().expect("gate");
+        assert_eq!((g.max_sessions, g.max_sessions_per_client), (500, 20));
         assert!(f.tls_session_reuse_required);
         assert_eq!(f.max_listing_entries, 100_000);
     }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use dropvault_core::accounts::sshkey::{SshPublicKey, MAX_KEYS_PER_USER, MAX_KEY_LINE_LEN};
 use dropvault_core::accounts::{Authenticator, PamAuthenticator, Password, UserFile};
 use dropvault_core::vault::Vault;
 
@@ -183,6 +184,42 @@ enum UserAction {
         /// leaves the system account alone.
         #[arg(long)]
         shred: bool,
+    },
+    /// A user's SSH public keys, for logging in with a key instead of the
+    /// password.
+    Key {
+        #[command(subcommand)]
+        action: UserKeyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserKeyAction {
+    /// Add public keys: `.pub` lines (ssh-ed25519 or
+    /// ecdsa-sha2-nistp256/384/521; RSA is not supported) from --file or
+    /// standard input, one or more. Prints each key's fingerprint. A key
+    /// the user already has stays as it is; if any line is refused,
+    /// nothing is added.
+    Add {
+        /// User name.
+        name: String,
+        /// Read the keys from this file (e.g. id_ed25519.pub) instead of
+        /// standard input.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List a user's keys: fingerprint, type, comment, when added.
+    List {
+        /// User name.
+        name: String,
+    },
+    /// Delete a user's key.
+    Delete {
+        /// User name.
+        name: String,
+        /// The key's fingerprint, `SHA256:...` as `list` and
+        /// `ssh-keygen -lf KEY.pub` show it.
+        fingerprint: String,
     },
 }
 
@@ -376,13 +413,16 @@ fn serve(config: Config) -> Result<(), AnyError> {
             Some(tls)
         }
     };
-    let services = dropvault_ftp::Services {
+    let services = dropvault_core::session::Services {
         auth,
         keyring,
         vault,
-        tls,
         events: events.clone(),
     };
+    let gate = Arc::new(dropvault_core::session::Gate::new(
+        services,
+        config.gate_config()?,
+    ));
     // Every transfer holds a blocking thread (a large download two) for
     // its file I/O and cipher work; the rest of the pool serves logins,
     // listings and the like, so transfers at the session limit never queue
@@ -396,12 +436,10 @@ fn serve(config: Config) -> Result<(), AnyError> {
         // Signal handlers go in before anyone can learn the server is up,
         // so a SIGTERM right after the ready line still drains.
         let shutdown = shutdown_signal()?;
-        tokio::spawn(expire_staging(services.vault.clone()));
+        tokio::spawn(expire_staging(gate.services().vault.clone()));
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
-            Some(addr) if services.tls.is_some() => {
-                Some(tokio::net::TcpListener::bind(addr).await?)
-            }
+            Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
             _ => None,
         };
         let control_addr = control.local_addr()?;
@@ -410,7 +448,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             data_dir = %config.data_dir.display(), "dropvault serving");
         println_safe(&format!(
             "dropvault: FTP on {control_addr}{}{}",
-            if services.tls.is_some() {
+            if tls.is_some() {
                 " (explicit FTPS available)"
             } else {
                 ""
@@ -423,7 +461,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             control,
             implicit_tls,
         };
-        dropvault_ftp::serve(ftp, services, listeners, shutdown).await?;
+        dropvault_ftp::serve(ftp, gate, tls, listeners, shutdown).await?;
         Ok::<(), AnyError>(())
     })?;
     // Events still queued get a few seconds to go out.
@@ -588,6 +626,13 @@ fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
         return Ok(());
     }
     if config.auth.backend != "file" {
+        if let UserAction::Key { .. } = action {
+            return Err(
+                "SSH keys are kept in the users file and work only with auth.backend = \
+                        \"file\"; PAM accounts log in with their password"
+                    .into(),
+            );
+        }
         return Err(
             "user management is for auth.backend = \"file\"; PAM users are system accounts".into(),
         );
@@ -628,8 +673,104 @@ fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
             users.delete(&name)?;
             println_safe(&format!("deleted {name}"));
         }
+        UserAction::Key { action } => user_key(&users, action)?,
     }
     Ok(())
+}
+
+/// `dropvault user key ...`.
+fn user_key(users: &UserFile, action: UserKeyAction) -> Result<(), AnyError> {
+    match action {
+        UserKeyAction::Add { name, file } => {
+            let keys = match &file {
+                Some(path) => {
+                    let f = std::fs::File::open(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    read_key_lines(std::io::BufReader::new(f))
+                        .map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => read_key_lines(std::io::stdin().lock())
+                    .map_err(|e| format!("standard input: {e}"))?,
+            };
+            let added = users.add_keys(&name, &keys)?;
+            for (key, new) in keys.iter().zip(added) {
+                let what = if new { "added" } else { "already present" };
+                println_safe(&format!(
+                    "{what} {} ({}{}{})",
+                    key.fingerprint(),
+                    key.kind(),
+                    if key.comment().is_empty() { "" } else { " " },
+                    key.comment()
+                ));
+            }
+        }
+        UserKeyAction::List { name } => {
+            let keys = users.keys(&name)?;
+            if keys.is_empty() {
+                eprintln_safe(&format!("{name} has no SSH keys"));
+            }
+            for k in keys {
+                println_safe(&format!(
+                    "{}\t{}\t{}\t{}",
+                    k.key.fingerprint(),
+                    k.key.kind(),
+                    k.key.comment(),
+                    k.added.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        UserKeyAction::Delete { name, fingerprint } => {
+            let key = users.delete_key(&name, &fingerprint)?;
+            println_safe(&format!(
+                "deleted {} ({}) of {name}",
+                key.fingerprint(),
+                key.kind()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `.pub` lines, skipping blank lines and `#` comments: every line
+/// must be a key accepted for users, else nothing is returned. Reads at
+/// most [`MAX_KEYS_PER_USER`] keys of at most [`MAX_KEY_LINE_LEN`] bytes.
+fn read_key_lines(mut input: impl BufRead) -> Result<Vec<SshPublicKey>, AnyError> {
+    use std::io::Read;
+    let max_line = u64::try_from(MAX_KEY_LINE_LEN).unwrap_or(u64::MAX);
+    let mut keys = Vec::new();
+    let mut line = Vec::new();
+    for number in 1usize.. {
+        line.clear();
+        // One byte over the limit (plus the line end) tells a long line.
+        let n = (&mut input)
+            .take(max_line + 2)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        // Blank and comment lines count too, so the input is bounded.
+        if number > MAX_KEYS_PER_USER * 10 {
+            return Err("too many lines".into());
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| format!("line {number}: not UTF-8 text"))?
+            .trim_end_matches(['\n', '\r']);
+        if text.len() > MAX_KEY_LINE_LEN {
+            return Err(format!("line {number}: longer than {MAX_KEY_LINE_LEN} bytes").into());
+        }
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if keys.len() == MAX_KEYS_PER_USER {
+            return Err(format!("more than {MAX_KEYS_PER_USER} keys").into());
+        }
+        keys.push(SshPublicKey::parse_line(trimmed).map_err(|e| format!("line {number}: {e}"))?);
+    }
+    if keys.is_empty() {
+        return Err("no public key given".into());
+    }
+    Ok(keys)
 }
 
 /// The password from stdin's first line, or a generated one.
@@ -679,4 +820,46 @@ pub(crate) fn println_safe(text: &str) {
 
 fn eprintln_safe(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "ssh-ed25519 \
+        AAAAC3NzaC1lZDI1NTE5AAAAIM1eeSXRznHqj4Gt9jtLh8zgKQMX5hoAcwD/QZYBFgxz alice@laptop";
+
+    fn read(text: &[u8]) -> Result<Vec<SshPublicKey>, String> {
+        read_key_lines(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn key_lines_skip_blanks_and_comments() {
+        let text = format!("# mine\n\n{ED}\r\n  \n{ED}");
+        let keys = read(text.as_bytes()).expect("two keys");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].comment(), "alice@laptop");
+    }
+
+    #[test]
+    fn key_lines_are_bounded_and_all_or_nothing() {
+        assert!(read(b"").expect_err("empty").contains("no public key"));
+        assert!(read(b"# only a comment\n").is_err());
+        let bad = format!("{ED}\nssh-rsa AAAAB3NzaC1yc2E\n");
+        let err = read(bad.as_bytes()).expect_err("rsa");
+        assert!(err.starts_with("line 2: RSA"), "{err}");
+        let long = format!("{ED} {}\n", "c".repeat(MAX_KEY_LINE_LEN));
+        assert!(read(long.as_bytes())
+            .expect_err("long")
+            .contains("longer than"));
+        let many = format!("{ED}\n").repeat(MAX_KEYS_PER_USER + 1);
+        assert!(read(many.as_bytes())
+            .expect_err("many")
+            .contains("more than"));
+        let blank = "\n".repeat(MAX_KEYS_PER_USER * 10 + 1);
+        assert!(read(blank.as_bytes())
+            .expect_err("blank")
+            .contains("too many"));
+        assert!(read(b"\xff\xfe\n").expect_err("binary").contains("UTF-8"));
+    }
 }

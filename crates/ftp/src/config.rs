@@ -1,12 +1,9 @@
-//! The FTP front end's settings and the services it runs on.
+//! The FTP front end's settings. Session limits, bans and the failed-login
+//! delay are the [`dropvault_core::session::Gate`]'s, shared by every front
+//! end.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
-
-use dropvault_core::accounts::Authenticator;
-use dropvault_core::keys::Keyring;
-use dropvault_core::vault::Vault;
 
 /// Whether and how TLS is offered on the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +33,6 @@ pub struct FtpConfig {
     pub passive_address: Option<Ipv4Addr>,
     /// Whether `PORT`/`EPRT` (server connects to the client) is allowed.
     pub active_mode: bool,
-    /// Most concurrent sessions.
-    pub max_sessions: usize,
-    /// Most concurrent sessions from one client (an IPv4 address, or an
-    /// IPv6 prefix of `ban_ipv6_prefix` bits).
-    pub max_sessions_per_ip: usize,
     /// A session with no command for this long is closed.
     pub idle_timeout: Duration,
     /// A data connection that moves no byte for this long is aborted, and
@@ -52,17 +44,6 @@ pub struct FtpConfig {
     pub login_timeout: Duration,
     /// Failed logins after which a session is closed.
     pub max_login_failures: usize,
-    /// Failed logins from one client within `ban_window` that trigger a ban.
-    pub ban_after_failures: usize,
-    /// IPv6 clients are counted per prefix of this many bits, for bans and
-    /// per-client session limits.
-    pub ban_ipv6_prefix: u8,
-    /// Window in which failed logins are counted.
-    pub ban_window: Duration,
-    /// How long a banned address is refused.
-    pub ban_duration: Duration,
-    /// Delay before answering a failed login.
-    pub failed_login_delay: Duration,
     /// On shutdown, how long transfers in flight may run before they are cut.
     pub drain_grace: Duration,
     /// Most entries a listing (LIST, NLST, MLSD, STAT of a folder) shows;
@@ -78,17 +59,10 @@ impl Default for FtpConfig {
             passive_ports: (50000, 50100),
             passive_address: None,
             active_mode: true,
-            max_sessions: 500,
-            max_sessions_per_ip: 20,
             idle_timeout: Duration::from_secs(600),
             data_timeout: Duration::from_secs(300),
             login_timeout: Duration::from_secs(30),
             max_login_failures: 3,
-            ban_after_failures: 5,
-            ban_ipv6_prefix: 64,
-            ban_window: Duration::from_secs(300),
-            ban_duration: Duration::from_secs(900),
-            failed_login_delay: Duration::from_secs(1),
             drain_grace: Duration::from_secs(30),
             max_listing_entries: 100_000,
         }
@@ -101,19 +75,4 @@ impl FtpConfig {
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.data_timeout.min(Duration::from_secs(30))
     }
-}
-
-/// What the front end runs on: accounts, keys, storage, TLS.
-#[derive(Clone, Debug)]
-pub struct Services {
-    /// Checks logins.
-    pub auth: Arc<dyn Authenticator>,
-    /// Hands out users' data keys.
-    pub keyring: Arc<Keyring>,
-    /// Storage.
-    pub vault: Arc<Vault>,
-    /// TLS configuration; `None` when TLS is off.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Where events (login, upload, …) go besides the log.
-    pub events: Arc<dropvault_core::events::Hooks>,
 }

@@ -18,5 +18,5 @@ mod server;
 mod session;
 pub mod tls;
 
-pub use config::{FtpConfig, Services, TlsMode};
+pub use config::{FtpConfig, TlsMode};
 pub use server::{serve, Listeners};

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use dropvault_core::accounts::{Password, UserFile};
 use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
+use dropvault_core::session::{Gate, GateConfig, Services};
 use dropvault_core::vault::Vault;
-use dropvault_ftp::{serve, FtpConfig, Listeners, Services, TlsMode};
+use dropvault_ftp::{serve, FtpConfig, Listeners, TlsMode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -25,6 +26,17 @@ struct Server {
 }
 
 async fn start(config: FtpConfig) -> Server {
+    start_gated(config, gate_config()).await
+}
+
+fn gate_config() -> GateConfig {
+    GateConfig {
+        failed_login_delay: Duration::from_millis(10),
+        ..GateConfig::default()
+    }
+}
+
+async fn start_gated(config: FtpConfig, gate: GateConfig) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dropvault-test-kek.pem");
     let provider = Arc::new(LocalRsaProvider::open_or_create(&kek).expect("kek"));
@@ -39,15 +51,16 @@ async fn start(config: FtpConfig) -> Server {
             KeyFileStore::open(dir.path().join("keys")).expect("keys"),
         )),
         vault: Arc::new(Vault::create(dir.path().join("files")).expect("vault")),
-        tls: None,
         events: Arc::new(dropvault_core::events::Hooks::disabled()),
     };
+    let gate = Arc::new(Gate::new(services, gate));
     let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = control.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(serve(
         config,
-        services,
+        gate,
+        None,
         Listeners {
             control,
             implicit_tls: None,
@@ -82,7 +95,6 @@ fn config() -> FtpConfig {
     FtpConfig {
         tls: TlsMode::Off,
         passive_ports: (41000, 41999),
-        failed_login_delay: Duration::from_millis(10),
         drain_grace: Duration::from_secs(2),
         ..FtpConfig::default()
     }
@@ -317,11 +329,9 @@ async fn shutdown_tells_idle_sessions_and_stops() {
 
 #[tokio::test]
 async fn repeated_failures_ban_the_address() {
-    let server = start(FtpConfig {
-        ban_after_failures: 2,
-        ..config()
-    })
-    .await;
+    let mut gate = gate_config();
+    gate.guard.ban_after_failures = 2;
+    let server = start_gated(config(), gate).await;
     let mut c = Client::connect(server.addr).await;
     c.cmd("USER alice").await;
     assert!(c.cmd("PASS bad1").await.starts_with("530"));

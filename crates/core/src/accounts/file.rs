@@ -5,7 +5,15 @@
 //! # managed by `dropvault user ...`
 //! [users.alice]
 //! password = "$argon2id$v=19$m=19456,t=2,p=1$...."
+//!
+//! [[users.alice.keys]]
+//! key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"
+//! added = 2025-01-02T03:04:05Z
 //! ```
+//!
+//! `keys` (SSH public keys, `.pub` lines) is optional, so files written
+//! before keys existed read as they are, and a user without keys is
+//! written without it.
 //!
 //! Writers (the CLI) take an exclusive lock on a sibling lock file, read the
 //! file afresh, and replace it atomically (a temporary in the same folder,
@@ -29,6 +37,7 @@ use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::sshkey::{SshPublicKey, MAX_KEYS_PER_USER};
 use super::{validate_user_name, Account, AuthError, Authenticator, Password};
 
 /// Largest users file read: about 5000 users; a larger one is refused
@@ -63,6 +72,30 @@ struct Content {
 struct Entry {
     /// argon2id hash in PHC string format.
     password: String,
+    /// SSH public keys, at most [`MAX_KEYS_PER_USER`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<StoredKey>,
+}
+
+/// One SSH public key of a user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    /// The `.pub` line: `TYPE BASE64 [COMMENT]`.
+    key: String,
+    /// When `dropvault user key add` added it (UTC); absent in a key
+    /// written by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    added: Option<toml::value::Datetime>,
+}
+
+/// One of a user's SSH public keys, as [`UserFile::keys`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKey {
+    /// The key and its comment.
+    pub key: SshPublicKey,
+    /// When it was added, RFC 3339 (`2025-01-02T03:04:05Z`), if known.
+    pub added: Option<String>,
 }
 
 /// What identifies one version of the file on disk. Writers always rename
@@ -164,9 +197,13 @@ impl UserFile {
                     name: name.to_owned(),
                 });
             }
-            content
-                .users
-                .insert(name.to_owned(), Entry { password: hash });
+            content.users.insert(
+                name.to_owned(),
+                Entry {
+                    password: hash,
+                    keys: Vec::new(),
+                },
+            );
             Ok(())
         })?;
         tracing::info!(user = name, path = %self.path.display(), "user added");
@@ -203,6 +240,119 @@ impl UserFile {
         })?;
         tracing::info!(user = name, path = %self.path.display(), "user deleted");
         Ok(())
+    }
+
+    /// Adds SSH public keys to user `name`, all or none. A key the user
+    /// already has (the same blob, whatever the comment) stays as it is;
+    /// the result says, key by key, whether it was added (`false`: it was
+    /// there). Fails with [`AuthError::NoSuchUser`], or
+    /// [`AuthError::TooManyKeys`] if the user would have more than
+    /// [`MAX_KEYS_PER_USER`].
+    pub fn add_keys(&self, name: &str, keys: &[SshPublicKey]) -> Result<Vec<bool>, AuthError> {
+        validate_user_name(name)?;
+        let added = utc_now();
+        let mut result = Vec::with_capacity(keys.len());
+        self.modify(|content| {
+            let entry = content
+                .users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser {
+                    name: name.to_owned(),
+                })?;
+            let mut have: Vec<Vec<u8>> = entry
+                .keys
+                .iter()
+                .filter_map(|k| SshPublicKey::parse_line(&k.key).ok())
+                .map(|k| k.blob().to_vec())
+                .collect();
+            result.clear();
+            for key in keys {
+                let new = !have.iter().any(|b| b == key.blob());
+                if new {
+                    have.push(key.blob().to_vec());
+                    entry.keys.push(StoredKey {
+                        key: key.to_line(),
+                        added,
+                    });
+                }
+                result.push(new);
+            }
+            if entry.keys.len() > MAX_KEYS_PER_USER {
+                return Err(AuthError::TooManyKeys {
+                    name: name.to_owned(),
+                    max: MAX_KEYS_PER_USER,
+                });
+            }
+            Ok(())
+        })?;
+        for (key, new) in keys.iter().zip(&result) {
+            if *new {
+                tracing::info!(user = name, fingerprint = %key.fingerprint(), kind = %key.kind(),
+                    path = %self.path.display(), "SSH key added");
+            }
+        }
+        Ok(result)
+    }
+
+    /// User `name`'s SSH public keys, in the order they were added. Fails
+    /// with [`AuthError::NoSuchUser`] if there is no such user.
+    pub fn keys(&self, name: &str) -> Result<Vec<UserKey>, AuthError> {
+        validate_user_name(name)?;
+        let content = self.current()?;
+        let entry = content
+            .users
+            .get(name)
+            .ok_or_else(|| AuthError::NoSuchUser {
+                name: name.to_owned(),
+            })?;
+        entry
+            .keys
+            .iter()
+            .map(|k| {
+                Ok(UserKey {
+                    key: SshPublicKey::parse_line(&k.key)?,
+                    added: k.added.map(|d| d.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the SSH key of user `name` whose fingerprint is
+    /// `fingerprint` (`SHA256:...`, the prefix optional), and returns it.
+    /// Fails with [`AuthError::NoSuchUser`] or [`AuthError::NoSuchKey`].
+    pub fn delete_key(&self, name: &str, fingerprint: &str) -> Result<SshPublicKey, AuthError> {
+        validate_user_name(name)?;
+        let wanted = fingerprint.trim();
+        let wanted = wanted.strip_prefix("SHA256:").unwrap_or(wanted);
+        let mut removed = None;
+        self.modify(|content| {
+            let entry = content
+                .users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser {
+                    name: name.to_owned(),
+                })?;
+            let at = entry.keys.iter().position(|k| {
+                SshPublicKey::parse_line(&k.key)
+                    .is_ok_and(|p| p.fingerprint().strip_prefix("SHA256:") == Some(wanted))
+            });
+            let Some(at) = at else {
+                return Err(AuthError::NoSuchKey {
+                    name: name.to_owned(),
+                    fingerprint: fingerprint.to_owned(),
+                });
+            };
+            let stored = entry.keys.remove(at);
+            removed = Some(SshPublicKey::parse_line(&stored.key)?);
+            Ok(())
+        })?;
+        let key = removed.ok_or_else(|| AuthError::NoSuchKey {
+            name: name.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+        })?;
+        tracing::info!(user = name, fingerprint = %key.fingerprint(), path = %self.path.display(),
+            "SSH key deleted");
+        Ok(key)
     }
 
     /// The user names in the file, sorted.
@@ -256,6 +406,13 @@ impl UserFile {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
+        // A file the server would then refuse to read is never written.
+        if (HEADER.len() + text.len()) as u64 > MAX_USERS_FILE_LEN {
+            return Err(AuthError::BadUsersFile {
+                path: self.path.clone(),
+                reason: format!("the change would make it larger than {MAX_USERS_FILE_LEN} bytes"),
+            });
+        }
         write_replace(&self.path, format!("{HEADER}{text}").as_bytes())?;
         // This instance's readers see the change at once.
         *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -286,6 +443,26 @@ impl UserFile {
 }
 
 impl Authenticator for UserFile {
+    fn authenticate_key(&self, name: &str, key_blob: &[u8]) -> Result<Option<Account>, AuthError> {
+        if validate_user_name(name).is_err() {
+            return Ok(None);
+        }
+        let content = self.current()?;
+        let Some(entry) = content.users.get(name) else {
+            return Ok(None);
+        };
+        // Public keys, compared exactly; the file was checked when read,
+        // so every line parses.
+        let found = entry
+            .keys
+            .iter()
+            .filter_map(|k| SshPublicKey::parse_line(&k.key).ok())
+            .any(|k| k.blob() == key_blob);
+        Ok(found.then(|| Account {
+            name: name.to_owned(),
+        }))
+    }
+
     fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError> {
         let (content, verified) = self.current_with_memo()?;
         let entry = match validate_user_name(name) {
@@ -515,8 +692,51 @@ fn parse(path: &Path, text: &str) -> Result<Content, AuthError> {
     for (name, entry) in &content.users {
         validate_user_name(name).map_err(|e| bad(e.to_string()))?;
         check_hash(&entry.password).map_err(|reason| bad(format!("user {name:?}: {reason}")))?;
+        if entry.keys.len() > MAX_KEYS_PER_USER {
+            return Err(bad(format!(
+                "user {name:?}: more than {MAX_KEYS_PER_USER} SSH keys"
+            )));
+        }
+        for (i, k) in entry.keys.iter().enumerate() {
+            SshPublicKey::parse_line(&k.key)
+                .map_err(|e| bad(format!("user {name:?}: SSH key {}: {e}", i + 1)))?;
+        }
     }
     Ok(content)
+}
+
+/// Now, UTC, to the second, as a TOML date-time.
+fn utc_now() -> Option<toml::value::Datetime> {
+    use toml::value::{Date, Datetime, Offset, Time};
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days >= 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    Some(Datetime {
+        date: Some(Date {
+            year: u16::try_from(year).ok()?,
+            month: u8::try_from(month).ok()?,
+            day: u8::try_from(day).ok()?,
+        }),
+        time: Some(Time {
+            hour: u8::try_from(rem / 3600).ok()?,
+            minute: u8::try_from(rem % 3600 / 60).ok()?,
+            second: u8::try_from(rem % 60).ok()?,
+            nanosecond: 0,
+        }),
+        offset: Some(Offset::Z),
+    })
 }
 
 /// Checks that `phc` is an argon2id hash this server will verify.
@@ -646,6 +866,173 @@ mod tests {
         assert!(check_hash(huge).expect_err("4 GiB").contains("limit"));
         assert!(check_hash("plaintext").is_err());
         assert!(check_hash("$2b$12$abcdefghijklmnopqrstuu").is_err());
+    }
+
+    const ED: &str = "ssh-ed25519 \
+        AAAAC3NzaC1lZDI1NTE5AAAAIM1eeSXRznHqj4Gt9jtLh8zgKQMX5hoAcwD/QZYBFgxz alice@laptop";
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                        YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
+
+    /// A distinct valid ed25519 key for each `i`.
+    fn key(i: u8) -> SshPublicKey {
+        let mut blob = SshPublicKey::parse_line(ED).expect("ed").blob().to_vec();
+        if let Some(last) = blob.last_mut() {
+            *last = i;
+        }
+        SshPublicKey::from_blob(&blob).expect("blob")
+    }
+
+    fn users_with_alice() -> (tempfile::TempDir, UserFile) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        fs::write(&path, format!("[users.alice]\npassword = \"{HASH}\"\n")).expect("write");
+        let users = UserFile::open(&path).expect("open");
+        (dir, users)
+    }
+
+    #[test]
+    fn keys_are_added_listed_matched_and_deleted() {
+        let (_dir, users) = users_with_alice();
+        let ed = SshPublicKey::parse_line(ED).expect("ed");
+        assert_eq!(
+            users.authenticate_key("alice", ed.blob()).expect("auth"),
+            None
+        );
+        assert!(users.keys("alice").expect("keys").is_empty());
+
+        assert_eq!(
+            users.add_keys("alice", &[ed.clone(), key(1)]).expect("add"),
+            [true, true]
+        );
+        // Again, with another comment: already there, kept as it was.
+        let renamed =
+            SshPublicKey::parse_line(&ED.replace("alice@laptop", "other")).expect("parse");
+        assert_eq!(
+            users.add_keys("alice", &[renamed, key(2)]).expect("add"),
+            [false, true]
+        );
+        let listed = users.keys("alice").expect("keys");
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].key, ed);
+        let added = listed[0].added.as_deref().expect("added");
+        assert!(added.len() == 20 && added.ends_with('Z'), "{added}");
+
+        let account = users.authenticate_key("alice", ed.blob()).expect("auth");
+        assert_eq!(account.map(|a| a.name).as_deref(), Some("alice"));
+        assert!(users
+            .authenticate_key("alice", key(3).blob())
+            .expect("auth")
+            .is_none());
+        assert!(users
+            .authenticate_key("bob", ed.blob())
+            .expect("auth")
+            .is_none());
+        assert!(users
+            .authenticate_key("../x", ed.blob())
+            .expect("auth")
+            .is_none());
+        // A prefix of the blob is not the key.
+        let short = &ed.blob()[..ed.blob().len() - 1];
+        assert!(users
+            .authenticate_key("alice", short)
+            .expect("auth")
+            .is_none());
+
+        // Delete by fingerprint, with or without the prefix.
+        let gone = users
+            .delete_key("alice", &ed.fingerprint())
+            .expect("delete");
+        assert_eq!(gone.blob(), ed.blob());
+        let fp1 = key(1).fingerprint();
+        users
+            .delete_key("alice", fp1.trim_start_matches("SHA256:"))
+            .expect("delete");
+        assert!(matches!(
+            users.delete_key("alice", &fp1),
+            Err(AuthError::NoSuchKey { .. })
+        ));
+        assert!(users
+            .authenticate_key("alice", ed.blob())
+            .expect("auth")
+            .is_none());
+        assert_eq!(users.keys("alice").expect("keys").len(), 1);
+        assert!(matches!(
+            users.add_keys("bob", &[ed]),
+            Err(AuthError::NoSuchUser { .. })
+        ));
+        // Another reader of the same file sees the change.
+        let again = UserFile::open(users.path()).expect("open");
+        assert_eq!(again.keys("alice").expect("keys")[0].key, key(2));
+        // The password is kept.
+        let text = fs::read_to_string(users.path()).expect("read");
+        assert!(
+            text.contains(HASH) && text.contains("[[users.alice.keys]]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn keys_per_user_are_bounded() {
+        let (_dir, users) = users_with_alice();
+        let max = u8::try_from(MAX_KEYS_PER_USER).expect("small");
+        let many: Vec<_> = (0..max).map(key).collect();
+        users.add_keys("alice", &many).expect("add");
+        assert!(matches!(
+            users.add_keys("alice", &[key(max)]),
+            Err(AuthError::TooManyKeys { .. })
+        ));
+        // All or nothing, and a key already there is no new one.
+        assert_eq!(users.keys("alice").expect("keys").len(), MAX_KEYS_PER_USER);
+        assert_eq!(users.add_keys("alice", &[key(0)]).expect("add"), [false]);
+        // A hand-edited file with too many is refused as a whole.
+        let mut text = fs::read_to_string(users.path()).expect("read");
+        text.push_str(&format!(
+            "\n[[users.alice.keys]]\nkey = \"{}\"\n",
+            key(max).to_line()
+        ));
+        assert!(parse(users.path(), &text)
+            .expect_err("101 keys")
+            .to_string()
+            .contains("more than 100"));
+    }
+
+    #[test]
+    fn files_without_keys_still_read_and_bad_keys_are_refused() {
+        let old =
+            format!("# managed by `dropvault user ...`\n[users.alice]\npassword = \"{HASH}\"\n");
+        let content = parse(Path::new("u.toml"), &old).expect("old file");
+        assert!(content.users["alice"].keys.is_empty());
+        // Written back without a keys field.
+        let out = toml::to_string(&content).expect("serialize");
+        assert!(!out.contains("keys"), "{out}");
+        // A key written by hand, without `added`, is fine.
+        let hand = format!("{old}[[users.alice.keys]]\nkey = \"{ED}\"\n");
+        assert_eq!(
+            parse(Path::new("u.toml"), &hand).expect("hand").users["alice"]
+                .keys
+                .len(),
+            1
+        );
+        // An RSA key or junk makes the file bad, without quoting it.
+        let rsa = format!("{old}[[users.alice.keys]]\nkey = \"ssh-rsa AAAAB3NzaSECRET\"\n");
+        let msg = parse(Path::new("u.toml"), &rsa)
+            .expect_err("rsa")
+            .to_string();
+        assert!(msg.contains("SSH key 1") && msg.contains("RSA"), "{msg}");
+        assert!(!msg.contains("SECRET"), "{msg}");
+        let unknown = format!("{old}[[users.alice.keys]]\nkey = \"{ED}\"\nwhat = 1\n");
+        assert!(parse(Path::new("u.toml"), &unknown).is_err());
+    }
+
+    #[test]
+    fn pam_refuses_every_key() {
+        // PAM has no keys: the trait's default answers for it.
+        let pam = super::super::PamAuthenticator::default();
+        let ed = SshPublicKey::parse_line(ED).expect("ed");
+        assert!(pam
+            .authenticate_key("root", ed.blob())
+            .expect("default")
+            .is_none());
     }
 
     #[test]

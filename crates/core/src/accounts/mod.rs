@@ -1,7 +1,8 @@
 //! Accounts: who may log in. An [`Authenticator`] checks a name and a
-//! password and answers with an [`Account`] or a plain "no"; the backends
-//! are a users file with argon2id hashes ([`UserFile`]) and the system's
-//! PAM ([`PamAuthenticator`]). LDAP comes later behind the same trait.
+//! password (or an SSH public key) and answers with an [`Account`] or a
+//! plain "no"; the backends are a users file with argon2id hashes and SSH
+//! public keys ([`UserFile`]) and the system's PAM ([`PamAuthenticator`],
+//! passwords only). LDAP comes later behind the same trait.
 //!
 //! A user name becomes the name of the user's folder in storage and is bound
 //! into the wrapping of their data key, so every backend accepts only names
@@ -9,8 +10,9 @@
 
 mod file;
 mod pam;
+pub mod sshkey;
 
-pub use file::UserFile;
+pub use file::{UserFile, UserKey};
 pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};
 
 use std::fmt;
@@ -61,6 +63,20 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     /// account that may not log in ([`AuthError::Refused`]); a front end
     /// logs it, and for `Refused` answers the peer as for a wrong password.
     fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError>;
+
+    /// Checks that user `name` may log in with the SSH public key whose
+    /// wire encoding is `key_blob` (what a `.pub` line holds in base64).
+    /// The caller has verified the peer's signature with that key; this
+    /// only says whether the key is one of the user's. Blocking, like
+    /// [`authenticate`](Self::authenticate).
+    ///
+    /// `Ok(None)` = no such user, or not one of their keys (callers must
+    /// not learn which); `Err` as for passwords. The default is `Ok(None)`:
+    /// backends without keys (PAM) refuse every key.
+    fn authenticate_key(&self, name: &str, key_blob: &[u8]) -> Result<Option<Account>, AuthError> {
+        let _ = (name, key_blob);
+        Ok(None)
+    }
 }
 
 /// Why an account could not be checked, created, changed or removed.
@@ -106,6 +122,26 @@ pub enum AuthError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// An SSH public key line was refused.
+    #[error("{0}")]
+    Key(#[from] sshkey::KeyError),
+    /// Adding keys would give a user more than
+    /// [`MAX_KEYS_PER_USER`](sshkey::MAX_KEYS_PER_USER).
+    #[error("user {name:?} would have more than {max} SSH keys")]
+    TooManyKeys {
+        /// The user name.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The user has no key of that fingerprint.
+    #[error("user {name:?} has no SSH key {fingerprint:?}")]
+    NoSuchKey {
+        /// The user name.
+        name: String,
+        /// The fingerprint asked for.
+        fingerprint: String,
     },
     /// An empty password cannot be stored.
     #[error("the password is empty")]

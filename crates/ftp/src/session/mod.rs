@@ -12,14 +12,15 @@ mod stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dropvault_core::vault::{UserVault, VPath};
+use dropvault_core::session::{Admission, Gate, Peer, Protocol};
+use dropvault_core::vault::VPath;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsMode;
+use crate::config::{FtpConfig, TlsMode};
 use crate::proto::{parse_command, Command, CommandError, LineBuffer, LineEvent, Reply};
-use crate::server::{Admission, Shared};
 use data::DataPlan;
 use stream::Stream;
 
@@ -38,26 +39,28 @@ enum Login {
     In(LoggedIn),
 }
 
-/// A logged-in user. Dropping it — on QUIT, disconnect, timeout, error or
-/// shutdown alike — logs the logout and lets go of the user's key (zeroized
-/// when the user's last session ends).
+/// State shared by all sessions of one server.
 #[derive(Debug)]
-struct LoggedIn {
-    vault: UserVault,
-    cwd: VPath,
-    peer: SocketAddr,
-    events: Arc<dropvault_core::events::Hooks>,
+pub(crate) struct Shared {
+    pub(crate) config: FtpConfig,
+    /// Admission, login, bans: shared with the server's other front ends.
+    pub(crate) gate: Arc<Gate>,
+    /// The certificate's TLS configuration; `None` when TLS is off.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Every TLS session this server issued, and to whom.
+    pub(crate) tls_sessions: Arc<crate::tls::SessionCache>,
 }
 
-impl Drop for LoggedIn {
-    fn drop(&mut self) {
-        tracing::info!(event = "logout", user = self.vault.user(), peer = %self.peer);
-        self.events.emit(
-            dropvault_core::events::Event::new("logout")
-                .user(self.vault.user())
-                .peer(self.peer),
-        );
-    }
+/// A logged-in user and their current folder. The core's login is shared
+/// with the upload commits this session starts; when the last holder lets
+/// go — on QUIT, disconnect, timeout, error or shutdown alike, once any
+/// commit has finished — the logout is recorded and the user's key released
+/// (zeroized when the user's last session ends).
+#[derive(Debug)]
+struct LoggedIn {
+    user: Arc<dropvault_core::session::LoggedIn>,
+    cwd: VPath,
 }
 
 /// What a command handler decided about the session.
@@ -82,11 +85,14 @@ struct Session {
     rename_from: Option<VPath>,
     data: DataPlan,
     epsv_all: bool,
+    /// Who the peer is, for the core.
+    who: Peer,
     /// Failed logins in this session.
     login_failures: usize,
     /// When the session must be logged in by.
     login_deadline: tokio::time::Instant,
-    admission: Admission,
+    /// The session's place in the limits, given back when it ends.
+    _admission: Admission,
 }
 
 /// TCP keepalive on a control or data connection, so a peer that vanished
@@ -125,7 +131,13 @@ pub(crate) async fn run(
     // line that way); keep urgent bytes in the stream or the line is cut.
     let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
     let login_deadline = tokio::time::Instant::now() + shared.config.login_timeout;
+    let who = Peer {
+        protocol: Protocol::Ftp,
+        addr: peer,
+        client: admission.client(),
+    };
     let mut s = Session {
+        who,
         shared,
         peer,
         local,
@@ -141,7 +153,7 @@ pub(crate) async fn run(
         epsv_all: false,
         login_failures: 0,
         login_deadline,
-        admission,
+        _admission: admission,
     };
     tracing::debug!(event = "connect", %peer, implicit);
     if implicit {
@@ -406,7 +418,6 @@ impl Session {
     async fn upgrade_tls(&mut self) -> std::io::Result<()> {
         let base = self
             .shared
-            .services
             .tls
             .clone()
             .ok_or_else(|| std::io::Error::other("TLS is off"))?;

@@ -1,6 +1,8 @@
 //! PWD CWD CDUP MKD RMD DELE RNFR RNTO SIZE MDTM: names and metadata.
 
-use dropvault_core::events::Event;
+use std::sync::Arc;
+
+use dropvault_core::session::LoggedIn;
 use dropvault_core::vault::{EntryKind, UserVault, VPath, VaultError};
 
 use crate::proto::{mdtm, Reply, SetTime};
@@ -26,7 +28,17 @@ impl Session {
             .user()
             .ok_or_else(|| Reply::not_logged_in("Not logged in."))?;
         let p = VPath::resolve(&u.cwd, arg).map_err(|e| vault_reply(&e))?;
-        Ok((u.vault.clone(), p))
+        Ok((u.user.vault().clone(), p))
+    }
+
+    /// The logged-in user and `arg` resolved against their current folder,
+    /// for a change the core records (delete, rename, folders).
+    pub(crate) fn acting(&mut self, arg: &str) -> Result<(Arc<LoggedIn>, VPath), Reply> {
+        let u = self
+            .user()
+            .ok_or_else(|| Reply::not_logged_in("Not logged in."))?;
+        let p = VPath::resolve(&u.cwd, arg).map_err(|e| vault_reply(&e))?;
+        Ok((u.user.clone(), p))
     }
 
     pub(crate) fn cmd_pwd(&mut self) -> Reply {
@@ -52,38 +64,25 @@ impl Session {
     }
 
     pub(crate) async fn cmd_mkd(&mut self, arg: &str) -> Reply {
-        let (v, p) = or_reply!(self.target(arg));
-        match v.mkdir(&p).await {
-            Ok(()) => {
-                tracing::info!(event = "mkdir", user = v.user(), path = %p);
-                Reply::path(&p.to_string(), "created.")
-            }
+        let (u, p) = or_reply!(self.acting(arg));
+        match u.mkdir(&p).await {
+            Ok(()) => Reply::path(&p.to_string(), "created."),
             Err(e) => vault_reply(&e),
         }
     }
 
     pub(crate) async fn cmd_rmd(&mut self, arg: &str) -> Reply {
-        let (v, p) = or_reply!(self.target(arg));
-        match v.rmdir(&p).await {
-            Ok(()) => {
-                tracing::info!(event = "rmdir", user = v.user(), path = %p);
-                Reply::file_action_ok("Folder removed.")
-            }
+        let (u, p) = or_reply!(self.acting(arg));
+        match u.rmdir(&p).await {
+            Ok(()) => Reply::file_action_ok("Folder removed."),
             Err(e) => vault_reply(&e),
         }
     }
 
     pub(crate) async fn cmd_dele(&mut self, arg: &str) -> Reply {
-        let (v, p) = or_reply!(self.target(arg));
-        match v.remove(&p).await {
-            Ok(()) => {
-                tracing::info!(event = "delete", user = v.user(), path = %p);
-                self.shared
-                    .services
-                    .events
-                    .emit(Event::new("delete").user(v.user()).peer(self.peer).path(&p));
-                Reply::file_action_ok("File deleted.")
-            }
+        let (u, p) = or_reply!(self.acting(arg));
+        match u.remove(&p).await {
+            Ok(()) => Reply::file_action_ok("File deleted."),
             Err(e) => vault_reply(&e),
         }
     }
@@ -103,19 +102,9 @@ impl Session {
         let Some(from) = self.rename_from.take() else {
             return Reply::bad_sequence("Send RNFR first.");
         };
-        let (v, to) = or_reply!(self.target(arg));
-        match v.rename(&from, &to).await {
-            Ok(()) => {
-                tracing::info!(event = "rename", user = v.user(), from = %from, to = %to);
-                self.shared.services.events.emit(
-                    Event::new("rename")
-                        .user(v.user())
-                        .peer(self.peer)
-                        .path(&from)
-                        .to(&to),
-                );
-                Reply::file_action_ok("Renamed.")
-            }
+        let (u, to) = or_reply!(self.acting(arg));
+        match u.rename(&from, &to).await {
+            Ok(()) => Reply::file_action_ok("Renamed."),
             Err(e) => vault_reply(&e),
         }
     }

@@ -161,7 +161,7 @@ impl Session {
     /// The logged-in user's name, as listings show the owner.
     fn owner(&mut self) -> String {
         self.user()
-            .map(|u| u.vault.user().to_owned())
+            .map(|u| u.user.user().to_owned())
             .unwrap_or_default()
     }
 
@@ -250,7 +250,7 @@ impl Session {
     fn status(&mut self) -> Reply {
         let user = self
             .user()
-            .map(|u| u.vault.user().to_owned())
+            .map(|u| u.user.user().to_owned())
             .unwrap_or_else(|| "(not logged in)".into());
         Reply::multi(
             211,

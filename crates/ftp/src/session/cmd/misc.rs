@@ -38,7 +38,7 @@ impl Session {
     /// FEAT lists exactly what this session supports.
     pub(crate) fn cmd_feat(&self) -> Reply {
         let mut lines = vec!["Features:".to_owned()];
-        if self.shared.config.tls != TlsMode::Off && self.shared.services.tls.is_some() {
+        if self.shared.config.tls != TlsMode::Off && self.shared.tls.is_some() {
             lines.extend(["AUTH TLS".into(), "PBSZ".into(), "PROT".into()]);
         }
         lines.extend([

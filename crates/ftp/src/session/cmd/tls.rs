@@ -6,7 +6,7 @@ use crate::session::{Flow, Session};
 
 impl Session {
     pub(crate) async fn cmd_auth(&mut self) -> std::io::Result<Flow> {
-        if self.shared.config.tls == TlsMode::Off || self.shared.services.tls.is_none() {
+        if self.shared.config.tls == TlsMode::Off || self.shared.tls.is_none() {
             self.reply(Reply::new(534, "TLS is not available.")).await?;
             return Ok(Flow::Continue);
         }

@@ -16,12 +16,10 @@
 //!    stops it or loses its record: an ABOR meanwhile only adds a reply
 //!    after the upload's own, and a client that vanished is not told.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dropvault_core::events::{Event, Hooks};
-use dropvault_core::vault::{Download, Upload, UploadExited, UploadMode, VPath, VaultError};
+use dropvault_core::session::Audit;
+use dropvault_core::vault::{Download, Upload, UploadExited, UploadMode, VPath};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::TlsMode;
@@ -73,9 +71,7 @@ enum Watched<T> {
 /// Who transfers, for log lines and events.
 #[derive(Clone)]
 struct Record {
-    user: String,
-    peer: SocketAddr,
-    events: Arc<Hooks>,
+    audit: Audit,
     started: Instant,
 }
 
@@ -161,19 +157,18 @@ impl Session {
             self.reply(refusal).await?;
             return Ok(Flow::Continue);
         }
+        let Some(audit) = self.user().map(|u| u.user.audit()) else {
+            self.reply(Reply::not_logged_in("Not logged in.")).await?;
+            return Ok(Flow::Continue);
+        };
         let record = Record {
-            user: self
-                .user()
-                .map(|u| u.vault.user().to_owned())
-                .unwrap_or_default(),
-            peer: self.peer,
-            events: self.shared.services.events.clone(),
+            audit,
             started: Instant::now(),
         };
         let upload = matches!(job, Job::Store(..));
         let tls = match (&self.tls, self.prot_private) {
             (Some(session_tls), true) => Some(DataTls {
-                config: session_tls.data(&record.user, !upload),
+                config: session_tls.data(record.audit.user(), !upload),
                 require_resumption: self.shared.config.tls_session_reuse_required,
                 upload,
             }),
@@ -216,7 +211,8 @@ impl Session {
                 }
             }
             Watched::Aborted => {
-                tracing::info!(event = "transfer_aborted", user = %record.user, peer = %record.peer);
+                tracing::info!(event = "transfer_aborted", user = %record.audit.user(),
+                    peer = %self.peer);
                 self.reply(Reply::transfer_aborted("Transfer aborted."))
                     .await?;
                 self.reply(Reply::transfer_complete("ABOR successful."))
@@ -240,15 +236,7 @@ impl Session {
             Ok(Moved::Sent { bytes, path }) => {
                 if let Some(path) = path {
                     let secs = record.started.elapsed().as_secs_f64();
-                    tracing::info!(event = "download", user = %record.user, peer = %record.peer,
-                        path = %path, bytes, secs);
-                    record.events.emit(
-                        Event::new("download")
-                            .user(&record.user)
-                            .peer(record.peer)
-                            .path(&path)
-                            .size(bytes),
-                    );
+                    record.audit.downloaded(&path, bytes, secs);
                 }
                 self.reply(Reply::transfer_complete(format!(
                     "Transfer complete, {bytes} bytes."
@@ -259,8 +247,8 @@ impl Session {
             // Committed by its own task (run_transfer_with); not here.
             Ok(Moved::Received { .. }) => Ok(false),
             Err(reply) => {
-                tracing::info!(event = "transfer_failed", user = %record.user,
-                    peer = %record.peer, code = reply.code());
+                tracing::info!(event = "transfer_failed", user = %record.audit.user(),
+                    peer = %self.peer, code = reply.code());
                 let close = reply.code() == 421;
                 self.reply(reply).await?;
                 Ok(close)
@@ -463,48 +451,20 @@ async fn commit_upload(
     record: Record,
     (exited, timeout): (Option<UploadExited>, Duration),
 ) -> Reply {
-    let Record {
-        user,
-        peer,
-        events,
-        started,
-    } = record;
-    let committed = upload.commit().await;
+    let Record { audit, started } = record;
+    let secs = started.elapsed().as_secs_f64();
+    let committed = audit.commit(&path, upload, received, secs).await;
     if let Some(exited) = exited {
         let _ = tokio::time::timeout(timeout, exited.wait()).await;
     }
     match committed {
-        Ok(size) => {
-            let secs = started.elapsed().as_secs_f64();
-            tracing::info!(event = "upload", user = %user, %peer, path = %path,
-                bytes = received, size, secs);
-            events.emit(
-                Event::new("upload")
-                    .user(&user)
-                    .peer(peer)
-                    .path(&path)
-                    .size(size),
-            );
-            Reply::transfer_complete(format!(
-                "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
-            ))
-        }
+        Ok(size) => Reply::transfer_complete(format!(
+            "Transfer complete: {received} bytes received, file sealed ({size} bytes)."
+        )),
         Err(e) => {
-            if let VaultError::Rejected { finding, size } = &e {
-                tracing::warn!(event = "upload_rejected", user = %user, %peer,
-                    path = %path, size, signature = %finding);
-                events.emit(
-                    Event::new("upload_rejected")
-                        .user(&user)
-                        .peer(peer)
-                        .path(&path)
-                        .size(*size)
-                        .finding(finding.clone()),
-                );
-            }
             let reply = vault_reply(&e);
-            tracing::info!(event = "transfer_failed", user = %user, %peer, path = %path,
-                code = reply.code());
+            tracing::info!(event = "transfer_failed", user = %audit.user(),
+                peer = %audit.peer().addr, path = %path, code = reply.code());
             reply
         }
     }
