@@ -122,6 +122,9 @@ class Server:
             "DROPVAULT_DATA_DIR": str(self.data_dir),
             "DROPVAULT_FTP_LISTEN": "127.0.0.1:0",
             "DROPVAULT_FTP_IMPLICIT_TLS_LISTEN": "127.0.0.1:0",
+            # SFTP is on by default, on port 2222: each test server gets
+            # its own port (sftp_listen="" turns it off).
+            "DROPVAULT_SFTP_LISTEN": "127.0.0.1:0",
             "DROPVAULT_FTP_PASSIVE_PORTS": self.passive_ports,
             "DROPVAULT_FTP_DRAIN_GRACE_SECS": "5",
             "DROPVAULT_LOG_FORMAT": "json",
@@ -300,9 +303,9 @@ def dropvault(tmp_path, kek_template):
     alice); `users={}` creates none. With prepare=False the data folder is
     left for the server to create (and its key to generate). `env` adds
     environment variables that are not settings (RUST_LOG, proxies, ...).
-    With sftp_listen="127.0.0.1:0" the start also waits for the SFTP ready
-    line: server.sftp_port and server.sftp_host_key ("SHA256:...") are
-    then set (None otherwise)."""
+    The start also waits for the SFTP ready line (SFTP listens on a port of
+    its own): server.sftp_port and server.sftp_host_key ("SHA256:...") are
+    then set; with sftp_listen="" SFTP is off and they are None."""
     servers: list[Server] = []
     counter = itertools.count()
 

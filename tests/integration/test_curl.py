@@ -93,7 +93,7 @@ def test_curl_explicit_ftps_large_upload_and_download(server, payload_file, tmp_
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == src.read_bytes()
     login = server.events("login", user=USER)
-    assert login and all(e["tls"] is True for e in login)
+    assert login and all(e["encrypted"] is True for e in login)
 
 
 def test_curl_implicit_ftps_download(server, tmp_path):

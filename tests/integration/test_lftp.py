@@ -54,7 +54,7 @@ def test_lftp_mirror_plain(server, tree, tmp_path):
 def test_lftp_mirror_tls13(server, tree, tmp_path):
     mirror_roundtrip(server, tree, tmp_path, tls="1.3")
     # Both lftp runs logged in over TLS (the listing check after them did not).
-    assert sum(e["tls"] is True for e in server.events("login")) >= 2
+    assert sum(e["encrypted"] is True for e in server.events("login")) >= 2
 
 
 def test_lftp_mirror_tls12(server, tree, tmp_path):

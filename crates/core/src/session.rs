@@ -67,6 +67,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client the peer counts as, for limits and bans.
     pub client: ClientId,
+    /// Whether the connection is encrypted (FTPS after `AUTH TLS` or
+    /// implicitly; SSH always), as login log lines say.
+    pub encrypted: bool,
 }
 
 /// What a client offered to prove who it is.
@@ -318,7 +321,8 @@ impl Gate {
             Checked::In(account, key) => match self.services.vault.for_user(key) {
                 Ok(vault) => {
                     attempt.succeeded(name);
-                    tracing::info!(event = "login", protocol, user = %account.name, peer = %addr);
+                    tracing::info!(event = "login", protocol, user = %account.name, peer = %addr,
+                        encrypted = peer.encrypted);
                     let audit = Audit(Arc::new(AuditInner {
                         user: account.name,
                         peer: *peer,
@@ -553,5 +557,24 @@ impl Audit {
     /// Who is logged in from where.
     pub fn peer(&self) -> &Peer {
         &self.0.peer
+    }
+}
+
+/// TCP keepalive on a front end's connection, so a peer that vanished
+/// without a FIN or RST (a dead NAT, a pulled cable) is noticed within about
+/// two minutes even while the server waits to read; and `TCP_USER_TIMEOUT`,
+/// so data we sent that is never acknowledged ends the connection as soon.
+pub fn keepalive(tcp: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = sock.set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(120))) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
     }
 }

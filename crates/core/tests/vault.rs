@@ -190,7 +190,7 @@ async fn upload_commit_list_download() {
     assert!(get(&f.user, "/a.bin", 70_000).await == data[70_000..]);
     assert!(matches!(
         f.user.download(&p("/a.bin"), data.len() as u64 + 1).await,
-        Err(VaultError::BadRestOffset { .. })
+        Err(VaultError::BadOffset { .. })
     ));
     // Nothing in storage holds plaintext; the staging folder is empty.
     assert_no_plaintext(f.dir.path());
@@ -214,13 +214,13 @@ async fn an_uncommitted_upload_never_appears_and_resumes_from_staging() {
     // dropped upload's worker may still hold the file for a moment: retry
     // while busy, as a client would.)
     match upload_when_free(&f.user, "/big", UploadMode::Resume(at + 1)).await {
-        Err(VaultError::BadRestOffset {
+        Err(VaultError::BadOffset {
             requested,
             available,
         }) => {
             assert_eq!((requested, available), (at + 1, at));
         }
-        other => panic!("expected BadRestOffset, got {other:?}"),
+        other => panic!("expected BadOffset, got {other:?}"),
     }
     let mut up = f
         .user
@@ -390,7 +390,7 @@ async fn a_tampered_file_fails_to_download() {
 #[tokio::test]
 async fn large_downloads_read_in_parallel_come_back_exact_from_any_offset() {
     let f = fixture();
-    // More than the size from which two workers open chunks in turn.
+    // Many chunks, several of them read ahead at once.
     let data = content(20 * 1024 * 1024 + 12_345);
     put(&f.user, "/big", &data).await;
     let mib = 1024 * 1024;
@@ -424,7 +424,7 @@ async fn a_damaged_segment_in_a_parallel_download_stops_it_after_the_good_data()
     put(&f.user, "/big", &data).await;
     let path = f.vault.root().join("alice/big");
     let mut bytes = std::fs::read(&path).expect("read");
-    // Segment 21: inside the second 1 MiB chunk, which the second worker opens.
+    // Segment 21: inside the second 1 MiB chunk, read ahead with others.
     bytes[96 + 21 * 65_552 + 100] ^= 1;
     std::fs::write(&path, bytes).expect("write");
     let mut d = f
@@ -617,7 +617,7 @@ async fn a_staging_file_cut_inside_a_segment_resumes_under_a_new_salt() {
         let staging_dir = f.dir.path().join("files").join(".staging");
         let free = upload_when_free(&f.user, "/big", UploadMode::Resume(1 << 40)).await;
         assert!(
-            matches!(free, Err(VaultError::BadRestOffset { .. })),
+            matches!(free, Err(VaultError::BadOffset { .. })),
             "{free:?}"
         );
         let staged = std::fs::read_dir(&staging_dir)
@@ -656,7 +656,7 @@ async fn an_empty_staging_file_is_no_resume_point() {
     let f = fixture();
     assert!(matches!(
         f.user.upload(&p("/nothing"), UploadMode::Resume(100)).await,
-        Err(VaultError::BadRestOffset {
+        Err(VaultError::BadOffset {
             requested: 100,
             available: 0
         })
@@ -893,4 +893,220 @@ async fn a_large_folder_is_listed_in_bounded_batches() {
     let mut expected: Vec<String> = (0..2000).map(|i| format!("f{i:04}")).collect();
     expected.push("seed".into());
     assert_eq!(names, expected);
+}
+
+/// `len` bytes from `offset` of `data`, as a read of the stored file must
+/// return them: fewer where the data ends, none past it.
+fn expected(data: &[u8], offset: usize, len: usize) -> &[u8] {
+    let start = offset.min(data.len());
+    &data[start..(start + len).min(data.len())]
+}
+
+#[tokio::test]
+async fn read_at_returns_exactly_the_range_asked_for_at_and_across_segment_boundaries() {
+    let f = fixture();
+    let seg = 65_536;
+    // Three full segments and a short final one.
+    let data = content(3 * seg + 100);
+    put(&f.user, "/r", &data).await;
+    let file = f.user.open_read(&p("/r")).await.expect("open");
+    assert_eq!(file.len(), data.len() as u64);
+    for (offset, len) in [
+        (0, seg),
+        (seg, seg),
+        (seg - 1, 1),
+        (seg - 1, 2),
+        (seg, 1),
+        (seg - 10, seg + 20),
+        (10, 3 * seg),
+        (0, data.len()),
+        (3 * seg, 200),
+        (3 * seg - 5, 1_000),
+        (data.len() - 1, 10),
+        (data.len(), 10),
+        (data.len() + 1_000, 10),
+        (5, 0),
+    ] {
+        let back = file.read_at(offset as u64, len).await.expect("read");
+        assert!(
+            back == expected(&data, offset, len),
+            "offset {offset} len {len}: {} bytes back",
+            back.len()
+        );
+    }
+    // Far past the end, at offsets no file reaches.
+    assert!(file.read_at(u64::MAX, 10).await.expect("read").is_empty());
+}
+
+#[tokio::test]
+async fn read_at_in_small_steps_forwards_backwards_and_at_once_gives_the_file() {
+    let f = fixture();
+    let data = content(5 * 65_536 + 4_321);
+    put(&f.user, "/s", &data).await;
+    let file = f.user.open_read(&p("/s")).await.expect("open");
+    // In order, in the sizes SFTP clients ask for (the segment left open
+    // by one read serves the next).
+    for step in [1_000, 32 * 1024, 100_000] {
+        let mut back = Vec::new();
+        loop {
+            let piece = file.read_at(back.len() as u64, step).await.expect("read");
+            if piece.is_empty() {
+                break;
+            }
+            assert!(piece.len() == step || back.len() + piece.len() == data.len());
+            back.extend_from_slice(&piece);
+        }
+        assert!(back == data, "step {step}");
+    }
+    // Backwards.
+    let step = 30_000;
+    let mut at = data.len();
+    while at > 0 {
+        let from = at.saturating_sub(step);
+        let piece = file.read_at(from as u64, at - from).await.expect("read");
+        assert!(piece == data[from..at], "at {from}");
+        at = from;
+    }
+    // From clones at once, as pipelined requests are.
+    let reads = (0..16usize).map(|i| {
+        let file = file.clone();
+        let offset = i * 20_011;
+        tokio::spawn(async move { (offset, file.read_at(offset as u64, 50_000).await) })
+    });
+    for read in reads {
+        let (offset, back) = read.await.expect("task");
+        assert!(
+            back.expect("read") == expected(&data, offset, 50_000),
+            "offset {offset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn read_at_returns_at_most_max_read_bytes() {
+    let f = fixture();
+    let data = content(dropvault_core::vault::ReadFile::MAX_READ + 3 * 65_536 + 7);
+    put(&f.user, "/m", &data).await;
+    let file = f.user.open_read(&p("/m")).await.expect("open");
+    let max = dropvault_core::vault::ReadFile::MAX_READ;
+    let back = file.read_at(5, 4 * max).await.expect("read");
+    assert!(back == data[5..5 + max]);
+}
+
+#[tokio::test]
+async fn read_at_of_an_empty_file_and_of_a_folder() {
+    let f = fixture();
+    put(&f.user, "/e", b"").await;
+    let file = f.user.open_read(&p("/e")).await.expect("open");
+    assert!(file.is_empty());
+    assert!(file.read_at(0, 10).await.expect("read").is_empty());
+    assert!(file.read_at(7, 10).await.expect("read").is_empty());
+    f.user.mkdir(&p("/d")).await.expect("mkdir");
+    assert!(matches!(
+        f.user.open_read(&p("/d")).await,
+        Err(VaultError::IsADirectory)
+    ));
+    assert!(matches!(
+        f.user.open_read(&p("/none")).await,
+        Err(VaultError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn read_at_detects_a_file_cut_at_a_segment_boundary_or_inside_a_segment() {
+    let f = fixture();
+    let (header, sealed_seg) = (96, 65_552);
+    let data = content(3 * 65_536 + 10);
+    put(&f.user, "/cut", &data).await;
+    let path = f.vault.root().join("alice/cut");
+    let bytes = std::fs::read(&path).expect("read");
+
+    // Cut after two whole segments: segment 1 now stands where the final
+    // one should, sealed as not final.
+    std::fs::write(&path, &bytes[..header + 2 * sealed_seg]).expect("write");
+    let file = f.user.open_read(&p("/cut")).await.expect("header is fine");
+    assert_eq!(file.len(), 2 * 65_536);
+    // Segment 0 is authentic as it is; the cut shows where the end is read.
+    assert!(file.read_at(0, 65_536).await.expect("segment 0") == data[..65_536]);
+    let err = file.read_at(65_530, 100).await.expect_err("cut");
+    assert!(
+        matches!(
+            err,
+            VaultError::Format(dropvault_format::Error::Truncated { index: 1 })
+        ),
+        "{err:?}"
+    );
+
+    // Cut inside segment 1.
+    std::fs::write(&path, &bytes[..header + sealed_seg + 1_000]).expect("write");
+    let file = f.user.open_read(&p("/cut")).await.expect("header is fine");
+    let err = file.read_at(65_536, 10).await.expect_err("cut");
+    assert!(
+        matches!(
+            err,
+            VaultError::Format(dropvault_format::Error::SegmentAuth { index: 1 })
+        ),
+        "{err:?}"
+    );
+
+    // Cut to the length of an empty file: refused on open.
+    std::fs::write(&path, &bytes[..header + 16]).expect("write");
+    assert!(matches!(
+        f.user.open_read(&p("/cut")).await,
+        Err(VaultError::Format(_))
+    ));
+}
+
+#[tokio::test]
+async fn read_at_fails_on_a_tampered_segment_and_only_there() {
+    let f = fixture();
+    let data = content(3 * 65_536);
+    put(&f.user, "/t", &data).await;
+    let path = f.vault.root().join("alice/t");
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[96 + 65_552 + 10] ^= 1;
+    std::fs::write(&path, bytes).expect("write");
+    let file = f.user.open_read(&p("/t")).await.expect("header is fine");
+    let tampered = |r: Result<Vec<u8>, VaultError>| {
+        matches!(
+            r,
+            Err(VaultError::Format(dropvault_format::Error::SegmentAuth {
+                index: 1
+            }))
+        )
+    };
+    assert!(file.read_at(0, 65_536).await.expect("segment 0") == data[..65_536]);
+    assert!(tampered(file.read_at(65_536, 10).await));
+    // Into it from a segment the last read left open.
+    assert!(file.read_at(0, 100).await.expect("segment 0") == data[..100]);
+    assert!(tampered(file.read_at(100, 70_000).await));
+    assert!(file.read_at(2 * 65_536, 65_536).await.expect("segment 2") == data[2 * 65_536..]);
+}
+
+#[tokio::test]
+async fn reads_in_order_open_a_segment_once() {
+    let f = fixture();
+    let data = content(2 * 65_536);
+    put(&f.user, "/o", &data).await;
+    let file = f.user.open_read(&p("/o")).await.expect("open");
+    assert!(file.read_at(0, 100).await.expect("read") == data[..100]);
+    // Damage segment 0 in place: the next read in order still gets it
+    // from the open it was read through.
+    let path = f.vault.root().join("alice/o");
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[96 + 500] ^= 1;
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    std::os::unix::fs::FileExt::write_all_at(&disk, &bytes, 0).expect("write");
+    assert!(file.read_at(100, 1_000).await.expect("read") == data[100..1_100]);
+    // Once another segment took its place, the damage shows.
+    assert!(file.read_at(65_536, 10).await.expect("read") == data[65_536..65_546]);
+    assert!(matches!(
+        file.read_at(0, 10).await,
+        Err(VaultError::Format(dropvault_format::Error::SegmentAuth {
+            index: 0
+        }))
+    ));
 }

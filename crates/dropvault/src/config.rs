@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
-const SECTIONS: [&str; 7] = ["ftp", "auth", "kms", "storage", "scan", "hooks", "log"];
+const SECTIONS: [&str; 8] = [
+    "ftp", "sftp", "auth", "kms", "storage", "scan", "hooks", "log",
+];
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     /// FTP front end.
     pub(crate) ftp: Ftp,
+    /// SFTP front end.
+    pub(crate) sftp: Sftp,
     /// Accounts.
     pub(crate) auth: Auth,
     /// Key service.
@@ -174,6 +178,37 @@ pub(crate) struct Ftp {
     pub(crate) max_listing_entries: usize,
 }
 
+/// `[sftp]`. Session limits and bans are `[ftp]`'s, shared by both.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Sftp {
+    /// SSH listener; empty = off.
+    pub(crate) listen: String,
+    /// The ed25519 host key (OpenSSH format), made when missing.
+    pub(crate) host_key: String,
+    /// Authentication requests per connection, then it is closed.
+    pub(crate) max_auth_attempts: usize,
+    /// Seconds from connect to a successful login.
+    pub(crate) login_timeout_secs: u64,
+    /// A connection with no traffic for this many seconds is closed.
+    pub(crate) idle_timeout_secs: u64,
+    /// Files and folders one session may have open at once.
+    pub(crate) max_open_handles: usize,
+}
+
+impl Default for Sftp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:2222".into(),
+            host_key: "ssh_host_ed25519_key".into(),
+            max_auth_attempts: 6,
+            login_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_open_handles: 64,
+        }
+    }
+}
+
 /// `[auth]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -275,6 +310,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("dropvault-data"),
             ftp: Ftp::default(),
+            sftp: Sftp::default(),
             auth: Auth::default(),
             kms: Kms::default(),
             storage: Storage::default(),
@@ -614,6 +650,37 @@ impl Config {
             .listen
             .parse()
             .map_err(|e| invalid("ftp.listen", e))
+    }
+
+    /// `sftp.listen` parsed; `None` when empty (SFTP off).
+    pub(crate) fn sftp_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.sftp.listen.trim() {
+            "" => Ok(None),
+            s => s.parse().map(Some).map_err(|e| invalid("sftp.listen", e)),
+        }
+    }
+
+    /// The SSH front end's settings.
+    pub(crate) fn ssh_config(&self) -> Result<dropvault_sftp::SshConfig, ConfigError> {
+        if self.sftp.max_auth_attempts == 0 {
+            return Err(invalid("sftp.max_auth_attempts", "must be at least 1"));
+        }
+        if self.sftp.max_open_handles == 0 {
+            return Err(invalid("sftp.max_open_handles", "must be at least 1"));
+        }
+        let idle = Duration::from_secs(self.sftp.idle_timeout_secs.max(1));
+        Ok(dropvault_sftp::SshConfig {
+            max_auth_attempts: self.sftp.max_auth_attempts,
+            login_timeout: Duration::from_secs(self.sftp.login_timeout_secs.max(1)),
+            idle_timeout: idle,
+            drain_grace: Duration::from_secs(self.ftp.drain_grace_secs),
+            sftp: dropvault_sftp::SftpSettings {
+                idle_timeout: idle,
+                max_handles: self.sftp.max_open_handles,
+                max_listing_entries: self.max_listing_entries()?,
+                ..dropvault_sftp::SftpSettings::default()
+            },
+        })
     }
 
     /// `ftp.implicit_tls_listen` parsed; `None` when empty.

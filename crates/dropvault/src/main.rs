@@ -432,10 +432,32 @@ fn serve(config: Config) -> Result<(), AnyError> {
         .enable_all()
         .max_blocking_threads(blocking_threads.max(512))
         .build()?;
+    let ssh = config.ssh_config()?;
+    let sftp_listen = config.sftp_listen()?;
+    let host_key = match sftp_listen {
+        Some(_) => {
+            let path = config.path(&config.sftp.host_key);
+            let (key, created) = dropvault_sftp::hostkey::load_or_create(&path)?;
+            let fingerprint = dropvault_sftp::hostkey::fingerprint(&key);
+            if created {
+                tracing::info!(file = %path.display(), %fingerprint, "SSH host key created");
+            }
+            Some((key, fingerprint))
+        }
+        None => None,
+    };
     runtime.block_on(async move {
         // Signal handlers go in before anyone can learn the server is up,
         // so a SIGTERM right after the ready line still drains.
-        let shutdown = shutdown_signal()?;
+        let signal = shutdown_signal()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
         tokio::spawn(expire_staging(gate.services().vault.clone()));
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
@@ -457,11 +479,32 @@ fn serve(config: Config) -> Result<(), AnyError> {
                 .map(|a| format!(", implicit FTPS on {a}"))
                 .unwrap_or_default()
         ));
+        let sftp = match (sftp_listen, host_key) {
+            (Some(addr), Some((key, fingerprint))) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let addr = listener.local_addr()?;
+                tracing::info!(event = "listening", sftp = %addr, host_key = %fingerprint);
+                println_safe(&format!(
+                    "dropvault: SFTP on {addr} (host key {fingerprint})"
+                ));
+                Some(tokio::spawn(dropvault_sftp::serve_ssh(
+                    ssh,
+                    key,
+                    gate.clone(),
+                    listener,
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            _ => None,
+        };
         let listeners = dropvault_ftp::Listeners {
             control,
             implicit_tls,
         };
-        dropvault_ftp::serve(ftp, gate, tls, listeners, shutdown).await?;
+        dropvault_ftp::serve(ftp, gate, tls, listeners, stopped(stop_rx)).await?;
+        if let Some(sftp) = sftp {
+            sftp.await.map_err(std::io::Error::other)??;
+        }
         Ok::<(), AnyError>(())
     })?;
     // Events still queued get a few seconds to go out.

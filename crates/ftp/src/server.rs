@@ -109,7 +109,7 @@ async fn accept_opt(l: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAdd
 
 async fn start(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, implicit: bool) {
     let _ = stream.set_nodelay(true);
-    crate::session::keepalive(&stream);
+    dropvault_core::session::keepalive(&stream);
     let admission = match shared.gate.admit(peer.ip()) {
         Ok(a) => a,
         Err(refusal) => {

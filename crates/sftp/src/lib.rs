@@ -13,13 +13,18 @@
 //!   modes are fixed).
 //! - `source`: random-access reads of a stored file.
 //!
-//! The SSH side (keys, authentication, channels) is not here: [`serve`]
-//! takes the stream of an `sftp` subsystem channel.
+//! - `ssh`: the SSH side ([`serve_ssh`]): listener, admission and login
+//!   through the core's gate, one `sftp` subsystem per connection, nothing
+//!   else (no shell, exec, forwarding).
+//! - [`hostkey`]: the server's ed25519 host key, made on first start.
 
 mod attrs;
 mod errors;
+pub mod hostkey;
 pub mod proto;
 mod session;
 mod source;
+mod ssh;
 
 pub use session::{serve, SftpError, SftpSettings};
+pub use ssh::{serve as serve_ssh, SshConfig};

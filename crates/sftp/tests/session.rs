@@ -75,6 +75,7 @@ impl Fixture {
             protocol: Protocol::Sftp,
             addr,
             client: self.gate.client(addr.ip()),
+            encrypted: true,
         };
         self.gate
             .login(

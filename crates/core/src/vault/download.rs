@@ -1,178 +1,181 @@
-//! Downloads: a sealed file opened chunk by chunk (1 MiB of plaintext) by
-//! worker threads with plain `std::fs::File` reads, each handing its chunks
-//! to the async side over a short channel ([`Download::next_chunk`], or
-//! `AsyncRead`). Large files get two workers that take chunks in turn, so
-//! the cipher is never the critical path of the thread that writes the
-//! socket; the workers start when the download is first read.
+//! Downloads: a [`ReadFile`] read from one offset to its end, a chunk
+//! (1 MiB of plaintext) at a time, with chunks read ahead on the
+//! blocking pool ([`Download::next_chunk`], or `AsyncRead`), so the cipher
+//! is never the critical path of the task that writes the socket. Nothing
+//! is read until the download is first read.
 
-use std::fs::File;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use dropvault_format::{Decryptor, SEGMENT_LEN};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::CHUNK;
+use super::{ReadFile, VaultError, CHUNK};
 
-/// Chunks in flight ahead of the consumer, per worker (channel mode).
+/// Chunks being read ahead of the consumer at most: two, so two threads
+/// can decrypt while the socket is written (as many blocking threads as
+/// the two workers a large download had before, which the server's
+/// blocking pool is sized for). Three measured no faster.
 const AHEAD: usize = 2;
-/// Downloads longer than this are opened by [`WORKERS`] threads at once.
-const PARALLEL_FROM: u64 = 8 * CHUNK as u64;
-/// Worker threads of a large download: each opens every other chunk.
-const WORKERS: usize = 2;
 
-/// What every worker of one download shares.
-struct Source {
-    file: File,
-    dec: Decryptor,
-    /// Plaintext offset the download starts at.
-    offset: u64,
-}
+/// A chunk read ahead, the sealed-bytes buffer it used, and the error
+/// that ends the download after it (a chunk's good segments go out before
+/// its bad one is reported).
+type Piece = (Vec<u8>, Vec<u8>, Option<VaultError>);
 
-/// A file being read: plaintext out, decrypted on worker threads that take
-/// chunks in turn. Nothing runs until it is first read.
+/// A file being read from an offset to its end: plaintext out, decrypted
+/// ahead of the consumer on the blocking pool.
 pub struct Download {
-    source: Arc<Source>,
-    workers: usize,
-    len: u64,
-    /// The workers' channels, once started.
-    streaming: Option<Streaming>,
+    file: ReadFile,
+    /// Plaintext offset of the next chunk to start reading.
+    next: u64,
+    /// Chunks being read, in order.
+    ahead: VecDeque<JoinHandle<Piece>>,
+    /// An error that followed the last chunk handed out; after it, nothing.
+    failed: Option<io::Error>,
+    stopped: bool,
+    /// Buffers handed back, for the next chunks.
+    spare: Vec<Vec<u8>>,
+    spare_sealed: Vec<Vec<u8>>,
+    /// A chunk being read through `AsyncRead`, and how far.
+    current: Vec<u8>,
+    pos: usize,
 }
 
 impl std::fmt::Debug for Download {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Download")
-            .field("len", &self.len)
-            .field("offset", &self.source.offset)
-            .field("workers", &self.workers)
+            .field("len", &self.file.len())
+            .field("next", &self.next)
+            .field("ahead", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
 
-/// A chunk from a worker, and the error that ends the download after it
-/// (a chunk's good segments go out before its bad one is reported).
-type Piece = (Vec<u8>, Option<io::Error>);
-
-/// The workers' channels and what was read of them.
-struct Streaming {
-    /// One channel per worker; chunk `i` comes from worker `i % len`.
-    rx: Vec<mpsc::Receiver<Piece>>,
-    /// An error that followed the last chunk handed out.
-    failed: Option<io::Error>,
-    recycle: Vec<std_mpsc::Sender<Vec<u8>>>,
-    /// Whose turn it is to deliver the next chunk.
-    turn: usize,
-    /// Where the next recycled buffer goes.
-    recycle_turn: usize,
-    current: Vec<u8>,
-    pos: usize,
-}
-
 impl Download {
-    /// A download of `file` (already checked by `dec`) from plaintext
-    /// offset `offset`.
-    pub(super) fn new(file: File, dec: Decryptor, offset: u64) -> Self {
-        let len = dec.layout().plaintext_len();
-        let workers = if len.saturating_sub(offset) > PARALLEL_FROM {
-            WORKERS
-        } else {
-            1
-        };
+    /// A download of `file` from plaintext offset `offset` (at most its
+    /// length).
+    pub(super) fn new(file: ReadFile, offset: u64) -> Self {
         Self {
-            source: Arc::new(Source { file, dec, offset }),
-            workers,
-            len,
-            streaming: None,
+            file,
+            next: offset,
+            ahead: VecDeque::with_capacity(AHEAD),
+            failed: None,
+            stopped: false,
+            spare: Vec::new(),
+            spare_sealed: Vec::new(),
+            current: Vec::new(),
+            pos: 0,
         }
     }
 
     /// Plaintext length of the whole file.
     pub fn len(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.file.is_empty()
     }
 
     /// The next chunk of plaintext (up to 1 MiB), or `None` at the end.
     /// Writing chunks straight to a socket saves the copy through a read
     /// buffer; hand each back with [`Download::recycle`].
     pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let s = self.streaming();
-        if s.pos < s.current.len() {
+        if self.pos < self.current.len() {
             // Left over from reading through AsyncRead.
-            let rest = s.current[s.pos..].to_vec();
-            s.pos = s.current.len();
+            let rest = self.current[self.pos..].to_vec();
+            self.pos = self.current.len();
             return Ok(Some(rest));
         }
-        std::future::poll_fn(|cx| self.streaming().poll_chunk(cx)).await
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
     }
 
     /// Gives a chunk from [`Download::next_chunk`] back for reuse.
     pub fn recycle(&mut self, chunk: Vec<u8>) {
-        self.streaming().recycle(chunk);
+        if self.spare.len() < AHEAD {
+            self.spare.push(chunk);
+        }
     }
 
-    /// The workers' channels, starting the workers the first time.
-    fn streaming(&mut self) -> &mut Streaming {
-        let (source, workers) = (&self.source, self.workers);
-        self.streaming.get_or_insert_with(|| {
-            let (mut rxs, mut recycles) = (Vec::new(), Vec::new());
-            for w in 0..workers {
-                let (tx, rx) = mpsc::channel(AHEAD);
-                let (recycle, spare) = std_mpsc::channel();
-                let source = source.clone();
-                tokio::task::spawn_blocking(move || read_worker(&source, w, workers, &tx, &spare));
-                rxs.push(rx);
-                recycles.push(recycle);
+    /// Starts reading chunks until [`AHEAD`] are on their way or the file
+    /// has no more. Chunks end at multiples of [`CHUNK`] (of segments), so
+    /// only the first may start inside a segment.
+    fn read_ahead(&mut self) {
+        let total = self.file.len();
+        while self.ahead.len() < AHEAD && self.next < total && !self.stopped {
+            let offset = self.next;
+            let end = (offset - offset % CHUNK as u64 + CHUNK as u64).min(total);
+            self.next = end;
+            let file = self.file.clone();
+            let mut out = self.spare.pop().unwrap_or_default();
+            let mut sealed = self.spare_sealed.pop().unwrap_or_default();
+            self.ahead.push_back(tokio::task::spawn_blocking(move || {
+                // At most CHUNK: fits in usize.
+                let len = usize::try_from(end - offset).unwrap_or(CHUNK);
+                let failed = file.read_into(offset, len, &mut out, &mut sealed).err();
+                (out, sealed, failed)
+            }));
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Vec<u8>>>> {
+        if let Some(e) = self.failed.take() {
+            self.stopped = true;
+            return Poll::Ready(Err(e));
+        }
+        self.read_ahead();
+        let Some(first) = self.ahead.front_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let joined = ready!(Pin::new(first).poll(cx));
+        self.ahead.pop_front();
+        let (chunk, sealed, failed) = match joined {
+            Ok(piece) => piece,
+            Err(e) => (
+                Vec::new(),
+                Vec::new(),
+                Some(VaultError::Io(io::Error::other(e))),
+            ),
+        };
+        self.spare_sealed.push(sealed);
+        if let Some(e) = failed {
+            // Nothing after a failed chunk: the reads ahead are let go.
+            self.stopped = true;
+            for read in self.ahead.drain(..) {
+                read.abort();
             }
-            Streaming {
-                rx: rxs,
-                failed: None,
-                recycle: recycles,
-                turn: 0,
-                recycle_turn: 0,
-                current: Vec::new(),
-                pos: 0,
+            if chunk.is_empty() {
+                return Poll::Ready(Err(into_io(e)));
             }
-        })
+            self.failed = Some(into_io(e));
+        } else {
+            self.read_ahead();
+        }
+        Poll::Ready(Ok(Some(chunk)))
     }
 }
 
-impl Streaming {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Vec<u8>>>> {
-        if let Some(e) = self.failed.take() {
-            return Poll::Ready(Err(e));
-        }
-        let Some(rx) = self.rx.get_mut(self.turn) else {
-            return Poll::Ready(Ok(None));
-        };
-        match ready!(rx.poll_recv(cx)) {
-            Some((chunk, None)) => {
-                self.turn = (self.turn + 1) % self.rx.len();
-                Poll::Ready(Ok(Some(chunk)))
-            }
-            Some((chunk, Some(e))) if chunk.is_empty() => Poll::Ready(Err(e)),
-            Some((chunk, Some(e))) => {
-                self.failed = Some(e);
-                Poll::Ready(Ok(Some(chunk)))
-            }
-            // The worker whose turn it is has no more: the file is done.
-            None => Poll::Ready(Ok(None)),
+impl Drop for Download {
+    fn drop(&mut self) {
+        // Reads ahead that have not started need not run.
+        for read in &self.ahead {
+            read.abort();
         }
     }
+}
 
-    fn recycle(&mut self, chunk: Vec<u8>) {
-        if let Some(to) = self.recycle.get(self.recycle_turn) {
-            let _ = to.send(chunk);
-        }
-        self.recycle_turn = (self.recycle_turn + 1) % self.recycle.len().max(1);
+/// A read's error as the `io::Error` a download reports: a format error
+/// stays one ([`dropvault_format::Error::from_io`] finds it).
+fn into_io(e: VaultError) -> io::Error {
+    match e {
+        VaultError::Io(e) => e,
+        VaultError::Format(e) => e.into(),
+        other => io::Error::other(other),
     }
 }
 
@@ -182,7 +185,7 @@ impl AsyncRead for Download {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut().streaming();
+        let this = self.get_mut();
         loop {
             if this.pos < this.current.len() {
                 let n = (this.current.len() - this.pos).min(out.remaining());
@@ -201,75 +204,5 @@ impl AsyncRead for Download {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-    }
-}
-
-/// Opens chunks `first`, `first + step`, … until the file ends, a segment
-/// fails, or the download is dropped. Chunk `i` is the plaintext from
-/// `offset + i * CHUNK` rounded down to a segment, to the next chunk's start
-/// (chunks after the first are whole segments).
-fn read_worker(
-    src: &Source,
-    first: usize,
-    step: usize,
-    tx: &mpsc::Sender<Piece>,
-    spare: &std_mpsc::Receiver<Vec<u8>>,
-) {
-    use std::os::unix::fs::FileExt;
-    let layout = *src.dec.layout();
-    let total = layout.plaintext_len();
-    let seg_len = SEGMENT_LEN as u64;
-    // Chunk boundaries are CHUNK-aligned plaintext offsets (CHUNK is a
-    // multiple of the segment length); the first chunk starts at `offset`.
-    let base = src.offset - src.offset % CHUNK as u64;
-    let mut sealed = Vec::new();
-    let mut i = first as u64;
-    loop {
-        let start = (base + i * CHUNK as u64).max(src.offset);
-        let end = (base + (i + 1) * CHUNK as u64).min(total);
-        if start >= end {
-            return;
-        }
-        let Some(first_seg) = layout.segment(start / seg_len) else {
-            return;
-        };
-        let last_seg = (end - 1) / seg_len;
-        let segs: Vec<_> = (first_seg.index..=last_seg)
-            .filter_map(|k| layout.segment(k))
-            .collect();
-        let sealed_len: usize = segs.iter().map(|s| s.ciphertext_len).sum();
-        let plain_len: usize = segs.iter().map(|s| s.plaintext_len).sum();
-        sealed.resize(sealed_len, 0);
-        let mut buf = spare.try_recv().unwrap_or_default();
-        // Recycled buffers come back full-length: only a new one is zeroed.
-        buf.resize(plain_len.max(buf.len()), 0);
-        let mut failure = src
-            .file
-            .read_exact_at(&mut sealed, first_seg.ciphertext_offset)
-            .err();
-        let mut done = 0;
-        if failure.is_none() {
-            let mut at = 0;
-            for seg in &segs {
-                let body = &sealed[at..at + seg.ciphertext_len];
-                match src.dec.open(seg, body, &mut buf[done..]) {
-                    Ok(n) => done += n,
-                    Err(e) => {
-                        failure = Some(e.into());
-                        break;
-                    }
-                }
-                at += seg.ciphertext_len;
-            }
-        }
-        buf.truncate(done);
-        // The first chunk may start inside a segment.
-        let skip = usize::try_from(start - first_seg.plaintext_offset).unwrap_or(0);
-        buf.drain(..skip.min(buf.len()));
-        let stop = failure.is_some();
-        if tx.blocking_send((buf, failure)).is_err() || stop {
-            return;
-        }
-        i += step as u64;
     }
 }

@@ -15,6 +15,7 @@ mod download;
 mod offline;
 mod path;
 mod quota;
+mod read;
 mod upload;
 
 use std::fs::{self, OpenOptions};
@@ -33,6 +34,7 @@ use dropvault_format::{
 pub use download::Download;
 pub use offline::{Oddity, Quarantined, StoredFile};
 pub use path::VPath;
+pub use read::ReadFile;
 pub use upload::{Upload, UploadExited};
 
 use crate::hex;
@@ -81,12 +83,14 @@ pub enum VaultError {
     /// Another upload to the same path is in progress.
     #[error("another upload to this file is in progress")]
     Busy,
-    /// A resumed upload asked for an offset the server cannot continue from.
-    #[error("cannot resume at offset {requested}; resume at {available} or start from 0")]
-    BadRestOffset {
+    /// A download or a resumed upload asked for an offset the server cannot
+    /// start at: past the end of the file, or (an upload) past what can be
+    /// continued.
+    #[error("cannot start at offset {requested}; start at {available} or at 0")]
+    BadOffset {
         /// The offset the client asked for.
         requested: u64,
-        /// The offset the server can resume at (0 if none).
+        /// The furthest offset the server can start at (0 if none).
         available: u64,
     },
     /// A stored file failed to open or authenticate.
@@ -432,25 +436,37 @@ impl UserVault {
         Ok(Listing { dir: Some(dir) })
     }
 
-    /// Opens file `p` for reading from plaintext offset `offset`. The
-    /// header and length are checked now; segments as they are read.
-    pub async fn download(&self, p: &VPath, offset: u64) -> Result<Download, VaultError> {
+    /// Opens file `p` for reading at any offset ([`ReadFile::read_at`]).
+    /// The header and length are checked now; segments as they are read.
+    pub async fn open_read(&self, p: &VPath) -> Result<ReadFile, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let (file, dec) = blocking(move || {
+        blocking(move || {
             let real = me.real(&p)?;
             let file = open_nofollow(&real).map_err(map_io)?;
-            let dec = open_decryptor(&mut &file, me.inner.key.data_key())?;
-            let len = dec.layout().plaintext_len();
-            if offset > len {
-                return Err(VaultError::BadRestOffset {
-                    requested: offset,
-                    available: len,
-                });
+            let meta = file.metadata().map_err(map_io)?;
+            if meta.is_dir() {
+                return Err(VaultError::IsADirectory);
             }
-            Ok((file, dec))
+            if !meta.is_file() {
+                return Err(VaultError::PermissionDenied);
+            }
+            let dec = open_decryptor(&mut &file, me.inner.key.data_key())?;
+            Ok(ReadFile::new(file, dec))
         })
-        .await?;
-        Ok(Download::new(file, dec, offset))
+        .await
+    }
+
+    /// Opens file `p` for reading from plaintext offset `offset` to its
+    /// end, as [`UserVault::open_read`] does.
+    pub async fn download(&self, p: &VPath, offset: u64) -> Result<Download, VaultError> {
+        let file = self.open_read(p).await?;
+        if offset > file.len() {
+            return Err(VaultError::BadOffset {
+                requested: offset,
+                available: file.len(),
+            });
+        }
+        Ok(Download::new(file, offset))
     }
 
     /// Starts an upload to `p`. Data written to the returned [`Upload`] is
@@ -532,7 +548,7 @@ impl UserVault {
             let size = old.plaintext_len();
             let len = len.unwrap_or(size);
             if len > size {
-                return Err(VaultError::BadRestOffset {
+                return Err(VaultError::BadOffset {
                     requested: len,
                     available: size,
                 });
@@ -559,7 +575,7 @@ impl UserVault {
                     }
                     None if staged >= offset => reseal_staged(offset),
                     other => {
-                        return Err(refused(VaultError::BadRestOffset {
+                        return Err(refused(VaultError::BadOffset {
                             requested: offset,
                             available: other.unwrap_or(staged),
                         }));
@@ -907,11 +923,13 @@ fn real_path(home: &Path, p: &VPath) -> Result<PathBuf, VaultError> {
     Ok(real)
 }
 
-/// Opens a stored file for reading, refusing a symbolic link.
+/// Opens a stored file for reading, refusing a symbolic link. Without
+/// blocking: a FIFO put in storage does not hang the open (for files and
+/// folders the flag changes nothing).
 fn open_nofollow(path: &Path) -> io::Result<fs::File> {
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
 }
 

@@ -112,7 +112,7 @@ pub(crate) async fn open(
         }
     };
     let _ = tcp.set_nodelay(true);
-    super::keepalive(&tcp);
+    dropvault_core::session::keepalive(&tcp);
     let Some(tls) = tls else {
         return Ok(Stream::Plain(tcp));
     };

@@ -18,7 +18,7 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
         VaultError::InvalidPath(why) => Reply::new(553, format!("Name not allowed: {why}.")),
         VaultError::PermissionDenied => Reply::new(550, "Not allowed."),
         VaultError::Busy => Reply::new(450, "Another upload to this file is in progress."),
-        VaultError::BadRestOffset {
+        VaultError::BadOffset {
             requested,
             available,
         } => Reply::new(

@@ -95,26 +95,6 @@ struct Session {
     _admission: Admission,
 }
 
-/// TCP keepalive on a control or data connection, so a peer that vanished
-/// without a FIN or RST (a dead NAT, a pulled cable) is noticed within about
-/// two minutes even while the server waits to read; and `TCP_USER_TIMEOUT`,
-/// so data we sent that is never acknowledged ends the connection as soon.
-pub(crate) fn keepalive(tcp: &TcpStream) {
-    use std::time::Duration;
-    let sock = socket2::SockRef::from(tcp);
-    let params = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    if let Err(e) = sock.set_tcp_keepalive(&params) {
-        tracing::debug!(error = %e, "TCP keepalive not set");
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(120))) {
-        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
-    }
-}
-
 /// Runs one session to its end.
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -135,6 +115,7 @@ pub(crate) async fn run(
         protocol: Protocol::Ftp,
         addr: peer,
         client: admission.client(),
+        encrypted: false,
     };
     let mut s = Session {
         who,
@@ -436,6 +417,7 @@ impl Session {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.control = Stream::Tls(Box::new(tls));
         self.tls = Some(session_tls);
+        self.who.encrypted = true;
         Ok(())
     }
 

@@ -1,0 +1,240 @@
+//! Reading stored files with random access: [`ReadFile::read_at`] opens
+//! only the segments a read touches (one positioned read of their sealed
+//! bytes, each segment authenticated on its own, the final one as final so a
+//! cut file is caught). Downloads ([`super::Download`]) are reads of this
+//! kind, one chunk at a time.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
+use zeroize::Zeroizing;
+
+use super::{VaultError, CHUNK};
+
+/// A stored file open for reading: its header checked, its segments
+/// checked as they are read. Cheap to clone (clones share the open file);
+/// reads may run concurrently.
+#[derive(Clone)]
+pub struct ReadFile {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    file: File,
+    dec: Decryptor,
+    /// The last segment opened whose end a read stopped short of, so the
+    /// next read in order does not open it again.
+    cache: Mutex<Option<Cached>>,
+}
+
+/// One opened segment.
+struct Cached {
+    index: u64,
+    plain: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ReadFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadFile")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadFile {
+    /// The most plaintext one read returns: longer reads are cut to this.
+    pub const MAX_READ: usize = CHUNK;
+
+    /// A reader of `file`, whose header `dec` checked.
+    pub(super) fn new(file: File, dec: Decryptor) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                file,
+                dec,
+                cache: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Plaintext length of the file.
+    pub fn len(&self) -> u64 {
+        self.shared.dec.layout().plaintext_len()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `len` plaintext bytes (at most [`ReadFile::MAX_READ`]) from
+    /// plaintext offset `offset`: fewer only where the file ends, none at
+    /// or past its end. A segment that fails to authenticate fails the
+    /// read with [`VaultError::Format`].
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, VaultError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut out, mut sealed) = (Vec::new(), Vec::new());
+            me.read_into(offset, len, &mut out, &mut sealed)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| VaultError::Io(io::Error::other(e)))?
+    }
+
+    /// The blocking part of [`ReadFile::read_at`], into `out` (whose
+    /// length on return is what was read), with `sealed` for the sealed
+    /// bytes. Buffers handed in again are reused as they are, unzeroed.
+    /// On failure `out` holds the plaintext of the segments before the
+    /// failed one.
+    pub(super) fn read_into(
+        &self,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), VaultError> {
+        let layout = self.shared.dec.layout();
+        let total = layout.plaintext_len();
+        let len = len.min(Self::MAX_READ) as u64;
+        let end = offset.saturating_add(len).min(total);
+        if offset >= end {
+            out.clear();
+            return Ok(());
+        }
+        let seg_len = SEGMENT_LEN as u64;
+        let (first, last) = (offset / seg_len, (end - 1) / seg_len);
+        // At most MAX_READ plus a segment: fits in usize.
+        let want = usize::try_from(end - offset).map_err(|_| io::Error::other("read too long"))?;
+        if out.len() < want {
+            out.resize(want, 0);
+        }
+        let mut done = 0;
+        let result = self.fill(offset, end, first, last, out, &mut done, sealed);
+        out.truncate(done);
+        result
+    }
+
+    /// Opens segments `first..=last` and puts plaintext `offset..end` of
+    /// them into `out`, counting what is there in `done`.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        offset: u64,
+        end: u64,
+        first: u64,
+        last: u64,
+        out: &mut [u8],
+        done: &mut usize,
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), VaultError> {
+        let layout = self.shared.dec.layout();
+        let segment = |k: u64| {
+            layout
+                .segment(k)
+                .ok_or(VaultError::Io(io::ErrorKind::UnexpectedEof.into()))
+        };
+        let mut k = first;
+        // The first segment from the cache, if the last read left it there.
+        if let Some(taken) = self.cached(first) {
+            let seg = segment(first)?;
+            *done += copy_part(&seg, &taken, offset, end, &mut out[*done..]);
+            if k == last && seg_end(&seg) > end {
+                self.keep(taken);
+            }
+            k += 1;
+        }
+        if k > last {
+            return Ok(());
+        }
+        // The sealed bytes of the rest in one read.
+        let (from, to) = (segment(k)?, segment(last)?);
+        let sealed_len = usize::try_from(to.ciphertext_offset - from.ciphertext_offset)
+            .ok()
+            .and_then(|n| n.checked_add(to.ciphertext_len))
+            .ok_or(VaultError::Io(io::Error::other("read too long")))?;
+        if sealed.len() < sealed_len {
+            sealed.resize(sealed_len, 0);
+        }
+        let sealed = &mut sealed[..sealed_len];
+        self.shared
+            .file
+            .read_exact_at(sealed, from.ciphertext_offset)?;
+        let mut at = 0;
+        for index in k..=last {
+            let seg = segment(index)?;
+            let body = &sealed[at..at + seg.ciphertext_len];
+            at += seg.ciphertext_len;
+            if seg.plaintext_offset >= offset && seg_end(&seg) <= end {
+                // Wholly wanted: opened in place.
+                *done += self.shared.dec.open(&seg, body, &mut out[*done..])?;
+                continue;
+            }
+            // Partly wanted (the first or last): opened aside, and kept if
+            // the read stops inside it.
+            let mut plain = match self.cached_buffer() {
+                Some(buf) => buf,
+                None => Zeroizing::new(vec![0u8; SEGMENT_LEN]),
+            };
+            plain.resize(SEGMENT_LEN, 0);
+            let n = self.shared.dec.open(&seg, body, &mut plain)?;
+            plain.truncate(n);
+            let opened = Cached { index, plain };
+            *done += copy_part(&seg, &opened, offset, end, &mut out[*done..]);
+            if index == last && seg_end(&seg) > end {
+                self.keep(opened);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes segment `index` out of the cache, if it is there.
+    fn cached(&self, index: u64) -> Option<Cached> {
+        let mut cache = self.lock();
+        match &*cache {
+            Some(c) if c.index == index => cache.take(),
+            _ => None,
+        }
+    }
+
+    /// The cache's buffer to open a segment into, if it holds one.
+    fn cached_buffer(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.lock().take().map(|c| c.plain)
+    }
+
+    fn keep(&self, opened: Cached) {
+        *self.lock() = Some(opened);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        // Nothing panics while holding it; if something did, the cache
+        // is still a whole value.
+        self.shared
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Plaintext offset just past segment `seg`.
+fn seg_end(seg: &Segment) -> u64 {
+    seg.plaintext_offset + seg.plaintext_len as u64
+}
+
+/// Copies the part of `opened` (segment `seg`) inside plaintext
+/// `offset..end` to the start of `out`; returns its length.
+fn copy_part(seg: &Segment, opened: &Cached, offset: u64, end: u64, out: &mut [u8]) -> usize {
+    let from = offset.saturating_sub(seg.plaintext_offset);
+    let to = (end - seg.plaintext_offset).min(opened.plain.len() as u64);
+    // Both within one segment.
+    let (Ok(from), Ok(to)) = (usize::try_from(from), usize::try_from(to)) else {
+        return 0;
+    };
+    if from >= to {
+        return 0;
+    }
+    out[..to - from].copy_from_slice(&opened.plain[from..to]);
+    to - from
+}
