@@ -81,7 +81,7 @@ pub(crate) fn vault_status(e: &VaultError) -> Status {
         VaultError::InvalidPath(why) => Status::failure(format!("Name not allowed: {why}")),
         VaultError::PermissionDenied => Status::new(STATUS_PERMISSION_DENIED, "Not allowed"),
         VaultError::Busy => Status::failure("Another upload to this file is in progress"),
-        VaultError::BadRestOffset {
+        VaultError::BadOffset {
             requested,
             available,
         } => Status::failure(format!(
