@@ -29,7 +29,7 @@ use crate::attrs::{entry_attrs, from_wire_time, name_entry, wire_time, FILE_MODE
 use crate::errors::Status;
 use crate::proto::{
     parse_packet, reply, Attrs, FrameBuffer, FrameError, NameEntry, OpenFlags, Packet, ParseError,
-    Request, MAX_READ_LEN, STATUS_BAD_MESSAGE, STATUS_EOF, STATUS_OK,
+    Request, MAX_READ_LEN, STATUS_BAD_MESSAGE, STATUS_EOF, STATUS_NO_SUCH_FILE, STATUS_OK,
 };
 use crate::source::Source;
 
@@ -721,15 +721,7 @@ impl Session {
         match vault.stat(p).await {
             Ok(e) => Ok(entry_attrs(&e)),
             Err(VaultError::NotFound) => match vault.size(p).await {
-                Ok(size) if size > 0 => {
-                    let now = wire_time(SystemTime::now());
-                    Ok(Attrs {
-                        size: Some(size),
-                        uid_gid: None,
-                        permissions: Some(FILE_MODE),
-                        times: Some((now, now)),
-                    })
-                }
+                Ok(size) if size > 0 => Ok(unstored_attrs(size)),
                 _ => Err(VaultError::NotFound.into()),
             },
             Err(e) => Err(e.into()),
@@ -744,16 +736,19 @@ impl Session {
             Some(Handle::Write(w)) => match &w.state {
                 WriteState::Failed(s) => return Err(s.clone()),
                 WriteState::Writing(writing) => {
-                    let now = wire_time(SystemTime::now());
-                    let attrs = Attrs {
-                        size: Some(writing.end),
-                        uid_gid: None,
-                        permissions: Some(FILE_MODE),
-                        times: Some((now, now)),
-                    };
-                    return Ok(reply::attrs(id, &attrs));
+                    return Ok(reply::attrs(id, &unstored_attrs(writing.end)));
                 }
-                WriteState::Idle => &w.path,
+                // What the file will be if closed now.
+                WriteState::Idle if w.flags.has(OpenFlags::TRUNC) || w.truncate => {
+                    return Ok(reply::attrs(id, &unstored_attrs(0)));
+                }
+                WriteState::Idle => match self.stat(&w.path).await {
+                    Ok(attrs) => return Ok(reply::attrs(id, &attrs)),
+                    Err(s) if s.code == STATUS_NO_SUCH_FILE => {
+                        return Ok(reply::attrs(id, &unstored_attrs(0)));
+                    }
+                    Err(s) => return Err(s),
+                },
             },
         };
         Ok(reply::attrs(id, &self.stat(path).await?))
@@ -876,6 +871,18 @@ impl Session {
         }
         d.sent += entries.len();
         Ok(reply::name(id, &entries))
+    }
+}
+
+/// Attributes of a file of `size` bytes that is not committed (being
+/// written, or an interrupted upload): modified now.
+fn unstored_attrs(size: u64) -> Attrs {
+    let now = wire_time(SystemTime::now());
+    Attrs {
+        size: Some(size),
+        uid_gid: None,
+        permissions: Some(FILE_MODE),
+        times: Some((now, now)),
     }
 }
 

@@ -630,8 +630,13 @@ async fn close_without_writes_follows_the_open_flags() {
     let h = c.open("/keep.txt", WRITE | TRUNC).await.expect("open");
     assert_eq!(c.close(&h).await.0, STATUS_OK);
     assert_eq!(c.stat("/keep.txt").await.expect("stat").0, Some(0));
-    // A new file, never written: created empty.
+    // A new file, never written: created empty (and FSTAT says so).
     let h = c.open("/new.txt", WRITE | CREAT).await.expect("open");
+    let mut b = Vec::new();
+    string(&mut b, &h);
+    let r = c.call(8, &b).await;
+    assert_eq!(r.kind, FXP_ATTRS);
+    assert_eq!(attrs_of(&r.body).0, Some(0));
     assert_eq!(c.close(&h).await.0, STATUS_OK);
     assert_eq!(c.stat("/new.txt").await.expect("stat").0, Some(0));
     // EXCL on a file that is there; no CREAT for one that is not.
