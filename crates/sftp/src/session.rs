@@ -13,7 +13,7 @@
 //! appears under a file's name before its CLOSE commits it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +22,7 @@ use dropvault_core::vault::{
     Entry, EntryKind, Listing, Upload, UploadExited, UploadMode, VPath, VaultError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -116,7 +117,7 @@ pub async fn serve<S>(stream: S, user: LoggedIn, settings: &SftpSettings) -> Res
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
     let mut session = Session {
         user,
         settings: settings.clone(),
@@ -125,7 +126,13 @@ where
         tasks: JoinSet::new(),
         initialized: false,
     };
-    let result = session.run(&mut rd, &mut wr).await;
+    let (outbox, queue) = outbox();
+    let writing = write_replies(wr, queue, settings.idle_timeout);
+    // The outbox goes with `run`: then the writer sends what is queued
+    // and ends.
+    let reading = session.run(&mut rd, outbox);
+    let (result, written) = tokio::join!(reading, writing);
+    let result = result.and(written);
     session.finish().await;
     match &result {
         Ok(()) => tracing::debug!(user = %session.user.user(), "sftp session ended"),
@@ -266,6 +273,75 @@ fn handle_id(raw: &[u8]) -> Result<u32, Status> {
         .map_err(|_| bad_handle())
 }
 
+/// Bytes of requests read ahead while the session is at its bound of
+/// requests in flight. The session keeps reading its channel meanwhile:
+/// the SSH layer takes the client's window updates in the same loop that
+/// hands the channel's incoming data over, so a session that stopped
+/// reading while a reply waits for window would wait for ever. A client
+/// that pipelines this much (about 100 000 READ requests) is held back by
+/// its own flow control instead.
+const MAX_READ_AHEAD: usize = 4 << 20;
+
+/// Replies on their way to the client: queued by the request loop and
+/// the tasks' results, written in order by [`write_replies`], which runs
+/// beside the request loop so a reply waiting for the client's window never
+/// stops requests from being read.
+struct Outbox {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    sent: Arc<Notify>,
+}
+
+/// The writer's side of an [`Outbox`].
+struct Queue {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    sent: Arc<Notify>,
+}
+
+fn outbox() -> (Outbox, Queue) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(Notify::new());
+    let queue = Queue {
+        rx,
+        queued: queued.clone(),
+        sent: sent.clone(),
+    };
+    (Outbox { tx, queued, sent }, queue)
+}
+
+impl Outbox {
+    /// Queues `reply`. The queue's length counts toward the session's
+    /// bound of requests in flight, so it stays within `max_in_flight`.
+    fn send(&self, reply: Vec<u8>) -> Result<(), SftpError> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx
+            .send(reply)
+            .map_err(|_| SftpError::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe)))
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// Writes queued replies in order until the request loop drops its
+/// [`Outbox`] and the queue is empty.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut queue: Queue,
+    limit: Duration,
+) -> Result<(), SftpError> {
+    while let Some(reply) = queue.rx.recv().await {
+        let sent = send(&mut wr, &reply, limit).await;
+        queue.queued.fetch_sub(1, Ordering::AcqRel);
+        queue.sent.notify_one();
+        sent?;
+    }
+    Ok(())
+}
+
 /// Writes one reply, within `limit`.
 async fn send<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -282,36 +358,38 @@ async fn send<W: AsyncWrite + Unpin>(
 }
 
 impl Session {
-    async fn run<R, W>(&mut self, rd: &mut R, wr: &mut W) -> Result<(), SftpError>
+    async fn run<R>(&mut self, rd: &mut R, out: Outbox) -> Result<(), SftpError>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
     {
         let mut frames = FrameBuffer::new();
         let idle = self.settings.idle_timeout;
+        let max = self.settings.max_in_flight;
         let mut deadline = Instant::now() + idle;
         loop {
-            // Every whole packet buffered, while the in-flight bound allows.
-            while self.tasks.len() < self.settings.max_in_flight {
+            // Every whole packet buffered, while the in-flight bound
+            // (tasks, and replies not yet written) allows.
+            while self.tasks.len() + out.queued() < max {
                 let Some(payload) = frames.next_packet()? else {
                     break;
                 };
                 if let Some(reply) = self.packet(payload).await? {
-                    send(wr, &reply, idle).await?;
+                    out.send(reply)?;
                 }
                 deadline = Instant::now() + idle;
             }
             if self.tasks.is_empty() && frames.pending() == 0 {
                 frames.release();
             }
-            let can_read = self.tasks.len() < self.settings.max_in_flight;
+            let at_bound = self.tasks.len() + out.queued() >= max;
+            let can_read = frames.pending() < MAX_READ_AHEAD;
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    let reply = done.map_err(|_| SftpError::Internal)?;
-                    send(wr, &reply, idle).await?;
+                    out.send(done.map_err(|_| SftpError::Internal)?)?;
                     deadline = Instant::now() + idle;
                 }
+                () = out.sent.notified(), if at_bound => {}
                 read = rd.read_buf(frames.read_target()), if can_read => {
                     // The end of the stream is the client leaving (a partial
                     // packet before it is dropped).
