@@ -1,5 +1,5 @@
 //! dropvault core: everything between a protocol front end and the bytes on
-//! storage, and nothing about FTP.
+//! storage, and nothing about any one protocol.
 //!
 //! - [`keys`]: where a data key comes from — the [`keys::KeyProvider`]
 //!   that wraps it (a local RSA file, or OpenBao/Vault transit), the

@@ -25,7 +25,7 @@ pub use clamd::ClamdAddr;
 /// its size limit exceeded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnError {
-    /// Refuse the upload (FTP 451: try again later).
+    /// Refuse the upload, as a failure the client may retry later.
     Reject,
     /// Commit it anyway, and log a warning.
     Accept,

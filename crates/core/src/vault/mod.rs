@@ -8,7 +8,7 @@
 //! hash. An upload streams into its staging file and is renamed under its
 //! final name only once it is complete and synced, so a file under its final
 //! name is always whole, and a crash leaves at most a sealed staging file
-//! (which a later `REST` + `STOR` can resume).
+//! (which a later resumed upload continues).
 
 mod direct;
 mod download;
@@ -354,13 +354,14 @@ impl Listing {
 pub enum UploadMode {
     /// Write a new file, replacing any file of that name on commit.
     Replace,
-    /// Continue at this plaintext offset (FTP `REST` then `STOR`).
+    /// Continue at this plaintext offset (FTP `REST` then `STOR`; an SFTP
+    /// write that starts past 0, as `reput` sends).
     Resume(u64),
-    /// Add to the end of the existing file (FTP `APPE`).
+    /// Add to the end of the existing file (FTP `APPE`, SFTP's append flag).
     Append,
     /// Write a new file under a name that must stay free: refused if a file
     /// is there when the upload starts, and never replaces one that
-    /// appears meanwhile (FTP `STOU`).
+    /// appears meanwhile (FTP `STOU`, SFTP's exclusive-create flag).
     Create,
 }
 
@@ -627,7 +628,7 @@ impl UserVault {
         ))
     }
 
-    /// Sets the modification time of file or folder `p` (FTP `MFMT`);
+    /// Sets the modification time of file or folder `p` (FTP `MFMT`, SFTP `SETSTAT`);
     /// returns the entry as it is now.
     pub async fn set_modified(&self, p: &VPath, time: SystemTime) -> Result<Entry, VaultError> {
         let (me, p) = (self.clone(), p.clone());

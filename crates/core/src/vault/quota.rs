@@ -1,5 +1,5 @@
 //! The bound on each user's staging bytes (`storage.max_staging_bytes_per_user`):
-//! what their unfinished uploads, re-sealed copies for `APPE`/`REST` and
+//! what their unfinished uploads, re-sealed copies for appends and resumes and
 //! commit temporaries take in the staging folder, together.
 //!
 //! The staging folder is the truth. While a user has no upload running, the

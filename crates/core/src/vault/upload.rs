@@ -143,7 +143,7 @@ pub(super) enum Begin {
 
 /// What a re-seal reads.
 pub(super) enum Source {
-    /// The committed file (`APPE`, `REST` into it), opened and checked.
+    /// The committed file (an append, or a resume inside it), opened and checked.
     Committed(Box<DecryptingReader<File>>),
     /// The upload's own staging file, ending inside a segment.
     Staging,
