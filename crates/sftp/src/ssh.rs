@@ -63,7 +63,8 @@ fn russh_config(config: &SshConfig, host_key: PrivateKey) -> russh::server::Conf
     methods.push(MethodKind::Password);
     methods.push(MethodKind::KeyboardInteractive);
     let preferred = russh::Preferred {
-        // AES-GCM first: with AES-NI it is the cheapest cipher per byte.
+        // What is offered; the client picks in its own order (OpenSSH:
+        // chacha20-poly1305 first). AES-GCM leads for clients that defer.
         cipher: std::borrow::Cow::Borrowed(&[
             russh::cipher::AES_256_GCM,
             russh::cipher::AES_128_GCM,
