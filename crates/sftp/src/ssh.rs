@@ -56,6 +56,8 @@ impl Default for SshConfig {
 /// 2 MiB; we allow more), and packets as large as OpenSSH accepts.
 const WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_PACKET: u32 = 256 * 1024;
+/// How long a client may keep its connection after its SFTP session ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 fn russh_config(config: &SshConfig, host_key: PrivateKey) -> russh::server::Config {
     let mut methods = MethodSet::empty();
@@ -170,6 +172,16 @@ struct Connection {
 impl Connection {
     async fn run(self, tcp: TcpStream, addr: SocketAddr, admission: Admission) {
         dropvault_core::session::keepalive(&tcp);
+        // russh runs the session in a task of its own, which neither the
+        // end of this one (login timeout, drain) nor its abort would stop:
+        // the socket is shut down when this task ends, however it ends.
+        let (tcp, _closer) = match Closer::new(tcp) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "sftp connection setup failed");
+                return;
+            }
+        };
         let deadline = Instant::now() + self.config.login_timeout;
         let authed = Arc::new(AtomicBool::new(false));
         let handler = Handler {
@@ -216,6 +228,25 @@ impl Connection {
             }
         }
         drop(admission);
+    }
+}
+
+/// Shuts a connection's socket down (both ways) when dropped, through a
+/// second handle on it: whatever still holds the socket sees it end, and
+/// the client sees the connection close.
+struct Closer(std::net::TcpStream);
+
+impl Closer {
+    fn new(tcp: TcpStream) -> io::Result<(TcpStream, Self)> {
+        let std = tcp.into_std()?;
+        let closer = Closer(std.try_clone()?);
+        Ok((TcpStream::from_std(std)?, closer))
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -355,8 +386,16 @@ impl russh::server::Handler for Handler {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "sftp session ended with an error");
             }
-            // The client asked for one subsystem; when it ends, so does the
-            // connection.
+            // As OpenSSH's sshd does when its sftp-server exits: exit
+            // status, EOF and close on the channel, and the client closes
+            // the connection (a disconnect right away makes some, like Go's
+            // x/crypto/ssh in rclone, report the copy as failed). This
+            // connection has no other use: a client that keeps it open is
+            // disconnected after a short grace.
+            let _ = handle.exit_status_request(channel_id, 0).await;
+            let _ = handle.eof(channel_id).await;
+            let _ = handle.close(channel_id).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
             let _ = handle
                 .disconnect(Disconnect::ByApplication, String::new(), String::new())
                 .await;
