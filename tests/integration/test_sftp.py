@@ -215,11 +215,6 @@ def test_reput_continues_an_upload_cut_short(keyed, tmp_path):
     assert read_back(server, "cut.bin") == data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "session.rs stops reading the channel at max_in_flight (64) READs; russh then blocks its "
-    "whole session loop delivering further client packets into the full channel buffer, so "
-    "it never processes the client's WINDOW_ADJUST and the replies in flight cannot be "
-    "sent: deadlock. paramiko's prefetch() sends a READ for every 32 KiB of the file at once"))
 def test_pipelined_reads_do_not_stall(server):
     import io
 
