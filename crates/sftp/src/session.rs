@@ -1100,7 +1100,12 @@ impl Writing {
             }
             return Ok(());
         }
+        // A write further ahead than the window holds can never be
+        // reached by the writes before it: refused now, not at CLOSE
+        // (some clients do not report a failed CLOSE).
+        let too_far = offset.saturating_sub(self.end) > settings.write_window_bytes as u64;
         if offset < self.end
+            || too_far
             || self.ahead.len() >= settings.write_window_packets
             || self.ahead_bytes.saturating_add(data.len()) > room
             || self.ahead.contains_key(&offset)
