@@ -5,6 +5,7 @@ import ftplib
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from dvclients import ftp_plain, ftp_tls, payload, raw, retr, stor
+from dvclients import ftp_plain, ftp_tls, paramiko_sftp, payload, raw, retr, stor
 
 PAM_FILE = pathlib.Path("/etc/pam.d/dropvault")
 SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "packaging" / "pam.d" / "dropvault"
@@ -108,3 +109,46 @@ def test_wrong_passwords_in_pam_do_not_hold_up_a_correct_login(dropvault, pam_se
         [530] * len(attackers), answered
     for r in attackers + [good]:
         r.close()
+
+
+def test_pam_login_over_sftp_with_password_and_keyboard_interactive(dropvault, pam_service,
+                                                                     system_user):
+    import io
+
+    import paramiko
+
+    name, password = system_user
+    server = dropvault(users={}, auth_backend="pam", auth_pam_service=pam_service)
+    data = payload(3 * 65536 + 5)
+
+    # Password authentication (paramiko's connect with a password).
+    client, sftp = paramiko_sftp(server.host, server.sftp_port, name, password=password)
+    try:
+        sftp.putfo(io.BytesIO(data), "over-sftp.bin")
+    finally:
+        client.close()
+
+    # Keyboard-interactive: the server asks for the password at a prompt.
+    sock = socket.create_connection((server.host, server.sftp_port), timeout=30)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=30)
+        prompts = []
+
+        def answer(title, instructions, asked):
+            prompts.extend(text for text, _echo in asked)
+            return [password] * len(asked)
+
+        transport.auth_interactive(name, answer)
+        assert transport.is_authenticated() and prompts
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        out = io.BytesIO()
+        sftp.getfo("over-sftp.bin", out)
+        assert out.getvalue() == data
+    finally:
+        transport.close()
+
+    assert server.events("login", user=name, protocol="sftp")
+    # A wrong PAM password is refused over SFTP too.
+    with pytest.raises(paramiko.AuthenticationException):
+        paramiko_sftp(server.host, server.sftp_port, name, password=password + "x")
