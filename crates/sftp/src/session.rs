@@ -2,12 +2,15 @@
 //! table, and every operation.
 //!
 //! Requests are handled in the order they arrive, except two kinds that
-//! run as tasks and answer when done: READs (several at once, so a client
-//! that pipelines reads gets them served in parallel, possibly out of
-//! order) and the commit at a written file's CLOSE (sealing, scan, rename).
-//! The number of such tasks is bounded by `max_in_flight`; at the bound
-//! the session stops reading requests until one finishes, and the client's
-//! flow control does the rest.
+//! run as tasks: READs (several at once, so a client that pipelines reads
+//! gets them served in parallel) and the commit at a written file's CLOSE
+//! (sealing, scan, rename). Replies still go out in the order the requests
+//! came, as OpenSSH's sftp-server sends them: a client that writes what it
+//! downloads where each reply says (OpenSSH's sftp does) and is killed
+//! half-way then has a file without holes, which `reget` can continue.
+//! The number of requests in flight is bounded by `max_in_flight`; at the
+//! bound the session takes no new requests until a reply is written, and
+//! the client's flow control does the rest.
 //!
 //! Writes go through the upload pipeline (see [`WriteHandle`]): nothing
 //! appears under a file's name before its CLOSE commits it.
@@ -23,7 +26,7 @@ use dropvault_core::vault::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::attrs::{entry_attrs, from_wire_time, name_entry, wire_time, FILE_MODE};
@@ -123,7 +126,7 @@ where
         settings: settings.clone(),
         handles: HashMap::new(),
         next_handle: 0,
-        tasks: JoinSet::new(),
+        tasks: InOrder::default(),
         initialized: false,
     };
     let (outbox, queue) = outbox();
@@ -146,8 +149,9 @@ struct Session {
     settings: SftpSettings,
     handles: HashMap<u32, Handle>,
     next_handle: u32,
-    /// READs and commits in progress; each ends in its reply.
-    tasks: JoinSet<Vec<u8>>,
+    /// Replies owed, in the order of their requests: READs and commits in
+    /// progress, and the replies waiting behind them.
+    tasks: InOrder,
     initialized: bool,
 }
 
@@ -342,6 +346,78 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Replies owed to the client, in the order of the requests they answer.
+#[derive(Default)]
+struct InOrder {
+    queue: VecDeque<Owed>,
+}
+
+enum Owed {
+    /// A request's task, whose result is the reply.
+    Running(JoinHandle<Vec<u8>>),
+    /// A reply that waits for the ones before it.
+    Ready(Vec<u8>),
+}
+
+impl InOrder {
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = Vec<u8>> + Send + 'static) {
+        self.queue.push_back(Owed::Running(tokio::spawn(task)));
+    }
+
+    /// `reply` to send now, or `None` when it was queued behind replies
+    /// still owed.
+    fn reply(&mut self, reply: Vec<u8>) -> Option<Vec<u8>> {
+        if self.queue.is_empty() {
+            return Some(reply);
+        }
+        self.queue.push_back(Owed::Ready(reply));
+        None
+    }
+
+    /// Waits for the first reply owed (a task's; replies ready behind it
+    /// come with [`InOrder::next_ready`]). Cancel-safe; pending while
+    /// nothing is owed.
+    async fn first(&mut self) -> Result<Vec<u8>, SftpError> {
+        let reply = match self.queue.front_mut() {
+            Some(Owed::Running(task)) => task.await.map_err(|_| SftpError::Internal)?,
+            Some(Owed::Ready(reply)) => std::mem::take(reply),
+            None => std::future::pending().await,
+        };
+        self.queue.pop_front();
+        Ok(reply)
+    }
+
+    /// The first reply owed, if it is ready without waiting.
+    fn next_ready(&mut self) -> Option<Vec<u8>> {
+        match self.queue.front_mut()? {
+            Owed::Ready(reply) => {
+                let reply = std::mem::take(reply);
+                self.queue.pop_front();
+                Some(reply)
+            }
+            Owed::Running(_) => None,
+        }
+    }
+
+    /// Stops every task and drops every reply owed.
+    async fn shutdown(&mut self) {
+        for owed in self.queue.drain(..) {
+            if let Owed::Running(task) = owed {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
 /// Writes one reply, within `limit`.
 async fn send<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -374,7 +450,9 @@ impl Session {
                     break;
                 };
                 if let Some(reply) = self.packet(payload).await? {
-                    out.send(reply)?;
+                    if let Some(reply) = self.tasks.reply(reply) {
+                        out.send(reply)?;
+                    }
                 }
                 deadline = Instant::now() + idle;
             }
@@ -385,8 +463,11 @@ impl Session {
             let can_read = frames.pending() < MAX_READ_AHEAD;
             tokio::select! {
                 biased;
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    out.send(done.map_err(|_| SftpError::Internal)?)?;
+                first = self.tasks.first(), if !self.tasks.is_empty() => {
+                    out.send(first?)?;
+                    while let Some(reply) = self.tasks.next_ready() {
+                        out.send(reply)?;
+                    }
                     deadline = Instant::now() + idle;
                 }
                 () = out.sent.notified(), if at_bound => {}
