@@ -333,3 +333,21 @@ def test_an_rsa_key_cannot_be_added(server, tmp_path):
     import paramiko
     with pytest.raises(paramiko.AuthenticationException):
         paramiko_connect(server.host, server.sftp_port, USER, key=rsa).close()
+
+
+def test_a_wrong_password_leaves_the_password_method_open(server):
+    # The refusal must still list "password": otherwise OpenSSH gets one
+    # guess per connection, and paramiko (seeing password no longer
+    # allowed) falls back to keyboard-interactive and hangs until the
+    # login timeout (each wrong password cost its users 30 s).
+    import paramiko
+
+    sock = socket.create_connection((server.host, server.sftp_port), timeout=30)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=30)
+        with pytest.raises(paramiko.AuthenticationException) as refused:
+            transport.auth_password(USER, "wrong-" + uuid.uuid4().hex[:6], fallback=False)
+        assert not isinstance(refused.value, paramiko.BadAuthenticationType), refused.value
+    finally:
+        transport.close()

@@ -59,11 +59,28 @@ const MAX_PACKET: u32 = 256 * 1024;
 /// How long a client may keep its connection after its SFTP session ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-fn russh_config(config: &SshConfig, host_key: PrivateKey) -> russh::server::Config {
+/// The authentication methods offered, on every attempt.
+fn methods() -> MethodSet {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     methods.push(MethodKind::Password);
     methods.push(MethodKind::KeyboardInteractive);
+    methods
+}
+
+/// A refusal that leaves every method open: russh's default drops the
+/// method that failed, so a client could not try its password again on
+/// the same connection (OpenSSH) or fell back to keyboard-interactive and
+/// hung (paramiko). Attempts are bounded by `max_auth_attempts` instead.
+fn try_again() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(methods()),
+        partial_success: false,
+    }
+}
+
+fn russh_config(config: &SshConfig, host_key: PrivateKey) -> russh::server::Config {
+    let methods = methods();
     let preferred = russh::Preferred {
         // What is offered; the client picks in its own order (OpenSSH:
         // chacha20-poly1305 first). AES-GCM leads for clients that defer.
@@ -294,7 +311,7 @@ impl Handler {
                 self.authed.store(true, Ordering::Release);
                 Ok(Auth::Accept)
             }
-            Ok(Err(LoginError::Wrong | LoginError::KeyRefused)) => Ok(Auth::reject()),
+            Ok(Err(LoginError::Wrong | LoginError::KeyRefused)) => Ok(try_again()),
             // SSH has no "try again later" or "banned" answer: the
             // connection ends (the log says why).
             Ok(Err(LoginError::Banned)) => Err(ConnError::Closed("banned")),
@@ -344,7 +361,7 @@ impl russh::server::Handler for Handler {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, ConnError> {
         let Ok(blob) = key.public_key.to_bytes() else {
-            return Ok(Auth::reject());
+            return Ok(try_again());
         };
         self.login(user, Credential::PublicKey(blob)).await
     }
