@@ -32,6 +32,7 @@ pub mod guard;
 mod hookproc;
 mod http;
 pub mod keys;
+pub mod ls;
 pub mod scan;
 pub mod session;
 pub mod vault;

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dropvault_core::ls;
 use dropvault_core::vault::{Entry, EntryKind};
 
 use crate::proto::{Attrs, NameEntry, S_IFDIR, S_IFREG};
@@ -16,13 +17,6 @@ use crate::proto::{Attrs, NameEntry, S_IFDIR, S_IFREG};
 pub(crate) const FILE_MODE: u32 = S_IFREG | 0o644;
 /// Mode of every folder.
 pub(crate) const DIR_MODE: u32 = S_IFDIR | 0o755;
-
-/// Seconds in half an average Gregorian year: `ls -l` shows the year
-/// instead of the time for files older than this.
-const SIX_MONTHS: i64 = 15_778_476;
-/// How far in the future a time may be and still count as recent (clock
-/// skew; a just-uploaded file should not show a year).
-const FUTURE_SLACK: i64 = 3_600;
 
 /// Seconds since 1970, as SFTP version 3 carries them (32 bits, clamped).
 pub(crate) fn wire_time(t: SystemTime) -> u32 {
@@ -68,73 +62,13 @@ pub(crate) fn longname(e: &Entry, owner: &str, now: SystemTime) -> String {
         EntryKind::File => "-rw-r--r--",
         EntryKind::Dir => "drwxr-xr-x",
     };
-    let owner: String = owner
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let name: String = e
-        .name
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let owner = ls::owner(owner);
+    let name = ls::name(&e.name);
     format!(
         "{mode}    1 {owner:<8} {owner:<8} {:>8} {} {name}",
         e.size,
-        ls_time(e.modified, now)
+        ls::time(e.modified, now)
     )
-}
-
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// `Jan  2 15:04` for recent times, `Jan  2  2006` for others (UTC).
-fn ls_time(t: SystemTime, now: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let age = unix_secs(now).saturating_sub(secs);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let month = MONTHS
-        .get(usize::try_from(m.saturating_sub(1)).unwrap_or(0))
-        .unwrap_or(&"Jan");
-    if (-FUTURE_SLACK..SIX_MONTHS).contains(&age) {
-        let day_secs = secs.rem_euclid(86_400);
-        format!(
-            "{month} {d:>2} {:02}:{:02}",
-            day_secs / 3600,
-            day_secs % 3600 / 60
-        )
-    } else {
-        format!("{month} {d:>2}  {y}")
-    }
-}
-
-/// Seconds since 1970 (negative before), saturating.
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-    }
-}
-
-/// Year, month (1–12), day (1–31) of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -191,9 +125,9 @@ mod tests {
 
     #[test]
     fn dates_before_1970_and_far_ahead_do_not_panic() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        let _ = ls_time(UNIX_EPOCH - Duration::from_secs(1 << 40), at(0));
-        let _ = ls_time(at(1 << 50), at(0));
+        assert_eq!(ls::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(ls::civil_from_days(-1), (1969, 12, 31));
+        let _ = ls::time(UNIX_EPOCH - Duration::from_secs(1 << 40), at(0));
+        let _ = ls::time(at(1 << 50), at(0));
     }
 }

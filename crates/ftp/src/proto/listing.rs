@@ -2,23 +2,16 @@
 //! 3659 fact lines for MLSD and MLST, and the `YYYYMMDDHHMMSS` time of MDTM
 //! and the `modify` fact.
 //!
-//! All times are UTC. The calendar arithmetic is done here (Howard
-//! Hinnant's `civil_from_days`), as it is the only date handling the front
-//! end needs and does not justify a date crate.
+//! All times are UTC. The calendar arithmetic and the `ls -l` columns
+//! SFTP shares are in `dropvault_core::ls`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dropvault_core::ls::{self, civil_from_days, small, unix_seconds};
 
 /// The FEAT line advertising the MLST facts [`mlsx_facts`] emits, all of
 /// them on by default (the `*`).
 pub const MLST_FEAT: &str = "MLST type*;size*;modify*;perm*;";
-
-/// Seconds in half an average Gregorian year: `ls -l` shows the year
-/// instead of the time for files older than this.
-const SIX_MONTHS: i64 = 15_778_476;
-/// How far in the future a time may be and still count as recent. `ls`
-/// allows none, but storage clocks (an S3 backend's, say) may run slightly
-/// ahead of ours, and a just-uploaded file should not show a year.
-const FUTURE_SLACK: i64 = 3_600;
 
 /// RFC 3659 `perm` fact of a file: append, delete, rename, read, write.
 const FILE_PERM: &str = "adfrw";
@@ -75,40 +68,14 @@ pub fn list_line(fact: &Fact, owner: &str, now: SystemTime) -> String {
     } else {
         "-rw-------"
     };
-    let owner: String = owner
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let owner = ls::owner(owner);
     let owner = if owner.is_empty() {
         "ftp".into()
     } else {
         owner
     };
-    let name: String = fact
-        .name
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-
-    let t = unix_seconds(fact.modified);
-    let now = unix_seconds(now);
-    let dt = DateTime::from_unix(t);
-    let month = MONTHS
-        .get(usize::from(dt.month.saturating_sub(1)))
-        .copied()
-        .unwrap_or("???");
-    let recent = t > now.saturating_sub(SIX_MONTHS) && t <= now.saturating_add(FUTURE_SLACK);
-    let when = if recent {
-        format!("{month} {:>2} {:02}:{:02}", dt.day, dt.hour, dt.minute)
-    } else {
-        format!("{month} {:>2} {:>5}", dt.day, dt.year)
-    };
+    let name = ls::name(&fact.name);
+    let when = ls::time(fact.modified, now);
     format!("{mode} 1 {owner} {owner} {:>10} {when} {name}", fact.size)
 }
 
@@ -152,25 +119,6 @@ pub fn mdtm(time: SystemTime) -> String {
     format!("{year:04}{month:02}{day:02}{hour:02}{minute:02}{second:02}")
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// Whole seconds since the Unix epoch, rounded down (also before 1970),
-/// saturating at the ends of `i64`.
-fn unix_seconds(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => {
-            let before = before.duration();
-            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            // -1.5 s is in the second that starts at -2.
-            let partial = i64::from(before.subsec_nanos() > 0);
-            0i64.saturating_sub(secs).saturating_sub(partial)
-        }
-    }
-}
-
 /// A UTC calendar date and time of day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DateTime {
@@ -196,32 +144,6 @@ impl DateTime {
             second: small(rem % 60),
         }
     }
-}
-
-/// Narrows a value already known to be below 256 (a month, day, hour,
-/// minute or second).
-fn small(v: i64) -> u8 {
-    u8::try_from(v).unwrap_or(u8::MAX)
-}
-
-/// Year, month (1..=12) and day (1..=31) of a day number counted from
-/// 1970-01-01, proleptic Gregorian. Howard Hinnant's `civil_from_days`
-/// (<https://howardhinnant.github.io/date_algorithms.html>): count from
-/// 0000-03-01 so the leap day ends the year, in 400-year eras of 146097
-/// days.
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    // Far enough from the ends of i64 that nothing below overflows;
-    // mdtm clamps such years anyway.
-    let z = days.clamp(-(1 << 40), 1 << 40) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1
-    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, small(month), small(day))
 }
 
 /// Day number counted from 1970-01-01 of a proleptic Gregorian date, the
@@ -371,13 +293,13 @@ mod tests {
     #[test]
     fn list_line_old_and_future_show_the_year() {
         let fact = Fact::file("old.txt", 0, at(NOV_27_2026));
-        let now = at(NOV_27_2026 + SIX_MONTHS as u64 + 1);
+        let now = at(NOV_27_2026 + ls::SIX_MONTHS as u64 + 1);
         assert_eq!(
             list_line(&fact, "alice", now),
             "-rw------- 1 alice alice          0 Nov 27  2026 old.txt"
         );
         // Just inside six months: still the time.
-        let now = at(NOV_27_2026 + SIX_MONTHS as u64 - 1);
+        let now = at(NOV_27_2026 + ls::SIX_MONTHS as u64 - 1);
         assert!(list_line(&fact, "alice", now).contains("Nov 27 19:33"));
         // A little in the future: the time; far in the future: the year.
         let now = at(NOV_27_2026 - 60);
