@@ -19,7 +19,7 @@ use dropvault_core::vault::Vault;
 
 use config::Config;
 
-/// An FTP/FTPS file-drop server that keeps every file encrypted at rest.
+/// An FTP, FTPS and SFTP file-drop server that keeps every file encrypted at rest.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -35,8 +35,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server. With no configuration: FTP on 127.0.0.1:2121 with
-    /// explicit FTPS, data in ./dropvault-data, and a `demo` user whose
-    /// password is printed once.
+    /// explicit FTPS, SFTP on 127.0.0.1:2222 (host key made on first start),
+    /// data in ./dropvault-data, and a `demo` user whose password is
+    /// printed once.
     Serve,
     /// Manage the users of the `file` account backend.
     User {
