@@ -13,6 +13,9 @@
 //!   listings with plaintext sizes, streaming sealed uploads through staging
 //!   files to an atomic commit, random-access downloads.
 //!
+//! - [`storage`]: where sealed bytes are kept — the interface the vault
+//!   is written against, and its backends (a local folder).
+//!
 //! - [`scan`]: the verdict on an upload before it is committed — clamd
 //!   over INSTREAM and a command hook, fed the plaintext as it streams.
 //!
@@ -35,6 +38,7 @@ pub mod keys;
 pub mod ls;
 pub mod scan;
 pub mod session;
+pub mod storage;
 pub mod vault;
 
 pub use hookproc::{RunAs, RunAsError};

@@ -346,7 +346,7 @@ pub(crate) fn verify(
     for (user, files, odd) in plan {
         for o in odd {
             failed += 1;
-            bar.line(&format!("FAILED {user}: {}: {}", o.disk.display(), o.what));
+            bar.line(&format!("FAILED {user}: {}: {}", o.stored, o.what));
         }
         if files.is_empty() {
             continue;

@@ -44,6 +44,32 @@ impl<W: Write> EncryptingWriter<W> {
         &self.inner
     }
 
+    /// The underlying writer, mutably (to sync it; writing to it directly
+    /// would corrupt the file).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Continues an unfinished file stored elsewhere, of which the caller
+    /// read `header` (its first bytes), its stored length and `last_sealed`
+    /// (its last full segment; see [`Encryptor::resume`]), or, with `None`,
+    /// keeps them in an authenticated record
+    /// ([`Encryptor::resume_recorded`]): `inner` appends at that stored
+    /// length.
+    pub fn resume_with(
+        inner: W,
+        dek: &DataKey,
+        header: &[u8],
+        ciphertext_len: u64,
+        last_sealed: Option<&[u8]>,
+    ) -> Result<Self> {
+        let enc = match last_sealed {
+            Some(last) => Encryptor::resume(dek, header, ciphertext_len, last)?,
+            None => Encryptor::resume_recorded(dek, header, ciphertext_len)?,
+        };
+        Ok(Self { inner, enc })
+    }
+
     /// The same stream over another writer, which must continue exactly
     /// where `inner` is (what `f` makes of it, e.g. the same file through
     /// another kind of I/O). Sealed bytes not yet written move along.

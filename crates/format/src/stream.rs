@@ -308,6 +308,18 @@ impl Encryptor {
         Ok(Self::empty(check.keys, sealed_segments))
     }
 
+    /// Continues an unfinished file like [`Encryptor::resume`], without
+    /// reading its last segment back: for storage that cannot read an
+    /// unfinished file (a multipart upload), where the caller keeps the
+    /// file's length and header in a record it authenticated under a key
+    /// derived from the same data key, and so knows the file is unfinished
+    /// and its length is what was stored. The header is still checked.
+    pub fn resume_recorded(dek: &DataKey, header: &[u8], ciphertext_len: u64) -> Result<Self> {
+        let (sealed_segments, _) = resume_point(ciphertext_len)?;
+        let check = Decryptor::unfinished(dek, header, sealed_segments)?;
+        Ok(Self::empty(check.keys, sealed_segments))
+    }
+
     fn empty(keys: FileKeys, next_index: u64) -> Self {
         Self {
             keys,

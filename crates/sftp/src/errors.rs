@@ -113,6 +113,10 @@ pub(crate) fn vault_status(e: &VaultError) -> Status {
             tracing::error!(error = %io, "storage error");
             Status::failure("Storage error; try again later")
         }
+        VaultError::Unavailable { reason } => {
+            tracing::error!(error = %reason, "storage unavailable");
+            Status::failure("Storage unavailable; try again later")
+        }
         other => {
             tracing::error!(error = %other, "vault error");
             Status::failure("Local error")

@@ -15,11 +15,11 @@ use tokio::task::JoinHandle;
 
 use super::{ReadFile, VaultError, CHUNK};
 
-/// Chunks being read ahead of the consumer at most: two, so two threads
-/// can decrypt while the socket is written (as many blocking threads as
-/// the two workers a large download had before, which the server's
-/// blocking pool is sized for). Three measured no faster.
-const AHEAD: usize = 2;
+/// Buffers kept for reuse. Chunks read ahead: what the storage asks for
+/// ([`ReadFile::read_ahead`]): two for a local disk, so two threads can
+/// decrypt while the socket is written (three measured no faster); more
+/// where each read waits for a round trip.
+const SPARE: usize = 2;
 
 /// A chunk read ahead, the sealed-bytes buffer it used, and the error
 /// that ends the download after it (a chunk's good segments go out before
@@ -62,7 +62,7 @@ impl Download {
         Self {
             file,
             next: offset,
-            ahead: VecDeque::with_capacity(AHEAD),
+            ahead: VecDeque::new(),
             failed: None,
             stopped: false,
             spare: Vec::new(),
@@ -97,17 +97,18 @@ impl Download {
 
     /// Gives a chunk from [`Download::next_chunk`] back for reuse.
     pub fn recycle(&mut self, chunk: Vec<u8>) {
-        if self.spare.len() < AHEAD {
+        if self.spare.len() < SPARE {
             self.spare.push(chunk);
         }
     }
 
-    /// Starts reading chunks until [`AHEAD`] are on their way or the file
-    /// has no more. Chunks end at multiples of [`CHUNK`] (of segments), so
+    /// Starts reading chunks until enough are on their way or the file has
+    /// no more. Chunks end at multiples of [`CHUNK`] (of segments), so
     /// only the first may start inside a segment.
     fn read_ahead(&mut self) {
         let total = self.file.len();
-        while self.ahead.len() < AHEAD && self.next < total && !self.stopped {
+        let ahead = self.file.read_ahead();
+        while self.ahead.len() < ahead && self.next < total && !self.stopped {
             let offset = self.next;
             let end = (offset - offset % CHUNK as u64 + CHUNK as u64).min(total);
             self.next = end;

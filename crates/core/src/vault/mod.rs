@@ -2,15 +2,14 @@
 //! does to files goes through here, and everything here is sealed on the way
 //! down and opened on the way up.
 //!
-//! Layout under the storage root: `<root>/<user>/…` holds a user's committed
-//! files, each a sealed file under its plaintext name; `<root>/.staging/`
-//! holds uploads in progress (sealed too), one per user and path, named by a
-//! hash. An upload streams into its staging file and is renamed under its
-//! final name only once it is complete and synced, so a file under its final
-//! name is always whole, and a crash leaves at most a sealed staging file
-//! (which a later resumed upload continues).
+//! Layout in storage ([`crate::storage`]): `<user>/…` holds a user's
+//! committed files, each a sealed file under its plaintext name;
+//! `.staging/` holds uploads in progress (sealed too), one per user and
+//! path, named by a hash. An upload streams into its staging name and is
+//! committed under its final name only once it is complete and durable, so
+//! a file under its final name is always whole, and a crash leaves at most
+//! a sealed staging file (which a later resumed upload continues).
 
-mod direct;
 mod download;
 mod offline;
 mod path;
@@ -18,9 +17,7 @@ mod quota;
 mod read;
 mod upload;
 
-use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,6 +37,10 @@ pub use upload::{Upload, UploadExited};
 use crate::hex;
 use crate::keys::UserKey;
 use crate::scan::Scanner;
+use crate::storage::{
+    self, Commit, Kind, LocalStorage, Meta, ObjectReader, RecordKey, Sink, Staged, Storage,
+    StorageError,
+};
 use quota::StagingQuota;
 
 /// Name of the staging folder inside the storage root. User names cannot
@@ -121,6 +122,13 @@ pub enum VaultError {
         /// The bound, in bytes.
         limit: u64,
     },
+    /// The storage cannot be reached now (a bucket that does not answer):
+    /// nothing was changed; worth trying again later.
+    #[error("storage unavailable: {reason}")]
+    Unavailable {
+        /// Why, for the log (never sent to clients).
+        reason: String,
+    },
     /// A resumed upload that continued an unfinished one ended without a
     /// byte of its own: there is no last segment to seal as final, so it
     /// is not committed (the unfinished upload stays for a real resume).
@@ -146,7 +154,23 @@ fn map_io(e: io::Error) -> VaultError {
     }
 }
 
-/// Runs blocking file-system work off the async runtime.
+impl From<StorageError> for VaultError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => Self::NotFound,
+            StorageError::AlreadyExists => Self::AlreadyExists,
+            StorageError::NotADirectory => Self::NotADirectory,
+            StorageError::IsADirectory => Self::IsADirectory,
+            StorageError::NotEmpty => Self::NotEmpty,
+            StorageError::Refused => Self::PermissionDenied,
+            StorageError::Busy => Self::Busy,
+            StorageError::Unavailable(reason) => Self::Unavailable { reason },
+            StorageError::Io(e) => map_io(e),
+        }
+    }
+}
+
+/// Runs blocking storage work off the async runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
 ) -> Result<T, VaultError> {
@@ -155,43 +179,60 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| VaultError::Io(io::Error::other(e)))?
 }
 
-/// The storage root shared by all users.
+/// The storage shared by all users, and what every upload passes.
 #[derive(Debug)]
 pub struct Vault {
+    storage: Arc<dyn Storage>,
+    /// The local folder (for [`Vault::open`] and [`Vault::create`]).
     root: PathBuf,
-    staging: PathBuf,
-    quarantine: PathBuf,
     scanner: Option<Arc<Scanner>>,
     quota: Arc<StagingQuota>,
 }
 
 impl Vault {
-    /// The vault under `root`, as it is: nothing is created, removed or
-    /// changed on disk until something is stored (what read-only operator
-    /// commands use).
+    /// The vault in the local folder `root`, as it is: nothing is created,
+    /// removed or changed on disk until something is stored (what
+    /// read-only operator commands use).
     pub fn open(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        Self {
-            staging: root.join(STAGING),
-            quarantine: root.join(QUARANTINE),
-            root,
-            scanner: None,
-            quota: Arc::new(StagingQuota::new(None)),
-        }
+        Self::on(Arc::new(LocalStorage::open(root.clone())), root)
     }
 
     /// [`Vault::open`], creating (mode 0700) the storage root and its
     /// staging and quarantine folders if missing: for the server and
     /// commands that store files.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self, VaultError> {
-        let vault = Self::open(root);
-        for dir in [&vault.staging, &vault.quarantine] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
+        let root = root.into();
+        let vault = Self::on(Arc::new(LocalStorage::create(root.clone())?), root);
+        vault.prepare()?;
         Ok(vault)
+    }
+
+    /// The vault on `storage`, its staging and quarantine folders created
+    /// if missing. `root` is only what [`Vault::root`] reports.
+    pub fn with_storage(storage: Arc<dyn Storage>, root: PathBuf) -> Result<Self, VaultError> {
+        let vault = Self::on(storage, root);
+        vault.prepare()?;
+        Ok(vault)
+    }
+
+    fn on(storage: Arc<dyn Storage>, root: PathBuf) -> Self {
+        Self {
+            storage,
+            root,
+            scanner: None,
+            quota: Arc::new(StagingQuota::new(None)),
+        }
+    }
+
+    fn prepare(&self) -> Result<(), VaultError> {
+        for dir in [STAGING, QUARANTINE] {
+            match self.storage.mkdir(dir) {
+                Ok(()) | Err(StorageError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Scans every upload with `scanner` before it is committed.
@@ -212,49 +253,19 @@ impl Vault {
     /// than `ttl`, except those an upload holds right now; returns how many
     /// went. The server runs this at start and then periodically.
     pub fn expire_staging(&self, ttl: Duration) -> usize {
-        let Ok(entries) = fs::read_dir(&self.staging) else {
-            return 0;
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > ttl);
-            if !old {
-                continue;
-            }
-            // An upload in progress holds its staging file's lock; and
-            // what is removed is the file locked, still under that name
-            // (an upload may have put another file there meanwhile).
-            let path = entry.path();
-            let Ok(file) = open_nofollow(&path) else {
-                continue;
-            };
-            if file.try_lock().is_ok()
-                && crate::fsutil::names(&path, &file).unwrap_or(false)
-                && fs::remove_file(&path).is_ok()
-            {
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            let _ = crate::fsutil::sync_dir(&self.staging);
-        }
-        removed
+        self.storage.expire_staged(&format!("{STAGING}/"), ttl)
     }
 
-    /// The folder of `user`'s files (which may not exist yet).
-    fn home(&self, user: &str) -> Result<PathBuf, VaultError> {
+    /// The name of `user`'s folder (which may not exist yet).
+    fn home(&self, user: &str) -> Result<String, VaultError> {
         if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0', '\\']) {
             return Err(VaultError::InvalidPath("user name cannot be a folder name"));
         }
-        Ok(self.root.join(user))
+        Ok(user.to_owned())
     }
 
-    /// The storage root.
+    /// The local storage folder (for the local backend; otherwise the
+    /// folder given with the storage).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -262,22 +273,25 @@ impl Vault {
     /// The vault of the user who holds `key` (their folder is created on
     /// first use). Holding the returned value is being logged in.
     pub fn for_user(&self, key: Arc<UserKey>) -> Result<UserVault, VaultError> {
-        let user = key.user().to_owned();
-        let home = self.home(&user)?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)?;
-        if fs::symlink_metadata(&home)?.file_type().is_symlink() {
-            return Err(VaultError::PermissionDenied);
+        let home = self.home(key.user())?;
+        match self.storage.stat(&home) {
+            Ok(Meta {
+                kind: Kind::Dir, ..
+            }) => {}
+            Ok(_) => return Err(VaultError::PermissionDenied),
+            Err(StorageError::NotFound) => match self.storage.mkdir(&home) {
+                Ok(()) | Err(StorageError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
         }
         Ok(UserVault {
             inner: Arc::new(Inner {
                 home,
-                staging: self.staging.clone(),
-                quarantine: self.quarantine.clone(),
+                storage: self.storage.clone(),
                 scanner: self.scanner.clone(),
                 quota: self.quota.clone(),
+                record_key: Arc::new(RecordMac::new(key.data_key())),
                 key,
             }),
         })
@@ -313,10 +327,17 @@ const LIST_BATCH: usize = 256;
 
 /// A folder being listed ([`UserVault::list`]): memory for one batch of
 /// entries, however large the folder.
-#[derive(Debug)]
 pub struct Listing {
     /// `None` once the folder is read to its end.
-    dir: Option<fs::ReadDir>,
+    lister: Option<Box<dyn storage::Lister>>,
+}
+
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("done", &self.lister.is_none())
+            .finish()
+    }
 }
 
 impl Listing {
@@ -324,27 +345,25 @@ impl Listing {
     /// folder. Symbolic links, special files, names that are not UTF-8 and
     /// entries that vanish while being read are left out.
     pub async fn next_batch(&mut self) -> Result<Vec<Entry>, VaultError> {
-        let Some(mut dir) = self.dir.take() else {
+        let Some(mut lister) = self.lister.take() else {
             return Ok(Vec::new());
         };
-        let (dir, batch) = blocking(move || {
-            let mut batch = Vec::with_capacity(LIST_BATCH);
-            while batch.len() < LIST_BATCH {
-                let Some(item) = dir.next() else {
-                    return Ok((None, batch));
-                };
-                let item = item.map_err(map_io)?;
-                let Ok(name) = item.file_name().into_string() else {
-                    continue;
-                };
-                if let Some(e) = item.metadata().ok().and_then(|m| entry(&name, &m)) {
-                    batch.push(e);
-                }
+        let (lister, batch) = blocking(move || loop {
+            let raw = lister.next_batch(LIST_BATCH)?;
+            if raw.is_empty() {
+                return Ok((None, Vec::new()));
             }
-            Ok((Some(dir), batch))
+            let batch: Vec<Entry> = raw
+                .into_iter()
+                .filter_map(|l| entry(&l.name, &l.meta))
+                .collect();
+            // A batch left empty by the filter is not the end.
+            if !batch.is_empty() {
+                return Ok((Some(lister), batch));
+            }
         })
         .await?;
-        self.dir = dir;
+        self.lister = lister;
         Ok(batch)
     }
 }
@@ -367,12 +386,14 @@ pub enum UploadMode {
 
 #[derive(Debug)]
 struct Inner {
-    home: PathBuf,
-    staging: PathBuf,
-    quarantine: PathBuf,
+    /// The name of the user's folder in storage.
+    home: String,
+    storage: Arc<dyn Storage>,
     scanner: Option<Arc<Scanner>>,
     quota: Arc<StagingQuota>,
     key: Arc<UserKey>,
+    /// Authenticates the records storage keeps of the user's staged uploads.
+    record_key: Arc<dyn RecordKey>,
 }
 
 /// One logged-in user's files. Cheap to clone; the user's data key stays
@@ -388,18 +409,20 @@ impl UserVault {
         self.inner.key.user()
     }
 
-    /// Where `p` is on disk, refusing paths that pass through a symbolic
-    /// link or a non-folder. Blocking.
-    fn real(&self, p: &VPath) -> Result<PathBuf, VaultError> {
-        real_path(&self.inner.home, p)
+    /// The storage name of `p`.
+    fn name(&self, p: &VPath) -> String {
+        stored_name(&self.inner.home, p)
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        &*self.inner.storage
     }
 
     /// File or folder at `p`.
     pub async fn stat(&self, p: &VPath) -> Result<Entry, VaultError> {
         let (me, p) = (self.clone(), p.clone());
         blocking(move || {
-            let real = me.real(&p)?;
-            let meta = fs::symlink_metadata(&real).map_err(map_io)?;
+            let meta = me.storage().stat(&me.name(&p))?;
             entry(p.name().unwrap_or("/"), &meta).ok_or(VaultError::PermissionDenied)
         })
         .await
@@ -413,11 +436,10 @@ impl UserVault {
             Ok(e) if e.kind == EntryKind::File => Ok(e.size),
             Ok(_) => Err(VaultError::IsADirectory),
             Err(VaultError::NotFound) => {
-                let staging = self.staging_path(p);
-                let len = tokio::fs::metadata(&staging)
+                let (me, staging) = (self.clone(), self.staging_name(p));
+                let len = blocking(move || Ok(me.storage().stat(&staging)?.len))
                     .await
-                    .map_err(|_| VaultError::NotFound)?
-                    .len();
+                    .map_err(|_| VaultError::NotFound)?;
                 // Not even a header: an upload that never got going.
                 if len < HEADER_LEN as u64 {
                     return Err(VaultError::NotFound);
@@ -433,26 +455,22 @@ impl UserVault {
     /// sorted, as sorting would hold the whole folder in memory.
     pub async fn list(&self, p: &VPath) -> Result<Listing, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let dir = blocking(move || fs::read_dir(me.real(&p)?).map_err(map_io)).await?;
-        Ok(Listing { dir: Some(dir) })
+        let lister = blocking(move || Ok(me.storage().list(&me.name(&p))?)).await?;
+        Ok(Listing {
+            lister: Some(lister),
+        })
     }
 
     /// Opens file `p` for reading at any offset ([`ReadFile::read_at`]).
     /// The header and length are checked now; segments as they are read.
     pub async fn open_read(&self, p: &VPath) -> Result<ReadFile, VaultError> {
         let (me, p) = (self.clone(), p.clone());
+        let read_ahead = self.storage().caps().read_ahead;
         blocking(move || {
-            let real = me.real(&p)?;
-            let file = open_nofollow(&real).map_err(map_io)?;
-            let meta = file.metadata().map_err(map_io)?;
-            if meta.is_dir() {
-                return Err(VaultError::IsADirectory);
-            }
-            if !meta.is_file() {
-                return Err(VaultError::PermissionDenied);
-            }
-            let dec = open_decryptor(&mut &file, me.inner.key.data_key())?;
-            Ok(ReadFile::new(file, dec))
+            let object = me.storage().open(&me.name(&p))?;
+            let mut reader = ObjectReader::new(object);
+            let dec = open_decryptor(&mut reader, me.inner.key.data_key())?;
+            Ok(ReadFile::new(reader.into_inner(), dec, read_ahead))
         })
         .await
     }
@@ -480,126 +498,133 @@ impl UserVault {
     /// returns); a re-seal of kept data is the upload's worker's first job,
     /// which stops early if the upload is dropped meanwhile.
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
-        let staging = self.staging_path(p);
         let (me, p) = (self.clone(), p.clone());
         let plan = self.inner.scanner.clone().map(|scanner| upload::ScanPlan {
             scanner,
             user: self.user().to_owned(),
             path: p.to_string(),
-            quarantine: self.inner.quarantine.clone(),
             prefix: staging_prefix(self.user()),
         });
-        let (begin, target) = blocking(move || me.open_upload(&p, mode, staging)).await?;
+        let (begin, target) = blocking(move || me.open_upload(&p, mode)).await?;
         Ok(Upload::start(begin, target, plan))
     }
 
-    /// The blocking part of [`UserVault::upload`]: lock the staging file,
+    /// The blocking part of [`UserVault::upload`]: take the staging name,
     /// decide where sealing starts, and charge the staging bytes it takes.
     fn open_upload(
         &self,
         p: &VPath,
         mode: UploadMode,
-        staging: PathBuf,
     ) -> Result<(upload::Begin, upload::Target), VaultError> {
         use upload::{Begin, Source};
-        let target = self.real(p)?;
         if p.is_root() {
             return Err(VaultError::IsADirectory);
         }
-        let committed = match fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() => return Err(VaultError::IsADirectory),
-            Ok(m) if !m.is_file() => return Err(VaultError::PermissionDenied),
-            Ok(m) => Some(plaintext_len(m.len())?),
-            Err(_) => None,
+        let storage = self.inner.storage.clone();
+        let target = self.name(p);
+        // The folder it goes in must be there (a missing one is refused
+        // now, not at the commit).
+        match storage.stat(&self.name(&p.parent()))?.kind {
+            Kind::Dir => {}
+            _ => return Err(VaultError::NotADirectory),
+        }
+        let committed = match storage.stat(&target) {
+            Ok(m) if m.kind == Kind::Dir => return Err(VaultError::IsADirectory),
+            Ok(m) => Some(plaintext_len(m.len)?),
+            Err(StorageError::NotFound) => None,
+            Err(e) => return Err(e.into()),
         };
         if mode == UploadMode::Create && committed.is_some() {
             return Err(VaultError::AlreadyExists);
         }
         // One upload per path at a time, across sessions and processes.
-        let lock = lock_staging(&staging)?;
-        let staged_len = lock.metadata()?.len();
-        let refused = |e: VaultError| {
-            // An empty staging file is no upload's: it goes with the refusal.
-            if staged_len == 0 && crate::fsutil::names(&staging, &lock).unwrap_or(false) {
-                let _ = fs::remove_file(&staging);
-            }
-            e
-        };
+        let staging = self.staging_name(p);
+        let mut staged = storage.stage(&staging, &self.inner.record_key)?;
+        let staged_len = staged.stored_len();
         let mut charge = self.inner.quota.enter(
             self.user(),
-            &self.inner.staging,
-            &format!("{}-", staging_prefix(self.user())),
+            &*storage,
+            &format!("{STAGING}/{}-", staging_prefix(self.user())),
             staged_len,
         );
-        // Plaintext in the whole segments an interrupted upload left.
-        let staged = whole_segments(staged_len) * SEGMENT_LEN as u64;
         let key = self.inner.key.data_key();
-        // The sealed prefix of an interrupted upload, if it can go on.
-        let resumable = || -> Option<Sealer> {
-            if staged_len == 0 {
-                return None;
-            }
-            let writer = EncryptingWriter::resume(lock.try_clone().ok()?, key).ok()?;
-            direct(writer, staged_len).ok()
-        };
-        // The committed file, opened now: a re-seal reads what was there
-        // when the client asked, and a damaged one is refused at once.
-        let open_committed = |len: Option<u64>| -> Result<Begin, VaultError> {
-            let old = DecryptingReader::new(open_nofollow(&target).map_err(map_io)?, key)?;
-            let size = old.plaintext_len();
-            let len = len.unwrap_or(size);
-            if len > size {
-                return Err(VaultError::BadOffset {
-                    requested: len,
-                    available: size,
-                });
-            }
-            Ok(Begin::Reseal {
-                from: Source::Committed(Box::new(old)),
+        let decided = (|| {
+            // Plaintext in the whole segments an interrupted upload left.
+            let staged_plain = whole_segments(staged_len) * SEGMENT_LEN as u64;
+            // The sealed prefix of an interrupted upload, if it can go on.
+            let readable = storage.caps().staged_readable;
+            let resumable =
+                |staged: &mut Box<dyn Staged>| continue_staged(staged, key, readable).ok();
+            // The committed file, opened now: a re-seal reads what was
+            // there when the client asked, and a damaged one is refused at
+            // once.
+            let open_committed = |len: Option<u64>| -> Result<Begin, VaultError> {
+                let old = DecryptingReader::new(ObjectReader::new(storage.open(&target)?), key)?;
+                let size = old.plaintext_len();
+                let len = len.unwrap_or(size);
+                if len > size {
+                    return Err(VaultError::BadOffset {
+                        requested: len,
+                        available: size,
+                    });
+                }
+                Ok(Begin::Reseal {
+                    from: Source::Committed(Box::new(old)),
+                    len,
+                })
+            };
+            let reseal_staged = |len| Begin::Reseal {
+                from: Source::Staging,
                 len,
-            })
-        };
-        let reseal_staged = |len| Begin::Reseal {
-            from: Source::Staging,
-            len,
-        };
-        let continued = |writer| Begin::Ready {
-            writer: Box::new(writer),
-            continued: true,
-        };
-        let begin = match mode {
-            UploadMode::Resume(offset) if offset > 0 => match resumable() {
-                Some(w) if w.plaintext_len() == offset => continued(w),
-                _ => match committed {
-                    Some(size) if size >= offset => {
-                        open_committed(Some(offset)).map_err(refused)?
-                    }
-                    None if staged >= offset => reseal_staged(offset),
-                    other => {
-                        return Err(refused(VaultError::BadOffset {
-                            requested: offset,
-                            available: other.unwrap_or(staged),
-                        }));
-                    }
-                },
-            },
-            UploadMode::Append => match committed {
-                Some(_) => open_committed(None).map_err(refused)?,
-                // No committed file: append to what an interrupted upload
-                // left (the size SIZE reported), if it can be continued.
-                None => match resumable() {
-                    Some(w) => continued(w),
-                    None if staged > 0 => reseal_staged(staged),
-                    None => Begin::Ready {
-                        writer: Box::new(fresh(&lock, key)?),
-                        continued: false,
+            };
+            let continued = |writer| Begin::Ready {
+                writer: Box::new(writer),
+                continued: true,
+            };
+            Ok(match mode {
+                UploadMode::Resume(offset) if offset > 0 => match resumable(&mut staged) {
+                    Some(w) if w.plaintext_len() == offset => continued(w),
+                    _ => match committed {
+                        Some(size) if size >= offset => open_committed(Some(offset))?,
+                        None if staged_plain >= offset && readable => reseal_staged(offset),
+                        other => {
+                            return Err(VaultError::BadOffset {
+                                requested: offset,
+                                available: other.unwrap_or(staged_plain),
+                            });
+                        }
                     },
                 },
-            },
-            UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => Begin::Ready {
-                writer: Box::new(fresh(&lock, key)?),
-                continued: false,
-            },
+                UploadMode::Append => match committed {
+                    Some(_) => open_committed(None)?,
+                    // No committed file: append to what an interrupted
+                    // upload left (the size SIZE reported), if it can be
+                    // continued.
+                    None => match resumable(&mut staged) {
+                        Some(w) => continued(w),
+                        None if staged_plain > 0 && readable => reseal_staged(staged_plain),
+                        None => Begin::Ready {
+                            writer: Box::new(fresh(&mut staged, key)?),
+                            continued: false,
+                        },
+                    },
+                },
+                UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => Begin::Ready {
+                    writer: Box::new(fresh(&mut staged, key)?),
+                    continued: false,
+                },
+            })
+        })();
+        let begin = match decided {
+            Ok(b) => b,
+            Err(e) => {
+                // An empty staging file is no upload's: it goes with the
+                // refusal.
+                if staged_len == 0 {
+                    let _ = staged.discard();
+                }
+                return Err(e);
+            }
         };
         // What the staging files will hold once the re-seal is done: the
         // copy replaces the staging file's content, or (kept data of the
@@ -608,22 +633,30 @@ impl UserVault {
             Begin::Ready { continued, .. } => {
                 charge.settle(if *continued { staged_len } else { 0 })
             }
-            Begin::Reseal { from, len } => charge
-                .set(match from {
+            Begin::Reseal { from, len } => {
+                let bytes = match from {
                     Source::Committed(_) => sealed_len(*len),
                     Source::Staging => staged_len.saturating_add(sealed_len(*len)),
-                })
-                .map_err(refused)?,
+                };
+                if let Err(e) = charge.set(bytes) {
+                    if staged_len == 0 {
+                        let _ = staged.discard();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok((
             begin,
             upload::Target {
-                lock,
+                staged,
+                storage,
                 staging,
                 target,
                 replace: mode != UploadMode::Create,
                 key: self.inner.key.clone(),
                 charge,
+                record_key: self.inner.record_key.clone(),
             },
         ))
     }
@@ -633,12 +666,7 @@ impl UserVault {
     pub async fn set_modified(&self, p: &VPath, time: SystemTime) -> Result<Entry, VaultError> {
         let (me, p) = (self.clone(), p.clone());
         blocking(move || {
-            let real = me.real(&p)?;
-            // Opened without following a link; the times go on what was
-            // opened, not on whatever the path names afterwards.
-            let file = open_nofollow(&real).map_err(map_io)?;
-            file.set_modified(time).map_err(map_io)?;
-            let meta = file.metadata().map_err(map_io)?;
+            let meta = me.storage().set_modified(&me.name(&p), time)?;
             entry(p.name().unwrap_or("/"), &meta).ok_or(VaultError::PermissionDenied)
         })
         .await
@@ -647,15 +675,7 @@ impl UserVault {
     /// Deletes file `p`.
     pub async fn remove(&self, p: &VPath) -> Result<(), VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        blocking(move || {
-            let real = me.real(&p)?;
-            if fs::symlink_metadata(&real).map_err(map_io)?.is_dir() {
-                return Err(VaultError::IsADirectory);
-            }
-            fs::remove_file(&real).map_err(map_io)?;
-            sync_parent(&real)
-        })
-        .await
+        blocking(move || Ok(me.storage().remove(&me.name(&p))?)).await
     }
 
     /// Creates folder `p`.
@@ -665,12 +685,7 @@ impl UserVault {
             if p.is_root() {
                 return Err(VaultError::AlreadyExists);
             }
-            let real = me.real(&p)?;
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&real)
-                .map_err(map_io)?;
-            sync_parent(&real)
+            Ok(me.storage().mkdir(&me.name(&p))?)
         })
         .await
     }
@@ -682,12 +697,7 @@ impl UserVault {
             if p.is_root() {
                 return Err(VaultError::PermissionDenied);
             }
-            let real = me.real(&p)?;
-            if !fs::symlink_metadata(&real).map_err(map_io)?.is_dir() {
-                return Err(VaultError::NotADirectory);
-            }
-            fs::remove_dir(&real).map_err(map_io)?;
-            sync_parent(&real)
+            Ok(me.storage().rmdir(&me.name(&p))?)
         })
         .await
     }
@@ -702,33 +712,67 @@ impl UserVault {
             if to.parts().starts_with(from.parts()) && to != from {
                 return Err(VaultError::InvalidPath("cannot move a folder into itself"));
             }
-            let src = me.real(&from)?;
-            let dst = me.real(&to)?;
-            let src_meta = fs::symlink_metadata(&src).map_err(map_io)?;
-            if let Ok(m) = fs::symlink_metadata(&dst) {
-                if m.is_dir() || src_meta.is_dir() {
-                    return Err(VaultError::AlreadyExists);
-                }
-            }
-            fs::rename(&src, &dst).map_err(map_io)?;
-            sync_parent(&src)?;
-            sync_parent(&dst)
+            Ok(me
+                .storage()
+                .rename(&me.name(&from), &me.name(&to), Commit::Replace)?)
         })
         .await
     }
 
-    fn staging_path(&self, p: &VPath) -> PathBuf {
+    /// The staging name of an upload to `p`.
+    fn staging_name(&self, p: &VPath) -> String {
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(self.user().as_bytes());
         ctx.update(b"\0");
         ctx.update(p.to_string().as_bytes());
         let hash = ctx.finish();
-        self.inner.staging.join(format!(
-            "{}-{}.part",
+        format!(
+            "{STAGING}/{}-{}.part",
             staging_prefix(self.user()),
             hex(&hash.as_ref()[..16])
-        ))
+        )
     }
+}
+
+/// HMAC-SHA256 under a key derived (HKDF) from a user's data key: what
+/// authenticates storage's records of that user's staged uploads.
+struct RecordMac(aws_lc_rs::hmac::Key);
+
+impl std::fmt::Debug for RecordMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordMac([redacted])")
+    }
+}
+
+impl RecordMac {
+    fn new(dek: &dropvault_format::DataKey) -> Self {
+        use aws_lc_rs::{hkdf, hmac};
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"dropvault").extract(dek.expose_secret());
+        let info = [&b"dropvault staging record v1"[..]];
+        let key = prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map(hmac::Key::from)
+            // One HMAC-SHA256 key from an HKDF-SHA256 PRK: within its limit.
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, dek.expose_secret()));
+        Self(key)
+    }
+}
+
+impl RecordKey for RecordMac {
+    fn tag(&self, record: &[u8]) -> Vec<u8> {
+        aws_lc_rs::hmac::sign(&self.0, record).as_ref().to_vec()
+    }
+
+    fn verify(&self, record: &[u8], tag: &[u8]) -> bool {
+        aws_lc_rs::hmac::verify(&self.0, record, tag).is_ok()
+    }
+}
+
+/// The storage name of `p` in the folder `home`.
+fn stored_name(home: &str, p: &VPath) -> String {
+    p.parts()
+        .iter()
+        .fold(home.to_owned(), |name, part| storage::join(&name, part))
 }
 
 /// The start of every staging file name of `user`: a hash of the name, so
@@ -741,20 +785,47 @@ fn staging_prefix(user: &str) -> String {
 }
 
 /// What seals an upload into its staging file.
-type Sealer = EncryptingWriter<direct::DirectFile>;
+type Sealer = EncryptingWriter<Box<dyn Sink>>;
 
-/// Continues `writer` (positioned at `offset`, the end of what its file
-/// holds) with writes that bypass the page cache where the file system
-/// allows it.
-fn direct(writer: EncryptingWriter<fs::File>, offset: u64) -> io::Result<Sealer> {
-    writer.try_map_inner(|file| direct::DirectFile::new(file, offset))
+/// Continues the unfinished upload `staged` holds under its own salt: its
+/// header and last segment are read back and checked, and sealing goes on
+/// at its end.
+fn continue_staged(
+    staged: &mut Box<dyn Staged>,
+    key: &dropvault_format::DataKey,
+    readable: bool,
+) -> Result<Sealer, VaultError> {
+    let len = staged.stored_len();
+    if len == 0 {
+        return Err(VaultError::NotFound);
+    }
+    let (_, last) = dropvault_format::resume_point(len)?;
+    let mut header = [0u8; HEADER_LEN];
+    staged.read_exact_at(&mut header, 0)?;
+    // Storage that cannot read an unfinished upload back keeps its state
+    // in a record authenticated under the user's key instead.
+    let mut last_sealed = Vec::new();
+    let checked = match last {
+        Some(offset) if readable => {
+            last_sealed.resize(SEALED_SEGMENT_LEN, 0);
+            staged.read_exact_at(&mut last_sealed, offset)?;
+            Some(&last_sealed[..])
+        }
+        Some(_) => None,
+        None => Some(&[][..]),
+    };
+    let sink = staged.sink(len)?;
+    Ok(EncryptingWriter::resume_with(
+        sink, key, &header, len, checked,
+    )?)
 }
 
-/// Truncates the staging file and starts a new sealed file in it.
-fn fresh(staging: &fs::File, key: &dropvault_format::DataKey) -> Result<Sealer, VaultError> {
-    staging.set_len(0)?;
-    let writer = EncryptingWriter::new(staging.try_clone()?, key)?;
-    Ok(direct(writer, 0)?)
+/// Starts a new sealed file in the staging name, dropping what it held.
+fn fresh(
+    staged: &mut Box<dyn Staged>,
+    key: &dropvault_format::DataKey,
+) -> Result<Sealer, VaultError> {
+    Ok(EncryptingWriter::new(staged.sink(0)?, key)?)
 }
 
 /// Stored bytes of a sealed file of `len` plaintext bytes (an unfinished
@@ -771,17 +842,17 @@ fn cancelled() -> VaultError {
     ))
 }
 
-/// Starts a new sealed file in the staging file holding the first `len`
-/// plaintext bytes `old` reads (a committed file), under a fresh salt.
-/// Stops early once `stop` says so.
+/// Starts a new sealed file in `staged` holding the first `len` plaintext
+/// bytes `old` reads (a committed file), under a fresh salt. Stops early
+/// once `stop` says so.
 fn reseal(
-    staging: &fs::File,
-    old: &mut DecryptingReader<fs::File>,
+    staged: &mut Box<dyn Staged>,
+    old: &mut DecryptingReader<ObjectReader>,
     key: &dropvault_format::DataKey,
     len: u64,
     stop: &dyn Fn() -> bool,
 ) -> Result<Sealer, VaultError> {
-    let mut writer = fresh(staging, key)?;
+    let mut writer = fresh(staged, key)?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
     let mut left = len;
     while left > 0 {
@@ -799,58 +870,31 @@ fn reseal(
     Ok(writer)
 }
 
-/// Opens (creating, mode 0600, never through a link) and locks the staging
-/// file at `path`; `Busy` if another upload holds it. The file locked is
-/// the one `path` names once locked: a file that was renamed away or
-/// removed between the open and the lock (a commit, a reject, a re-seal
-/// taking its place) is let go and `path` opened again. So whoever holds
-/// the lock of the file a staging name names is the only one who changes
-/// that name.
-fn lock_staging(path: &Path) -> Result<fs::File, VaultError> {
-    // Each retry means another upload changed the name meanwhile; a few in
-    // a row mean it is busy.
-    for _ in 0..4 {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        file.try_lock().map_err(|_| VaultError::Busy)?;
-        if crate::fsutil::names(path, &file)? {
-            return Ok(file);
-        }
-    }
-    Err(VaultError::Busy)
-}
-
-/// Re-seals the first `len` plaintext bytes of the unfinished upload in
-/// `old` (its whole segments, read back and authenticated) under a fresh
-/// salt into a new staging file, which takes the place of `old` under
-/// `staging`, locked before anyone can see it. For a staging file that a
-/// crash left ending inside a segment: that segment's counter may be on the
-/// disk already, so the upload cannot go on under the old salt
-/// (docs/FORMAT.md, section 6). Returns the writer and the new file (the
-/// lock). Stopped early (by `stop`) or failed, it leaves `old` as it was.
+/// Re-seals the first `len` plaintext bytes of the unfinished upload
+/// `staged` holds (its whole segments, read back and authenticated) under a
+/// fresh salt into a new staging name, which then takes the place of
+/// `staged` under its name, held before anyone can see it. For a staging
+/// file that a crash left ending inside a segment: that segment's counter
+/// may be stored already, so the upload cannot go on under the old salt
+/// (docs/FORMAT.md, section 6). Stopped early (by `stop`) or failed, it
+/// leaves `staged` as it was.
 fn reseal_staging(
-    old: &fs::File,
-    staging: &Path,
+    staged: &mut Box<dyn Staged>,
+    storage: &dyn Storage,
+    record_key: &Arc<dyn RecordKey>,
+    staging: &str,
     key: &dropvault_format::DataKey,
     len: u64,
     stop: &dyn Fn() -> bool,
-) -> Result<(Sealer, fs::File), VaultError> {
-    let tmp = staging.with_extension("reseal");
-    let new = lock_staging(&tmp)?;
+) -> Result<Sealer, VaultError> {
+    let tmp = format!("{}.reseal", staging.trim_end_matches(".part"));
+    let mut new = storage.stage(&tmp, record_key)?;
     let copied = (|| {
-        use std::os::unix::fs::FileExt;
         let mut header = [0u8; HEADER_LEN];
-        old.read_exact_at(&mut header, 0)?;
+        staged.read_exact_at(&mut header, 0)?;
         let segments = len.div_ceil(SEGMENT_LEN as u64);
         let dec = Decryptor::unfinished(key, &header, segments)?;
-        new.set_len(0)?;
-        let mut writer = direct(EncryptingWriter::new(new.try_clone()?, key)?, 0)?;
+        let mut writer = fresh(&mut new, key)?;
         let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
         let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
         let mut left = len;
@@ -863,7 +907,7 @@ fn reseal_staging(
                 .segment(i)
                 .ok_or(VaultError::Io(io::ErrorKind::UnexpectedEof.into()))?;
             let body = &mut sealed[..seg.ciphertext_len];
-            old.read_exact_at(body, seg.ciphertext_offset)?;
+            staged.read_exact_at(body, seg.ciphertext_offset)?;
             let n = dec.open(&seg, body, &mut plain)?;
             let take = usize::try_from(left).map_or(n, |l| l.min(n));
             writer.write_all(&plain[..take]).map_err(map_io)?;
@@ -873,68 +917,31 @@ fn reseal_staging(
     })();
     match copied {
         Ok(writer) => {
-            fs::rename(&tmp, staging)?;
-            Ok((writer, new))
+            staged.replace_with(new)?;
+            Ok(writer)
         }
         Err(e) => {
-            // Still ours: we hold its lock.
-            let _ = fs::remove_file(&tmp);
+            // Still ours: we hold it.
+            let _ = new.discard();
             Err(e)
         }
     }
 }
 
-fn entry(name: &str, meta: &fs::Metadata) -> Option<Entry> {
-    let kind = if meta.is_file() {
-        EntryKind::File
-    } else if meta.is_dir() {
-        EntryKind::Dir
-    } else {
-        return None;
+fn entry(name: &str, meta: &Meta) -> Option<Entry> {
+    let kind = match meta.kind {
+        Kind::File => EntryKind::File,
+        Kind::Dir => EntryKind::Dir,
+        Kind::Other(_) => return None,
     };
     let size = match kind {
-        EntryKind::File => plaintext_len(meta.len()).unwrap_or(0),
+        EntryKind::File => plaintext_len(meta.len).unwrap_or(0),
         EntryKind::Dir => 0,
     };
     Some(Entry {
         name: name.to_owned(),
         kind,
         size,
-        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        modified: meta.modified,
     })
-}
-
-/// Joins `p` to `home`, refusing any existing component that is a symbolic
-/// link, and any non-final component that is not a folder.
-fn real_path(home: &Path, p: &VPath) -> Result<PathBuf, VaultError> {
-    let mut real = home.to_path_buf();
-    let last = p.parts().len();
-    for (i, part) in p.parts().iter().enumerate() {
-        real.push(part);
-        match fs::symlink_metadata(&real) {
-            Ok(m) if m.file_type().is_symlink() => return Err(VaultError::PermissionDenied),
-            Ok(m) if i + 1 < last && !m.is_dir() => return Err(VaultError::NotADirectory),
-            Ok(_) => {}
-            // Missing components: only the last may be missing (it is
-            // being created); a missing folder on the way is "not found".
-            Err(e) if e.kind() == ErrorKind::NotFound && i + 1 == last => {}
-            Err(e) => return Err(map_io(e)),
-        }
-    }
-    Ok(real)
-}
-
-/// Opens a stored file for reading, refusing a symbolic link. Without
-/// blocking: a FIFO put in storage does not hang the open (for files and
-/// folders the flag changes nothing).
-fn open_nofollow(path: &Path) -> io::Result<fs::File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-fn sync_parent(path: &Path) -> Result<(), VaultError> {
-    crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    Ok(())
 }

@@ -3,26 +3,27 @@
 //! outside (import), and remove all of a user's files (shredding). All of
 //! it blocking.
 
-use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
 
 use dropvault_format::{DecryptingReader, EncryptingWriter};
 
 use super::{
-    map_io, open_nofollow, real_path, staging_prefix, sync_parent, VPath, Vault, VaultError, CHUNK,
+    map_io, staging_prefix, stored_name, VPath, Vault, VaultError, CHUNK, QUARANTINE, STAGING,
 };
 use crate::keys::UserKey;
 use crate::scan::{OnError, Verdict};
+use crate::storage::{self, Commit, Kind, ObjectReader, StorageError};
+
+/// Largest quarantine record read.
+const MAX_RECORD: u64 = 64 * 1024;
 
 /// One stored file of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFile {
     /// Its path as the user sees it.
     pub path: VPath,
-    /// Where it is on disk.
-    pub disk: PathBuf,
+    /// Its name in storage.
+    pub stored: String,
     /// Stored (sealed) length in bytes.
     pub stored_len: u64,
 }
@@ -47,8 +48,8 @@ pub struct Quarantined {
 /// A user's folder held something that is not a sealed file or a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Oddity {
-    /// Where it is on disk.
-    pub disk: PathBuf,
+    /// Its name in storage.
+    pub stored: String,
     /// What it is.
     pub what: &'static str,
 }
@@ -57,19 +58,22 @@ impl Vault {
     /// Users with a folder in the storage root.
     pub fn user_folders(&self) -> Result<Vec<String>, VaultError> {
         let mut users = Vec::new();
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(users),
+        let mut lister = match self.storage.list("") {
+            Ok(l) => l,
+            Err(StorageError::NotFound) => return Ok(users),
             Err(e) => return Err(e.into()),
         };
-        for entry in entries {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !name.starts_with('.') && entry.file_type()?.is_dir() {
-                users.push(name);
+        loop {
+            let batch = lister.next_batch(1024)?;
+            if batch.is_empty() {
+                break;
             }
+            users.extend(
+                batch
+                    .into_iter()
+                    .filter(|l| l.meta.kind == Kind::Dir && !l.name.starts_with('.'))
+                    .map(|l| l.name),
+            );
         }
         users.sort();
         Ok(users)
@@ -81,50 +85,48 @@ impl Vault {
     pub fn walk_user(&self, user: &str) -> Result<(Vec<StoredFile>, Vec<Oddity>), VaultError> {
         let home = self.home(user)?;
         let (mut files, mut odd) = (Vec::new(), Vec::new());
-        match fs::symlink_metadata(&home) {
-            Ok(m) if m.is_dir() => {}
+        match self.storage.stat(&home) {
+            Ok(m) if m.kind == Kind::Dir => {}
             Ok(_) => return Err(VaultError::NotADirectory),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((files, odd)),
+            Err(StorageError::NotFound) => return Ok((files, odd)),
+            Err(StorageError::Refused) => {
+                odd.push(Oddity {
+                    stored: home,
+                    what: "symbolic link",
+                });
+                return Ok((files, odd));
+            }
             Err(e) => return Err(e.into()),
         }
         let mut stack = vec![(home, VPath::root())];
         while let Some((dir, vdir)) = stack.pop() {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let disk = entry.path();
-                let meta = entry.metadata()?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    odd.push(Oddity {
-                        disk,
-                        what: "name is not UTF-8",
-                    });
-                    continue;
-                };
-                let Ok(vpath) = VPath::resolve(&vdir, &name) else {
-                    odd.push(Oddity {
-                        disk,
-                        what: "name no client can use",
-                    });
-                    continue;
-                };
-                if meta.is_dir() {
-                    stack.push((disk, vpath));
-                } else if meta.is_file() {
-                    files.push(StoredFile {
-                        path: vpath,
-                        disk,
-                        stored_len: meta.len(),
-                    });
-                } else if meta.file_type().is_symlink() {
-                    odd.push(Oddity {
-                        disk,
-                        what: "symbolic link",
-                    });
-                } else {
-                    odd.push(Oddity {
-                        disk,
-                        what: "special file",
-                    });
+            let mut lister = self.storage.list(&dir)?;
+            loop {
+                let batch = lister.next_batch(1024)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for listed in batch {
+                    let stored = storage::join(&dir, &listed.name);
+                    if let Kind::Other(what) = listed.meta.kind {
+                        odd.push(Oddity { stored, what });
+                        continue;
+                    }
+                    let Ok(vpath) = VPath::resolve(&vdir, &listed.name) else {
+                        odd.push(Oddity {
+                            stored,
+                            what: "name no client can use",
+                        });
+                        continue;
+                    };
+                    match listed.meta.kind {
+                        Kind::Dir => stack.push((stored, vpath)),
+                        _ => files.push(StoredFile {
+                            path: vpath,
+                            stored,
+                            stored_len: listed.meta.len,
+                        }),
+                    }
                 }
             }
         }
@@ -138,13 +140,14 @@ impl Vault {
         &self,
         key: &UserKey,
         p: &VPath,
-    ) -> Result<DecryptingReader<fs::File>, VaultError> {
-        let real = real_path(&self.home(key.user())?, p)?;
-        let file = open_nofollow(&real).map_err(map_io)?;
-        if file.metadata()?.is_dir() {
-            return Err(VaultError::IsADirectory);
-        }
-        Ok(DecryptingReader::new(file, key.data_key())?)
+    ) -> Result<DecryptingReader<ObjectReader>, VaultError> {
+        let object = self
+            .storage
+            .open(&stored_name(&self.home(key.user())?, p))?;
+        Ok(DecryptingReader::new(
+            ObjectReader::new(object),
+            key.data_key(),
+        )?)
     }
 
     /// Reads `user`'s file at `p` to the end, authenticating every segment;
@@ -169,6 +172,19 @@ impl Vault {
         }
     }
 
+    /// Creates folder `name` if it is missing; fails if something else is
+    /// there.
+    fn ensure_folder(&self, name: &str) -> Result<(), VaultError> {
+        match self.storage.mkdir(name) {
+            Ok(()) | Err(StorageError::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.storage.stat(name)?.kind {
+            Kind::Dir => Ok(()),
+            _ => Err(VaultError::NotADirectory),
+        }
+    }
+
     /// Seals everything `src` yields into a new file of `key`'s user at
     /// `p`, creating missing folders. With a scanner, the file is scanned
     /// as it is sealed and imported only if it passes (or `on_error`
@@ -187,40 +203,31 @@ impl Vault {
         if p.is_root() {
             return Err(VaultError::IsADirectory);
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)?;
-        // Create missing folders one by one, never through a link.
+        self.ensure_folder(&home)?;
+        // Create missing folders one by one.
         let mut folder = VPath::root();
         for part in &p.parts()[..p.parts().len() - 1] {
             folder = VPath::resolve(&folder, part)?;
-            let real = real_path(&home, &folder)?;
-            match fs::DirBuilder::new().mode(0o700).create(&real) {
-                Ok(()) => sync_parent(&real)?,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(map_io(e)),
-            }
-            if !fs::symlink_metadata(&real)?.is_dir() {
-                return Err(VaultError::NotADirectory);
-            }
+            self.ensure_folder(&stored_name(&home, &folder))?;
         }
-        let target = real_path(&home, p)?;
-        if fs::symlink_metadata(&target).is_ok() {
-            return Err(VaultError::AlreadyExists);
+        let target = stored_name(&home, p);
+        match self.storage.stat(&target) {
+            Ok(_) => return Err(VaultError::AlreadyExists),
+            Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e.into()),
         }
         let nonce = crate::random_hex(8).map_err(|_| VaultError::Io(io::Error::other("RNG")))?;
-        let tmp = self.staging.join(format!(
-            "{}-import-{nonce}.part",
-            staging_prefix(key.user())
-        ));
+        let record_key: std::sync::Arc<dyn crate::storage::RecordKey> =
+            std::sync::Arc::new(super::RecordMac::new(key.data_key()));
+        let mut staged = self.storage.stage(
+            &format!(
+                "{STAGING}/{}-import-{nonce}.part",
+                staging_prefix(key.user())
+            ),
+            &record_key,
+        )?;
         let result = (|| {
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut writer = EncryptingWriter::new(file, key.data_key())?;
+            let mut writer = EncryptingWriter::new(staged.sink(0)?, key.data_key())?;
             // Imported files pass the same scan as uploads.
             let mut job = self
                 .scanner
@@ -241,8 +248,7 @@ impl Vault {
                 progress(n as u64);
             }
             let len = writer.plaintext_len();
-            let file = writer.finish()?;
-            file.sync_all()?;
+            staged.finish(writer.finish()?)?;
             if let (Some(job), Some(scanner)) = (job, &self.scanner) {
                 match job.finish() {
                     Verdict::Clean => {}
@@ -258,32 +264,36 @@ impl Vault {
                 }
             }
             // Fails if the name was taken meanwhile: never replaces.
-            crate::fsutil::rename_noreplace(&tmp, &target).map_err(map_io)?;
+            staged.commit(&target, Commit::NoReplace)?;
             Ok(len)
         })();
-        let _ = fs::remove_file(&tmp);
-        let len = result?;
-        sync_parent(&target)?;
-        Ok(len)
+        if result.is_err() {
+            let _ = staged.discard();
+        }
+        result
     }
 
     /// Every upload in quarantine, oldest first.
     pub fn quarantine_list(&self) -> Result<Vec<Quarantined>, VaultError> {
         let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.quarantine) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+        let mut lister = match self.storage.list(QUARANTINE) {
+            Ok(l) => l,
+            Err(StorageError::NotFound) => return Ok(out),
             Err(e) => return Err(e.into()),
         };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            match self.quarantined(id) {
-                Ok(q) => out.push(q),
-                Err(e) => tracing::warn!(id, error = %e, "unreadable quarantine entry"),
+        loop {
+            let batch = lister.next_batch(1024)?;
+            if batch.is_empty() {
+                break;
+            }
+            for listed in batch {
+                let Some(id) = listed.name.strip_suffix(".json") else {
+                    continue;
+                };
+                match self.quarantined(id) {
+                    Ok(q) => out.push(q),
+                    Err(e) => tracing::warn!(id, error = %e, "unreadable quarantine entry"),
+                }
             }
         }
         out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
@@ -294,10 +304,10 @@ impl Vault {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(VaultError::InvalidPath("not a quarantine id"));
         }
-        let file = open_nofollow(&self.quarantine.join(format!("{id}.json"))).map_err(map_io)?;
-        let mut text = String::new();
-        file.take(64 * 1024).read_to_string(&mut text)?;
-        let q: Quarantined = serde_json::from_str(&text)
+        let text = self
+            .storage
+            .read_small(&format!("{QUARANTINE}/{id}.json"), MAX_RECORD)?;
+        let q: Quarantined = serde_json::from_slice(&text)
             .map_err(|e| VaultError::Io(io::Error::new(ErrorKind::InvalidData, e)))?;
         if q.id != id {
             return Err(VaultError::Io(io::Error::new(
@@ -324,33 +334,31 @@ impl Vault {
             return Err(VaultError::IsADirectory);
         }
         let home = self.home(&q.user)?;
-        let target = real_path(&home, &path)?;
-        let parent_is_dir = target
-            .parent()
-            .and_then(|p| fs::symlink_metadata(p).ok())
-            .is_some_and(|m| m.is_dir());
+        let parent_is_dir = self
+            .storage
+            .stat(&stored_name(&home, &path.parent()))
+            .is_ok_and(|m| m.kind == Kind::Dir);
         if !parent_is_dir {
             return Err(VaultError::NotFound);
         }
-        let sealed = self.quarantine.join(format!("{id}.sealed"));
         // Nothing is replaced: the rename fails if the name is taken.
-        crate::fsutil::rename_noreplace(&sealed, &target).map_err(map_io)?;
-        sync_parent(&target)?;
-        fs::remove_file(self.quarantine.join(format!("{id}.json")))?;
-        crate::fsutil::sync_dir(&self.quarantine)?;
+        self.storage.rename(
+            &format!("{QUARANTINE}/{id}.sealed"),
+            &stored_name(&home, &path),
+            Commit::NoReplace,
+        )?;
+        self.storage.remove(&format!("{QUARANTINE}/{id}.json"))?;
         Ok((q.user, path))
     }
 
     /// Deletes a quarantined upload.
     pub fn quarantine_delete(&self, id: &str) -> Result<Quarantined, VaultError> {
         let q = self.quarantined(id)?;
-        match fs::remove_file(self.quarantine.join(format!("{id}.sealed"))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+        match self.storage.remove(&format!("{QUARANTINE}/{id}.sealed")) {
+            Ok(()) | Err(StorageError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        fs::remove_file(self.quarantine.join(format!("{id}.json")))?;
-        crate::fsutil::sync_dir(&self.quarantine)?;
+        self.storage.remove(&format!("{QUARANTINE}/{id}.json"))?;
         Ok(q)
     }
 
@@ -359,46 +367,12 @@ impl Vault {
     pub fn remove_user_files(&self, user: &str) -> Result<u64, VaultError> {
         let home = self.home(user)?;
         let mut removed = 0u64;
-        let prefix = format!("{}-", staging_prefix(user));
-        for dir in [&self.staging, &self.quarantine] {
-            for entry in fs::read_dir(dir)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(&prefix) {
-                    fs::remove_file(entry.path())?;
-                    removed += u64::from(!name.ends_with(".json"));
-                }
-            }
+        let prefix = staging_prefix(user);
+        for dir in [STAGING, QUARANTINE] {
+            let names = self.storage.remove_prefixed(&format!("{dir}/{prefix}-"))?;
+            removed += names.iter().filter(|n| !n.ends_with(".json")).count() as u64;
         }
-        match fs::symlink_metadata(&home) {
-            Ok(m) if m.file_type().is_symlink() => {
-                fs::remove_file(&home)?;
-            }
-            Ok(_) => {
-                removed += count_files(&home)?;
-                fs::remove_dir_all(&home)?;
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        crate::fsutil::sync_dir(&self.root)?;
-        crate::fsutil::sync_dir(&self.staging)?;
-        crate::fsutil::sync_dir(&self.quarantine)?;
+        removed += self.storage.remove_tree(&home)?;
         Ok(removed)
     }
-}
-
-fn count_files(dir: &std::path::Path) -> io::Result<u64> {
-    let mut n = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let t = entry.file_type()?;
-        n += if t.is_dir() {
-            count_files(&entry.path())?
-        } else {
-            1
-        };
-    }
-    Ok(n)
 }

@@ -10,11 +10,10 @@
 //! until the user's uploads have all ended: the count errs on the high side.
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::VaultError;
+use crate::storage::Storage;
 
 /// The bound, and the count of every user with uploads running.
 #[derive(Debug)]
@@ -44,7 +43,7 @@ impl StagingQuota {
     pub(crate) fn enter(
         self: &Arc<Self>,
         user: &str,
-        staging: &Path,
+        storage: &dyn Storage,
         prefix: &str,
         held: u64,
     ) -> Charge {
@@ -59,7 +58,7 @@ impl StagingQuota {
         let mut users = self.lock();
         let usage = users.entry(user.to_owned()).or_default();
         if usage.uploads == 0 {
-            usage.bytes = on_disk(staging, prefix);
+            usage.bytes = storage.staged_bytes(prefix);
         }
         usage.uploads += 1;
         charge
@@ -71,24 +70,6 @@ impl StagingQuota {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// Bytes in the staging files whose names start with `prefix`.
-fn on_disk(staging: &Path, prefix: &str) -> u64 {
-    let Ok(entries) = fs::read_dir(staging) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .filter_map(|e| e.metadata().ok())
-        .filter(fs::Metadata::is_file)
-        .map(|m| m.len())
-        .sum()
 }
 
 /// One upload's share of its user's count: the bytes its staging files

@@ -4,15 +4,14 @@
 //! cut file is caught). Downloads ([`super::Download`]) are reads of this
 //! kind, one chunk at a time.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
 use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
+use crate::storage::Object;
 
 /// A stored file open for reading: its header checked, its segments
 /// checked as they are read. Cheap to clone (clones share the open file);
@@ -23,8 +22,10 @@ pub struct ReadFile {
 }
 
 struct Shared {
-    file: File,
+    object: Box<dyn Object>,
     dec: Decryptor,
+    /// Chunks worth reading ahead of a download ([`crate::storage::Caps`]).
+    read_ahead: usize,
     /// The last segment opened whose end a read stopped short of, so the
     /// next read in order does not open it again.
     cache: Mutex<Option<Cached>>,
@@ -48,12 +49,13 @@ impl ReadFile {
     /// The most plaintext one read returns: longer reads are cut to this.
     pub const MAX_READ: usize = CHUNK;
 
-    /// A reader of `file`, whose header `dec` checked.
-    pub(super) fn new(file: File, dec: Decryptor) -> Self {
+    /// A reader of `object`, whose header `dec` checked.
+    pub(super) fn new(object: Box<dyn Object>, dec: Decryptor, read_ahead: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
-                file,
+                object,
                 dec,
+                read_ahead: read_ahead.max(1),
                 cache: Mutex::new(None),
             }),
         }
@@ -67,6 +69,11 @@ impl ReadFile {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Chunks a download reads ahead.
+    pub(super) fn read_ahead(&self) -> usize {
+        self.shared.read_ahead
     }
 
     /// Up to `len` plaintext bytes (at most [`ReadFile::MAX_READ`]) from
@@ -160,7 +167,7 @@ impl ReadFile {
         }
         let sealed = &mut sealed[..sealed_len];
         self.shared
-            .file
+            .object
             .read_exact_at(sealed, from.ciphertext_offset)?;
         let mut at = 0;
         for index in k..=last {

@@ -1,37 +1,30 @@
 //! Uploads as pipelines: the async side reads the socket into 1 MiB chunks
 //! and hands them over a short channel to one blocking thread per upload,
-//! which seals them into the staging file (with direct I/O, see
-//! `direct.rs`), feeds the scanners, and at the end commits. That keeps the
+//! which seals them into the staging name's sink (a staging file written
+//! with direct I/O, for the local storage), feeds the scanners, and at the
+//! end commits. That keeps the
 //! cipher working while the socket side waits and costs no thread hand-off
 //! per segment.
 
-use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use dropvault_format::{DecryptingReader, EncryptingWriter};
+use dropvault_format::DecryptingReader;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
-use super::direct::DirectFile;
 use super::quota::Charge;
-use super::{map_io, sealed_len, sync_parent, VaultError, CHUNK};
-use crate::fsutil;
+use super::{map_io, sealed_len, Sealer, VaultError, CHUNK, QUARANTINE};
 use crate::keys::UserKey;
 use crate::scan::{OnError, ScanJob, Scanner, Verdict};
+use crate::storage::{Commit, ObjectReader, Staged, Storage, StorageError};
 
 /// Chunks in flight ahead of the worker.
 const AHEAD: usize = 2;
-/// Sealed bytes after which an upload asks the kernel to start writing the
-/// staging file to disk, so that the fsync at commit finds little left to
-/// do: disk writes overlap the transfer instead of following it.
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// What the async side of an upload tells its worker.
 enum Msg {
@@ -83,47 +76,34 @@ impl UploadExited {
 
 /// Where a finished upload goes.
 pub(super) struct Target {
-    /// The staging file (sealed data so far), locked. Commit, reject and
-    /// quarantine act on this file, never on whatever `staging` names.
-    pub(super) lock: File,
-    pub(super) staging: PathBuf,
-    pub(super) target: PathBuf,
+    /// The staging name, held. Commit, reject and quarantine act on what
+    /// it holds.
+    pub(super) staged: Box<dyn Staged>,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) staging: String,
+    pub(super) target: String,
     /// Whether the commit may replace a file at `target`.
     pub(super) replace: bool,
     /// For re-seals, and to read a continued upload back for its scan.
     pub(super) key: Arc<UserKey>,
     /// The staging bytes the upload takes, counted against its user's bound.
     pub(super) charge: Charge,
+    /// Authenticates the storage's record of the upload.
+    pub(super) record_key: Arc<dyn crate::storage::RecordKey>,
 }
 
 impl Target {
-    /// Removes the staging file, if its name still names the file this
-    /// upload holds (it does, unless someone outside the vault moved it).
-    fn unlink(&mut self) -> io::Result<()> {
-        if fsutil::names(&self.staging, &self.lock)? {
-            fs::remove_file(&self.staging)?;
-        }
+    /// Drops the staged upload and its staging name.
+    fn unlink(&mut self) -> Result<(), StorageError> {
+        self.staged.discard()?;
         self.charge.settle(0);
         Ok(())
     }
 
-    /// Gives the file this upload holds the name `to` (replacing a file
-    /// there only if `replace`), then takes its staging name away.
-    fn place(&mut self, to: &Path, replace: bool) -> io::Result<()> {
-        if replace {
-            // A name next to the staging file that only the holder of its
-            // lock uses; a crash may have left one behind.
-            let tmp = self.staging.with_extension("commit");
-            let _ = fs::remove_file(&tmp);
-            fsutil::link_open_file(&self.lock, &tmp)?;
-            if let Err(e) = fs::rename(&tmp, to) {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        } else {
-            fsutil::link_open_file(&self.lock, to)?;
-        }
-        self.unlink()
+    /// Charges what the staging name holds now.
+    fn settle_stored(&mut self) {
+        let held = self.staged.stored_len();
+        self.charge.settle(held);
     }
 }
 
@@ -132,7 +112,7 @@ pub(super) enum Begin {
     /// At the writer's end: a new file, or (`continued`) an unfinished one
     /// continued under its own salt.
     Ready {
-        writer: Box<EncryptingWriter<DirectFile>>,
+        writer: Box<Sealer>,
         continued: bool,
     },
     /// After re-sealing the first `len` plaintext bytes of `from` under a
@@ -144,7 +124,7 @@ pub(super) enum Begin {
 /// What a re-seal reads.
 pub(super) enum Source {
     /// The committed file (an append, or a resume inside it), opened and checked.
-    Committed(Box<DecryptingReader<File>>),
+    Committed(Box<DecryptingReader<ObjectReader>>),
     /// The upload's own staging file, ending inside a segment.
     Staging,
 }
@@ -162,11 +142,7 @@ impl Begin {
     /// an unfinished file; re-seals first, unless `stop` says the upload is
     /// gone. A failed or stopped re-seal of a committed file leaves no
     /// staging file; of a staging file, leaves it as it was.
-    fn writer(
-        self,
-        t: &mut Target,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<(EncryptingWriter<DirectFile>, bool), VaultError> {
+    fn writer(self, t: &mut Target, stop: &dyn Fn() -> bool) -> Result<(Sealer, bool), VaultError> {
         let key = t.key.clone();
         let key = key.data_key();
         match self {
@@ -174,7 +150,7 @@ impl Begin {
             Self::Reseal {
                 from: Source::Committed(mut old),
                 len,
-            } => match super::reseal(&t.lock, &mut old, key, len, stop) {
+            } => match super::reseal(&mut t.staged, &mut old, key, len, stop) {
                 Ok(w) => Ok((w, false)),
                 Err(e) => {
                     let _ = t.unlink();
@@ -185,10 +161,19 @@ impl Begin {
                 from: Source::Staging,
                 len,
             } => {
-                let held = t.lock.metadata()?.len();
-                match super::reseal_staging(&t.lock, &t.staging, key, len, stop) {
-                    Ok((w, new)) => {
-                        t.lock = new;
+                let held = t.staged.stored_len();
+                let storage = t.storage.clone();
+                let record_key = t.record_key.clone();
+                match super::reseal_staging(
+                    &mut t.staged,
+                    &*storage,
+                    &record_key,
+                    &t.staging,
+                    key,
+                    len,
+                    stop,
+                ) {
+                    Ok(w) => {
                         t.charge.settle(sealed_len(len));
                         Ok((w, false))
                     }
@@ -207,7 +192,6 @@ pub(super) struct ScanPlan {
     pub(super) scanner: Arc<Scanner>,
     pub(super) user: String,
     pub(super) path: String,
-    pub(super) quarantine: PathBuf,
     /// Start of the user's staging (and quarantine) file names.
     pub(super) prefix: String,
 }
@@ -413,7 +397,6 @@ fn write_worker(
     let start = begin.offset();
     let (mut writer, continued) = begin.writer(target, &|| rx.is_closed())?;
     let mut failed: Option<io::Error> = None;
-    let mut kicked = 0u64;
     // A fresh upload is scanned as it streams; one that continues sealed
     // data (resume, append) is read back whole at commit instead, so the
     // scanner always sees the entire file.
@@ -433,10 +416,6 @@ fn write_worker(
                         return Err(e);
                     }
                     failed = writer.write_all(&chunk).err();
-                    let out = writer.get_ref();
-                    if !out.is_direct() {
-                        kicked = start_writeback(out.file(), kicked, out.end());
-                    }
                     if let Some(job) = job.as_mut() {
                         job.feed(&chunk);
                     }
@@ -463,24 +442,23 @@ fn write_worker(
                     None => commit(writer, target, scan, job.take()),
                 };
                 if result.is_err() {
-                    target
-                        .charge
-                        .settle(target.lock.metadata().map_or(0, |m| m.len()));
+                    target.settle_stored();
                 }
                 let _ = reply.send(result);
                 return Ok(());
             }
         }
     }
+    // What was sealed is kept, as durably as the storage keeps it, for a
+    // resume.
     let _ = writer.flush();
+    let _ = writer.get_mut().sync();
     let added = writer.plaintext_len() > start;
     drop(writer);
     if copy_only && !added {
         target.unlink()?;
     } else {
-        target
-            .charge
-            .settle(target.lock.metadata().map_or(0, |m| m.len()));
+        target.settle_stored();
     }
     Ok(())
 }
@@ -491,8 +469,9 @@ fn rescan(plan: &ScanPlan, t: &Target) -> Verdict {
     use std::io::Read;
     let mut job = plan.scanner.begin(&plan.user, &plan.path);
     let read = (|| -> io::Result<()> {
-        let file = t.lock.try_clone()?;
-        let mut reader = DecryptingReader::new(file, t.key.data_key()).map_err(io::Error::from)?;
+        let staged: &dyn Staged = &*t.staged;
+        let mut reader = DecryptingReader::new(ObjectReader::new(staged), t.key.data_key())
+            .map_err(io::Error::from)?;
         let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
         loop {
             let n = reader.read(&mut buf)?;
@@ -528,53 +507,28 @@ fn quarantine(plan: &ScanPlan, t: &mut Target, size: u64, finding: &str) -> Resu
         "finding": finding,
         "time": now,
     });
-    let json_path = plan.quarantine.join(format!("{id}.json"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&json_path)?;
-    f.write_all(about.to_string().as_bytes())?;
-    f.sync_all()?;
-    t.place(&plan.quarantine.join(format!("{id}.sealed")), false)?;
-    crate::fsutil::sync_dir(&plan.quarantine)?;
+    t.storage.put_new(
+        &format!("{QUARANTINE}/{id}.json"),
+        about.to_string().as_bytes(),
+    )?;
+    t.staged
+        .commit(&format!("{QUARANTINE}/{id}.sealed"), Commit::NoReplace)?;
+    t.charge.settle(0);
     tracing::info!(event = "quarantined", user = %plan.user, path = %plan.path, id, finding);
     Ok(())
-}
-
-/// Starts asynchronous writeback of what was written between `from` and
-/// `pos` once there is enough of it; returns the new mark. Linux starts
-/// writeback of dirty pages for POSIX_FADV_DONTNEED (and drops the ones
-/// already clean, which an upload does not need cached). Purely a hint:
-/// errors are ignored. Only for staging files the page cache holds (where
-/// direct writes are refused).
-fn start_writeback(file: &File, from: u64, pos: u64) -> u64 {
-    if pos < from + WRITEBACK_EVERY {
-        return from;
-    }
-    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(pos - from)) else {
-        return pos;
-    };
-    let _ = nix::fcntl::posix_fadvise(
-        file,
-        offset,
-        len,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-    pos
 }
 
 /// Finishes the sealed file, has it scanned, and puts the file the upload
 /// holds under its final name; a rejected one is removed or quarantined.
 fn commit(
-    writer: EncryptingWriter<DirectFile>,
+    writer: Sealer,
     t: &mut Target,
     scan: Option<&ScanPlan>,
     job: Option<ScanJob>,
 ) -> Result<u64, VaultError> {
     let len = writer.plaintext_len();
-    let file = writer.finish()?;
-    file.file().sync_all()?;
+    let sink = writer.finish()?;
+    t.staged.finish(sink)?;
     if let Some(plan) = scan {
         let verdict = match job {
             Some(job) => job.finish(),
@@ -602,17 +556,18 @@ fn commit(
             },
         }
     }
-    if fs::symlink_metadata(&t.target).is_ok_and(|m| m.is_dir()) {
-        return Err(VaultError::IsADirectory);
-    }
-    let (target, replace) = (t.target.clone(), t.replace);
-    if let Err(e) = t.place(&target, replace) {
+    let how = if t.replace {
+        Commit::Replace
+    } else {
+        Commit::NoReplace
+    };
+    if let Err(e) = t.staged.commit(&t.target, how) {
         // The name was taken meanwhile: this upload has nowhere to go.
-        if e.kind() == io::ErrorKind::AlreadyExists {
+        if matches!(e, StorageError::AlreadyExists) {
             let _ = t.unlink();
         }
-        return Err(map_io(e));
+        return Err(e.into());
     }
-    sync_parent(&t.target)?;
+    t.charge.settle(0);
     Ok(len)
 }

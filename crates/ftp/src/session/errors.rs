@@ -56,6 +56,10 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
             tracing::error!(error = %io, "storage error");
             Reply::local_error("Storage error; try again later.")
         }
+        VaultError::Unavailable { reason } => {
+            tracing::error!(error = %reason, "storage unavailable");
+            Reply::local_error("Storage unavailable; try again later.")
+        }
         other => {
             tracing::error!(error = %other, "vault error");
             Reply::local_error("Local error.")
