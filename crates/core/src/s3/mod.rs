@@ -1011,6 +1011,11 @@ impl S3Client {
 
     /// Part `number` copied from bytes `range` of object `source`
     /// (UploadPartCopy); returns its ETag.
+    ///
+    /// `range` must lie within the source: AWS refuses one that ends past
+    /// it, but Garage 2.5 silently copies up to the source's end instead.
+    /// Garage also refuses (400 `InvalidRequest`) a source small enough to
+    /// be stored inline in its metadata (under 3 KiB).
     pub fn upload_part_copy(
         &self,
         key: &str,
@@ -1452,6 +1457,30 @@ mod tests {
         }
         assert!(!status_error(501, code("NotImplemented")).is_transient());
         assert!(!S3Error::Denied.is_transient());
+    }
+
+    #[test]
+    fn transient_failures_are_retried_then_reported() {
+        // A port that was just free: connections are refused, every time.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        for retries in [0, 2] {
+            let c = S3Client::new(S3Settings {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                retries,
+                ..settings()
+            })
+            .expect("valid settings");
+            let call = Call::new(Method::HEAD, Some("k"));
+            let (result, attempts) = c.run_counted(&call, success);
+            assert!(
+                matches!(result, Err(S3Error::Unreachable { .. })),
+                "{result:?}"
+            );
+            assert_eq!(attempts, retries + 1);
+        }
     }
 
     #[test]
