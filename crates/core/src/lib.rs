@@ -25,6 +25,10 @@
 //! - [`session`]: what every front end shares — admission, login, logout
 //!   and the audit record of what a logged-in user does.
 //!
+//! - [`s3`]: a small blocking S3 client signed with aws-lc-rs — objects,
+//!   ranged reads, listings and multipart uploads, with retries — for the
+//!   S3 storage backend.
+//!
 //! - [`events`]: login, upload, download and the like, delivered to a
 //!   webhook and a command through a bounded queue, off the hot path.
 
@@ -36,6 +40,7 @@ mod hookproc;
 mod http;
 pub mod keys;
 pub mod ls;
+pub mod s3;
 pub mod scan;
 pub mod session;
 pub mod storage;
