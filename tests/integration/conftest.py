@@ -365,12 +365,13 @@ def dropvault(request, tmp_path, kek_template, backend):
             r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
             assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
         if cluster is not None:
-            prefix = f"{test_prefix}{data_dir.name}/"
-            STORAGE_ENV[str(data_dir)] = cluster.env(prefix)
-            env = {**cluster.env(prefix), **(env or {})}
+            env = {**cluster.env(f"{test_prefix}{data_dir.name}/"), **(env or {})}
+        storage = {k: v for k, v in (env or {}).items() if k.startswith("DROPVAULT_STORAGE_")}
+        if storage:
+            STORAGE_ENV[str(data_dir)] = storage
         srv = Server(data_dir, settings, tmp_path, env)
-        srv.backend = backend
-        srv.s3_prefix = env.get("DROPVAULT_STORAGE_S3_PREFIX") if env else None
+        srv.backend = storage.get("DROPVAULT_STORAGE_BACKEND", "local")
+        srv.s3_prefix = storage.get("DROPVAULT_STORAGE_S3_PREFIX")
         srv.nofile = nofile
         ALL_DATA_DIRS.append(data_dir)
         servers.append(srv)
