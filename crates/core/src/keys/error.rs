@@ -108,8 +108,9 @@ pub enum KeyError {
 }
 
 impl KeyError {
-    /// Whether trying again later may succeed: the key service is down,
-    /// sealed, or overloaded, rather than refusing this key for good.
+    /// Whether trying again later may succeed: the key service or the key
+    /// store is down, sealed, or overloaded, rather than refusing this key
+    /// for good.
     pub fn is_transient(&self) -> bool {
         match self {
             KeyError::Unavailable { .. } => true,

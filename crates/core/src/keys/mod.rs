@@ -18,7 +18,7 @@ pub use keyring::{Keyring, RotateReport, UserKey};
 pub use local::LocalRsaProvider;
 pub use recovery::{RecoveryKey, RecoveryPrivateKey};
 pub use rsa::generate_rsa_pair;
-pub use store::{KeyFile, KeyFileStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
+pub use store::{KeyFile, KeyFileStore, KeyStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
 pub use transit::{TransitAuth, TransitConfig, TransitProvider};
 
 use std::fmt;
