@@ -288,6 +288,9 @@ impl Drop for Secret {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Storage {
+    /// Where sealed files are kept: `local` (the folder `root`) or `s3`
+    /// (`[storage.s3]`).
+    pub(crate) backend: String,
     /// Folder of users' sealed files.
     pub(crate) root: String,
     /// Folder of users' wrapped key files.
@@ -295,6 +298,58 @@ pub(crate) struct Storage {
     /// Most bytes one user's unfinished uploads may take in staging, as a
     /// size ("10GiB"); "0" = no bound.
     pub(crate) max_staging_bytes_per_user: String,
+    /// The bucket, for `backend = "s3"`.
+    pub(crate) s3: S3,
+}
+
+/// `[storage.s3]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct S3 {
+    /// Base URL of the S3 service; empty = AWS in `region`.
+    pub(crate) endpoint: String,
+    /// Region (part of every signature).
+    pub(crate) region: String,
+    /// Bucket.
+    pub(crate) bucket: String,
+    /// Every object's key starts with this.
+    pub(crate) prefix: String,
+    /// Access key id; empty = `AWS_ACCESS_KEY_ID`.
+    pub(crate) access_key_id: String,
+    /// Secret access key; empty = `secret_access_key_file`, then
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub(crate) secret_access_key: Secret,
+    /// File holding the secret access key.
+    pub(crate) secret_access_key_file: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most servers other
+    /// than AWS want; false = virtual-hosted (`bucket.endpoint/key`).
+    pub(crate) path_style: bool,
+    /// Bytes per uploaded part in MiB (5 to 5120), rounded to whole
+    /// sealed segments.
+    pub(crate) part_size_mib: i64,
+    /// CA certificates (PEM) for an `https://` endpoint; empty = the
+    /// system's.
+    pub(crate) ca_file: String,
+    /// Seconds one request may take.
+    pub(crate) timeout_secs: i64,
+}
+
+impl Default for S3 {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            secret_access_key_file: String::new(),
+            path_style: true,
+            part_size_mib: 8,
+            ca_file: String::new(),
+            timeout_secs: 60,
+        }
+    }
 }
 
 /// `[log]`
@@ -384,9 +439,11 @@ impl Default for Kms {
 impl Default for Storage {
     fn default() -> Self {
         Self {
+            backend: "local".into(),
             root: "files".into(),
             keys_dir: "keys".into(),
             max_staging_bytes_per_user: "10GiB".into(),
+            s3: S3::default(),
         }
     }
 }
@@ -475,10 +532,26 @@ impl Config {
                     _ => continue,
                 }
             };
+            // A key of a table inside the section (`storage_s3_bucket` is
+            // `bucket` of `[storage.s3]`).
+            let sub = section.and_then(|s| {
+                defaults.get(s)?.as_table()?.iter().find_map(|(name, v)| {
+                    let rest = key.strip_prefix(name.as_str())?.strip_prefix('_')?;
+                    v.is_table().then(|| (name.clone(), rest))
+                })
+            });
+            let (sub, key) = match sub {
+                Some((name, rest)) => (Some(name), rest),
+                None => (None, key),
+            };
             // Give the value the type of the default it replaces.
-            let default = match section {
-                Some(s) => defaults.get(s).and_then(|t| t.get(key)),
-                None => defaults.get(key),
+            let default = match (section, &sub) {
+                (Some(s), Some(t)) => defaults
+                    .get(s)
+                    .and_then(|v| v.get(t.as_str()))
+                    .and_then(|t| t.get(key)),
+                (Some(s), None) => defaults.get(s).and_then(|t| t.get(key)),
+                (None, _) => defaults.get(key),
             };
             let typed = match default {
                 Some(toml::Value::Integer(_)) => value
@@ -498,7 +571,7 @@ impl Config {
                 Some(_) => toml::Value::String(value),
                 None => return Err(invalid(&name, "no such setting")),
             };
-            let target = match section {
+            let mut target = match section {
                 Some(s) => table
                     .entry(s)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -506,6 +579,13 @@ impl Config {
                     .ok_or_else(|| invalid(&name, format!("[{s}] is not a table")))?,
                 None => &mut table,
             };
+            if let Some(t) = &sub {
+                target = target
+                    .entry(t.as_str())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| invalid(&name, format!("{t} is not a table")))?;
+            }
             target.insert(key.to_owned(), typed);
         }
         let config: Config = toml::Value::Table(table).try_into().map_err(|e| {
@@ -526,6 +606,21 @@ impl Config {
         self.listen()?;
         self.implicit_listen()?;
         self.max_listing_entries()?;
+        match self.storage.backend.as_str() {
+            "local" => {}
+            "s3" => {
+                if self.storage.s3.bucket.is_empty() {
+                    return Err(invalid("storage.s3.bucket", "needed with backend = \"s3\""));
+                }
+                if !(5..=5120).contains(&self.storage.s3.part_size_mib) {
+                    return Err(invalid("storage.s3.part_size_mib", "must be 5 to 5120"));
+                }
+                if !(1..=3600).contains(&self.storage.s3.timeout_secs) {
+                    return Err(invalid("storage.s3.timeout_secs", "must be 1 to 3600"));
+                }
+            }
+            _ => return Err(invalid("storage.backend", "must be \"local\" or \"s3\"")),
+        }
         if !matches!(self.auth.backend.as_str(), "file" | "pam") {
             return Err(invalid("auth.backend", "must be \"file\" or \"pam\""));
         }
@@ -579,6 +674,56 @@ impl Config {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
         Ok(())
+    }
+
+    /// The S3 client settings of `[storage.s3]`; the credentials from the
+    /// settings, else the secret file, else `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` in `env`.
+    pub(crate) fn s3_settings(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<dropvault_core::s3::S3Settings, ConfigError> {
+        let s3 = &self.storage.s3;
+        let access_key_id = match s3.access_key_id.as_str() {
+            "" => env("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+            id => id.to_owned(),
+        };
+        let secret = if !s3.secret_access_key.expose().is_empty() {
+            zeroize::Zeroizing::new(s3.secret_access_key.expose().to_owned())
+        } else if !s3.secret_access_key_file.is_empty() {
+            let path = self.path(&s3.secret_access_key_file);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            zeroize::Zeroizing::new(text.trim().to_owned())
+        } else {
+            zeroize::Zeroizing::new(env("AWS_SECRET_ACCESS_KEY").unwrap_or_default())
+        };
+        if access_key_id.is_empty() || secret.is_empty() {
+            return Err(invalid(
+                "storage.s3",
+                "no credentials: set access_key_id and secret_access_key \
+                 (or secret_access_key_file), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
+        }
+        Ok(dropvault_core::s3::S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            bucket: s3.bucket.clone(),
+            prefix: s3.prefix.clone(),
+            access_key_id,
+            secret_access_key: secret,
+            path_style: s3.path_style,
+            timeout: Duration::from_secs(u64::try_from(s3.timeout_secs).unwrap_or(60)),
+            ca_file: (!s3.ca_file.is_empty()).then(|| self.path(&s3.ca_file)),
+            retries: 4,
+        })
+    }
+
+    /// Part size of `[storage.s3]` in bytes.
+    pub(crate) fn s3_part_size(&self) -> u64 {
+        u64::try_from(self.storage.s3.part_size_mib).unwrap_or(8) << 20
     }
 
     /// `storage.max_staging_bytes_per_user` in bytes; `None` for "0" (no
@@ -922,6 +1067,59 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[ftp]\nlisen = \"x\"\n").expect("write");
         assert!(Config::load(Some(&path), env(&[])).is_err());
+    }
+
+    #[test]
+    fn s3_settings_come_from_their_table_the_environment_and_aws_variables() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("DROPVAULT_STORAGE_BACKEND", "s3"),
+                ("DROPVAULT_STORAGE_S3_BUCKET", "drops"),
+                ("DROPVAULT_STORAGE_S3_ENDPOINT", "http://127.0.0.1:3900"),
+                ("DROPVAULT_STORAGE_S3_PART_SIZE_MIB", "16"),
+                ("DROPVAULT_STORAGE_S3_PATH_STYLE", "false"),
+            ]),
+        )
+        .expect("s3 config");
+        assert_eq!(c.storage.s3.bucket, "drops");
+        assert_eq!(c.s3_part_size(), 16 << 20);
+        assert!(!c.storage.s3.path_style);
+        // No keys in the settings: the standard AWS variables.
+        let aws = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKID".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("shh".to_owned()),
+            _ => None,
+        };
+        let s = c.s3_settings(aws).expect("settings");
+        assert_eq!(
+            (s.access_key_id.as_str(), s.secret_access_key.as_str()),
+            ("AKID", "shh")
+        );
+        assert!(c.s3_settings(|_| None).is_err());
+        // The settings win over the variables; secrets never print.
+        let mut c2 = c.clone();
+        c2.storage.s3.access_key_id = "mine".into();
+        c2.storage.s3.secret_access_key = Secret("s3cr3t".into());
+        assert_eq!(c2.s3_settings(aws).expect("settings").access_key_id, "mine");
+        assert!(!format!("{c2:?}").contains("s3cr3t"));
+        let file = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nregion = \"eu\"\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("c.toml"), file).expect("write");
+        let c3 = Config::load(Some(&dir.path().join("c.toml")), env(&[])).expect("file");
+        assert_eq!(c3.storage.s3.region, "eu");
+        for bad in [
+            &[("DROPVAULT_STORAGE_BACKEND", "s3")][..],
+            &[
+                ("DROPVAULT_STORAGE_BACKEND", "s3"),
+                ("DROPVAULT_STORAGE_S3_BUCKET", "b"),
+                ("DROPVAULT_STORAGE_S3_PART_SIZE_MIB", "4"),
+            ],
+            &[("DROPVAULT_STORAGE_BACKEND", "nfs")],
+            &[("DROPVAULT_STORAGE_S3_BUKET", "b")],
+        ] {
+            assert!(Config::load(None, env(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn data_dir(config: &Config) -> Result<(), AnyError> {
 }
 
 fn quarantine(config: &Config, action: QuarantineAction) -> Result<bool, AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root));
+    let vault = ops::vault(config, false)?;
     match action {
         QuarantineAction::List => {
             let entries = vault.quarantine_list()?;
@@ -375,7 +375,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             "uploads are scanned before they are committed");
     }
     let vault = Arc::new(
-        Vault::create(config.path(&config.storage.root))?
+        ops::vault(&config, true)?
             .with_scanner(scanner)
             .with_staging_limit(config.max_staging_bytes()?),
     );

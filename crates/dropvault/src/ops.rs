@@ -82,6 +82,32 @@ pub(crate) fn provider(config: &Config, kek: Kek) -> Result<Arc<dyn KeyProvider>
     }
 }
 
+/// The vault of the configuration: on the local folder (created, with
+/// `create`, if missing; else as it is) or in the S3 bucket.
+pub(crate) fn vault(config: &Config, create: bool) -> Result<Vault, AnyError> {
+    Ok(match config.storage.backend.as_str() {
+        "s3" => Vault::with_storage(Arc::new(s3_storage(config)?), config.data_dir.clone())?,
+        _ if create => Vault::create(config.path(&config.storage.root))?,
+        _ => Vault::open(config.path(&config.storage.root)),
+    })
+}
+
+/// The S3 client of `[storage.s3]`.
+pub(crate) fn s3_client(config: &Config) -> Result<dropvault_core::s3::S3Client, AnyError> {
+    let settings = config.s3_settings(|name| std::env::var(name).ok())?;
+    Ok(dropvault_core::s3::S3Client::new(settings)?)
+}
+
+fn s3_storage(config: &Config) -> Result<dropvault_core::storage::S3Storage, AnyError> {
+    Ok(dropvault_core::storage::S3Storage::new(
+        s3_client(config)?,
+        dropvault_core::storage::S3Tuning {
+            part_size: config.s3_part_size(),
+            ..Default::default()
+        },
+    ))
+}
+
 /// The key-file store of the configuration.
 pub(crate) fn key_store(config: &Config) -> Result<Arc<dyn KeyStore>, AnyError> {
     Ok(Arc::new(KeyFileStore::open(
@@ -273,7 +299,7 @@ pub(crate) fn decrypt(
     recovery_key: Option<&Path>,
     force: bool,
 ) -> Result<(), AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root));
+    let vault = vault(config, false)?;
     let key = KeySource::new(config, recovery_key)?.user_key(user)?;
     let vpath = VPath::resolve(&VPath::root(), path)?;
     let mut reader = vault
@@ -326,7 +352,7 @@ pub(crate) fn verify(
     only: Option<&str>,
     recovery_key: Option<&Path>,
 ) -> Result<bool, AnyError> {
-    let vault = Vault::open(config.path(&config.storage.root));
+    let vault = vault(config, false)?;
     let keys = KeySource::new(config, recovery_key)?;
     let users: Vec<String> = match only {
         Some(u) => vec![u.to_owned()],
@@ -422,7 +448,7 @@ pub(crate) fn import(
         return Err(format!("{}: not a folder", src.display()).into());
     }
     let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
-    let vault = Vault::create(config.path(&config.storage.root))?.with_scanner(scanner);
+    let vault = vault(config, true)?.with_scanner(scanner);
     let keyring = keyring(config, Kek::Create)?;
     let key = keyring.unlock(user)?;
     // The plan first: what to import, what to skip and why.
@@ -537,7 +563,7 @@ pub(crate) fn shred(config: &Config, user: &str) -> Result<(bool, u64), AnyError
     // The key first: once it is gone nothing is recoverable, even if what
     // follows is interrupted.
     let had_key = key_store(config)?.destroy(user)?;
-    let vault = Vault::open(config.path(&config.storage.root));
+    let vault = vault(config, false)?;
     let removed = vault.remove_user_files(user)?;
     Ok((had_key, removed))
 }

@@ -7,6 +7,8 @@
 //!
 //! - [`local`]: a folder on a POSIX file system (symbolic links refused,
 //!   atomic renames, fsync, staging files locked with `flock`).
+//! - [`s3`]: objects in an S3 bucket that several nodes share (multipart
+//!   uploads continued from any node, server-side copies).
 //!
 //! Names are `/`-separated paths relative to the backend's root, made by
 //! the vault from normalised [`crate::vault::VPath`]s: no empty, `.` or
@@ -14,6 +16,7 @@
 //! the blocking pool or an upload's worker thread.
 
 pub mod local;
+pub mod s3;
 
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use local::LocalStorage;
+pub use s3::{S3Storage, S3Tuning};
 
 /// What a storage call can fail with. The vault maps these to its own
 /// errors, front ends to replies; none carries a secret.
