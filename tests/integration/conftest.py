@@ -8,6 +8,11 @@ this run uses, JSON logs on stderr in a file. At teardown every server is
 stopped (SIGTERM, then SIGKILL), and every data folder is scanned, file by
 file, for the plaintext marker that every uploaded file carries; finding it
 fails the test.
+
+S3 storage is a real Garage cluster (garage.py): `garage` is one node shared
+by the whole run, each test storing under its own `s3_prefix`; `garage3` is
+three nodes with replication 3 for one test alone. Their data folders are
+scanned for the marker like a server's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 import pytest
 
 from dvclients import BIN, PASSWORD, USER, base_env, find_marker, run_cli
+from garage import GarageCluster
 
 START_TIMEOUT = 60
 STOP_TIMEOUT = 25
@@ -390,3 +396,52 @@ def hook_dir():
     path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Files of the shared Garage cluster already reported as holding the
+# marker: a leak fails the test that made it, not every later one.
+_GARAGE_LEAKS: set[pathlib.Path] = set()
+
+
+@pytest.fixture(scope="session")
+def garage(tmp_path_factory) -> GarageCluster:
+    """One single-node Garage cluster for the whole run (bucket, key and
+    endpoint in its properties; `garage.env(s3_prefix)` is what a server
+    needs). Tests share it: each stores under its own `s3_prefix`."""
+    cluster = GarageCluster(tmp_path_factory.mktemp("garage"), nodes=1, replication=1)
+    cluster.start()
+    ALL_DATA_DIRS.extend(cluster.data_dirs)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def s3_prefix(request, garage) -> str:
+    """A key prefix in the shared cluster's bucket that no other test uses
+    ("<test name>-<random>/"). At teardown the cluster's data folders are
+    scanned for the plaintext marker; a file not reported before fails the
+    test."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60].strip("-")
+    yield f"{name}-{os.urandom(4).hex()}/"
+    leaks = [p for d in garage.data_dirs for p in find_marker(d) if p not in _GARAGE_LEAKS]
+    _GARAGE_LEAKS.update(leaks)
+    if leaks:
+        pytest.fail("plaintext marker found in Garage: " + ", ".join(map(str, leaks)),
+                    pytrace=False)
+
+
+@pytest.fixture
+def garage3(tmp_path) -> GarageCluster:
+    """A Garage cluster of three nodes (zones dc1-dc3) with replication 3,
+    for one test: it may kill, stop and restart nodes (kill_node(i),
+    start_node(i), stop_all(), start_all()). Its data folders are scanned
+    for the plaintext marker at teardown."""
+    cluster = GarageCluster(tmp_path / "garage3", nodes=3, replication=3)
+    cluster.start()
+    ALL_DATA_DIRS.extend(cluster.data_dirs)
+    yield cluster
+    cluster.close()
+    leaks = [p for d in cluster.data_dirs for p in find_marker(d)]
+    if leaks:
+        pytest.fail("plaintext marker found in Garage: " + ", ".join(map(str, leaks)),
+                    pytrace=False)
