@@ -9,6 +9,12 @@ stopped (SIGTERM, then SIGKILL), and every data folder is scanned, file by
 file, for the plaintext marker that every uploaded file carries; finding it
 fails the test.
 
+Acceptance modules marked `both_backends` run every test twice: on the
+local storage folder and on S3 storage (`backend` is "local" or "s3"; a
+test marked `local_only` looks into the local folder and runs there only).
+On S3 each server stores in the shared `garage` cluster under the test's
+`s3_prefix` plus its data folder's name.
+
 S3 storage is a real Garage cluster (garage.py): `garage` is one node shared
 by the whole run, each test storing under its own `s3_prefix`; `garage3` is
 three nodes with replication 3 for one test alone. Their data folders are
@@ -36,7 +42,7 @@ import time
 
 import pytest
 
-from dvclients import BIN, PASSWORD, USER, base_env, find_marker, run_cli
+from dvclients import BIN, PASSWORD, STORAGE_ENV, USER, base_env, find_marker, run_cli
 from garage import GarageCluster
 
 START_TIMEOUT = 60
@@ -119,6 +125,9 @@ class Server:
         self.passive_ports = ""
         # (soft, hard) open-file limit the server starts with; None = ours.
         self.nofile: tuple[int, int] | None = None
+        # "local" or "s3", and the key prefix of an S3 server.
+        self.backend = "local"
+        self.s3_prefix: str | None = None
 
     # -- process -------------------------------------------------------
 
@@ -300,8 +309,30 @@ def kek_template(tmp_path_factory) -> pathlib.Path:
     return data
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "both_backends: run each test on local storage and on S3 storage (Garage)")
+    config.addinivalue_line(
+        "markers", "local_only: in a both_backends module, run on local storage only "
+        "(the test looks into the storage folder)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    node = metafunc.definition
+    if node.get_closest_marker("both_backends") and not node.get_closest_marker("local_only"):
+        metafunc.parametrize("backend", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def dropvault(tmp_path, kek_template):
+def backend(request) -> str:
+    """Where the test's servers store: "local" (the default) or "s3"."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def dropvault(request, tmp_path, kek_template, backend):
     """Factory: `dropvault(users={...}, data_dir=..., **settings)` starts a
     server. Settings are config keys as `section_key` (ftp_tls="required"
     becomes DROPVAULT_FTP_TLS=required). Users are created with
@@ -311,8 +342,12 @@ def dropvault(tmp_path, kek_template):
     environment variables that are not settings (RUST_LOG, proxies, ...).
     The start also waits for the SFTP ready line (SFTP listens on a port of
     its own): server.sftp_port and server.sftp_host_key ("SHA256:...") are
-    then set; with sftp_listen="" SFTP is off and they are None."""
+    then set; with sftp_listen="" SFTP is off and they are None. With the
+    s3 `backend`, the server stores in the shared Garage cluster under the
+    test's prefix and its data folder's name (server.s3_prefix)."""
     servers: list[Server] = []
+    cluster = request.getfixturevalue("garage") if backend == "s3" else None
+    test_prefix = request.getfixturevalue("s3_prefix") if backend == "s3" else ""
     counter = itertools.count()
 
     def start(users: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
@@ -329,7 +364,13 @@ def dropvault(tmp_path, kek_template):
         for name, password in users.items():
             r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
             assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
+        if cluster is not None:
+            prefix = f"{test_prefix}{data_dir.name}/"
+            STORAGE_ENV[str(data_dir)] = cluster.env(prefix)
+            env = {**cluster.env(prefix), **(env or {})}
         srv = Server(data_dir, settings, tmp_path, env)
+        srv.backend = backend
+        srv.s3_prefix = env.get("DROPVAULT_STORAGE_S3_PREFIX") if env else None
         srv.nofile = nofile
         ALL_DATA_DIRS.append(data_dir)
         servers.append(srv)

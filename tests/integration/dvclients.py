@@ -44,11 +44,18 @@ def base_env() -> dict[str, str]:
     return env
 
 
+# The storage settings (DROPVAULT_STORAGE_*) of data folders whose server
+# stores on S3, so that commands run on the folder reach the same storage.
+STORAGE_ENV: dict[str, dict[str, str]] = {}
+
+
 def run_cli(args: list[str], data_dir: pathlib.Path, stdin: str | None = None,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Runs `dropvault ARGS` on `data_dir` (user management and the like)."""
+    """Runs `dropvault ARGS` on `data_dir` (user management and the like),
+    with the storage settings of the folder's server."""
     env = base_env()
     env["DROPVAULT_DATA_DIR"] = str(data_dir)
+    env.update(STORAGE_ENV.get(str(data_dir), {}))
     env.update(extra_env or {})
     return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True,
                           env=env, timeout=60)

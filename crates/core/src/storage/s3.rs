@@ -480,13 +480,20 @@ impl Storage for S3Storage {
         let mut total = 0u64;
         let _ = self.each_object(prefix, |o| {
             let name = format!("{prefix}{}", o.key);
-            if name.ends_with(SEALED) {
-                total = total.saturating_add(o.len);
+            let len = if name.ends_with(SEALED) {
+                o.len
             } else if name.ends_with('/') {
-            } else if let Ok(Some(m)) = self.client.head(&name) {
-                let len = m.metadata.get(STAGED_LEN).and_then(|l| l.parse().ok());
-                total = total.saturating_add(len.unwrap_or(0));
-            }
+                0
+            } else {
+                // A record: the sealed bytes of its stored parts.
+                self.client
+                    .head(&name)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.metadata.get(STAGED_LEN)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            total = total.saturating_add(len);
             Ok(())
         });
         total
@@ -744,12 +751,11 @@ impl Shared {
                 parts: s.parts.clone(),
                 pending: s.pending.clone(),
             };
-            // Only a record with nothing on its way can be continued.
-            let len = if s.pending.is_empty() && !s.broken {
-                s.stored()
-            } else {
-                0
-            };
+            // What a resume may continue after (SIZE reports it): the
+            // stored parts. A part still on its way when the upload was
+            // cut may make the record unusable (see `adopt`): then the
+            // resume is refused and the client starts over.
+            let len = if s.broken { 0 } else { s.stored() };
             (body, len)
         };
         let bytes = Record::encode(&body, &*self.key);
