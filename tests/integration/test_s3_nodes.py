@@ -24,6 +24,7 @@ from garage import GarageCluster
 from test_transit import bao, transit  # noqa: F401 - the module's OpenBao fixture
 
 MIB = 1024 * 1024
+AUTH = ("--user", f"{USER}:{PASSWORD}")
 
 
 def nodes(dropvault, env: dict[str, str], count: int = 2, **settings) -> list:
@@ -57,7 +58,7 @@ def test_a_file_uploaded_through_one_node_is_read_through_another(dropvault, gar
     data = payload(3 * MIB + 77)
     src = tmp_path / "up.bin"
     src.write_bytes(data)
-    r = curl("-sS", "-T", str(src), ftp_url(a, "/from-a.bin"))
+    r = curl(*AUTH, "-T", str(src), ftp_url(a, "/from-a.bin"))
     assert r.returncode == 0, r.stderr
     with ftp_plain(b) as ftp:
         assert retr(ftp, "from-a.bin") == data
@@ -88,7 +89,7 @@ def test_an_upload_cut_on_one_node_is_resumed_on_another(dropvault, garage, s3_p
     cut_ftp_upload(a, "ftp.bin", data, 19 * MIB)
     point = size(b, "ftp.bin")
     assert 8 * MIB <= point <= 19 * MIB and point % 65536 == 0, point
-    r = curl("-sS", "-C", "-", "-T", str(src), ftp_url(b, "/ftp.bin"))
+    r = curl(*AUTH, "-C", "-", "-T", str(src), ftp_url(b, "/ftp.bin"))
     assert r.returncode == 0, r.stderr
     with ftp_plain(a) as ftp:
         assert retr(ftp, "ftp.bin") == data
@@ -118,6 +119,7 @@ def test_an_upload_cut_on_one_node_is_resumed_on_another(dropvault, garage, s3_p
 def test_twenty_first_logins_split_across_two_nodes_lose_no_file(dropvault, garage, s3_prefix,
                                                                   bao):  # noqa: F811
     users = {f"new{i:02d}": f"pw-{i:02d}-{s3_prefix[:6]}" for i in range(20)}
+    bao.create_key("dv-nodes", "aes256-gcm96")
     settings = transit(bao, "dv-nodes")
     a, b = nodes(dropvault, garage.env(s3_prefix), users=users, **settings)
     start = threading.Barrier(40)
@@ -257,7 +259,7 @@ def test_operator_commands_work_on_s3(dropvault, garage, s3_prefix, tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout.split()
 
-    bob_key = "keys/" + hashlib.sha256(b"bob").hexdigest() + "/"
+    bob_key = ".keys/" + hashlib.sha256(b"bob").hexdigest() + "/"
     assert any(k.startswith("bob/") for k in stored())
     assert any(k.startswith(bob_key) for k in stored())
     server.stop()

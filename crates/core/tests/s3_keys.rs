@@ -74,7 +74,7 @@ fn new_key_file(user: &str) -> (KeyFile, DataKey) {
 
 fn user_dir(user: &str) -> String {
     let h = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user.as_bytes());
-    format!("keys/{}/", dropvault_core::hex(h.as_ref()))
+    format!(".keys/{}/", dropvault_core::hex(h.as_ref()))
 }
 
 /// The object names under `dir`.

@@ -110,9 +110,11 @@ fn s3_storage(config: &Config) -> Result<dropvault_core::storage::S3Storage, Any
 
 /// The key-file store of the configuration.
 pub(crate) fn key_store(config: &Config) -> Result<Arc<dyn KeyStore>, AnyError> {
-    Ok(Arc::new(KeyFileStore::open(
-        config.path(&config.storage.keys_dir),
-    )?))
+    Ok(match config.storage.backend.as_str() {
+        // In the bucket, so that every node finds every user's keys.
+        "s3" => Arc::new(dropvault_core::keys::S3KeyStore::new(s3_client(config)?)),
+        _ => Arc::new(KeyFileStore::open(config.path(&config.storage.keys_dir))?),
+    })
 }
 
 /// The keyring: provider, key files, and the recovery key if configured.

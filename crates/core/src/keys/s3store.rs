@@ -1,5 +1,5 @@
 //! Key files in an S3 bucket, shared by every node that uses it: the
-//! objects `keys/<sha256hex(user)>/<key id hex>.json`, each holding the
+//! objects `.keys/<sha256hex(user)>/<key id hex>.json`, each holding the
 //! same JSON as a local key file.
 //!
 //! Two nodes handling a user's first login at the same moment may each
@@ -19,7 +19,9 @@ use super::{KeyError, KeyFile, KeyStore, ListedKeyFile};
 use crate::s3::{S3Client, S3Error};
 
 /// Where key files live in the bucket (under the client's prefix).
-const ROOT: &str = "keys/";
+/// Where key objects live: a name no user folder can have (user names
+/// cannot start with a dot).
+const ROOT: &str = ".keys/";
 /// Most key files one user may have. Two are the most a race makes; more
 /// means something else writes there, and each one costs an unwrap.
 const MAX_PER_USER: usize = 16;
@@ -41,7 +43,7 @@ pub struct S3KeyStore {
 }
 
 impl S3KeyStore {
-    /// Key files in `client`'s bucket, under its prefix, in `keys/`.
+    /// Key files in `client`'s bucket, under its prefix, in `.keys/`.
     pub fn new(client: S3Client) -> Self {
         Self { client }
     }
@@ -231,14 +233,14 @@ mod tests {
     fn object_names_are_checked_both_ways() {
         let hash = user_hash("alice");
         let id = "00112233445566778899aabbccddeeff";
-        let name = format!("keys/{hash}/{id}.json");
+        let name = format!(".keys/{hash}/{id}.json");
         assert_eq!(split_name(&name), Some((hash.as_str(), id)));
         for bad in [
-            format!("keys/{hash}/{id}.jsonx"),
-            format!("keys/{hash}/{}.json", &id[1..]),
-            format!("keys/{hash}/{}.json", id.to_uppercase()),
-            format!("keys/{hash}/x/{id}.json"),
-            format!("keys/{}/{id}.json", &hash[1..]),
+            format!(".keys/{hash}/{id}.jsonx"),
+            format!(".keys/{hash}/{}.json", &id[1..]),
+            format!(".keys/{hash}/{}.json", id.to_uppercase()),
+            format!(".keys/{hash}/x/{id}.json"),
+            format!(".keys/{}/{id}.json", &hash[1..]),
             format!("other/{hash}/{id}.json"),
         ] {
             assert_eq!(split_name(&bad), None, "{bad}");
