@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from dvclients import (PASSWORD, USER, curl, curl_sftp, find_marker, ftp_plain, ftp_url,
-                       paramiko_sftp, payload, rclone_s3, reset_close, reset_ftp, retr, run_cli,
-                       stor, wait_until)
+from dvclients import (PASSWORD, USER, curl, find_marker, ftp_plain, ftp_url, paramiko_sftp,
+                       payload, rclone_s3, reset_close, reset_ftp, retr, run_cli, sftp_batch,
+                       ssh_keygen, stor, wait_until)
 from garage import GarageCluster
 from test_transit import bao, transit  # noqa: F401 - the module's OpenBao fixture
 
@@ -93,8 +93,8 @@ def test_an_upload_cut_on_one_node_is_resumed_on_another(dropvault, garage, s3_p
     assert r.returncode == 0, r.stderr
     with ftp_plain(a) as ftp:
         assert retr(ftp, "ftp.bin") == data
-    # SFTP: cut on B after 19 MiB (paramiko, no CLOSE), then curl's SFTP
-    # resume (`-C -`: it stats the file and continues at its size) on A.
+    # SFTP: cut on B after 19 MiB (paramiko, no CLOSE), then OpenSSH's
+    # `reput` on A (it stats the file and sends the rest from its size).
     client, sftp = paramiko_sftp(b.host, b.sftp_port, USER, PASSWORD)
     f = sftp.open("sftp.bin", "wb")
     f.set_pipelined(True)
@@ -110,8 +110,11 @@ def test_an_upload_cut_on_one_node_is_resumed_on_another(dropvault, garage, s3_p
     finally:
         client.close()
     assert 8 * MIB <= point <= 19 * MIB, point
-    r = curl_sftp(a.host, a.sftp_port, "/sftp.bin", "-C", "-", "-T", str(src), "-k")
+    key = ssh_keygen(tmp_path / "ssh")
+    r = run_cli(["user", "key", "add", USER, "--file", f"{key}.pub"], a.data_dir)
     assert r.returncode == 0, r.stderr
+    r = sftp_batch(a.host, a.sftp_port, USER, key, [f"reput {src} sftp.bin"], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
     with ftp_plain(b) as ftp:
         assert retr(ftp, "sftp.bin") == data
 
