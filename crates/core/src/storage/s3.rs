@@ -265,6 +265,7 @@ impl Storage for S3Storage {
             staged_readable: false,
             durable_step: self.part_len(),
             read_ahead: 4,
+            whole_chunk_reads: true,
         }
     }
 
@@ -945,6 +946,7 @@ impl Staged for S3Staged {
             next,
             max_in_flight: self.storage.in_flight,
             in_flight: std::collections::VecDeque::new(),
+            spare: Vec::new(),
         }))
     }
 
@@ -1006,7 +1008,11 @@ struct S3Sink {
     /// Its number.
     next: u32,
     max_in_flight: usize,
-    in_flight: std::collections::VecDeque<JoinHandle<Result<()>>>,
+    /// Parts on their way; each thread gives its buffer back.
+    in_flight: std::collections::VecDeque<JoinHandle<(Result<()>, Vec<u8>)>>,
+    /// Buffers of parts sent, for the next parts: an upload allocates its
+    /// few part buffers once.
+    spare: Vec<Vec<u8>>,
 }
 
 impl S3Sink {
@@ -1015,9 +1021,14 @@ impl S3Sink {
         let Some(h) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let result = h
-            .join()
-            .unwrap_or_else(|_| Err(StorageError::Io(io::Error::other("part thread failed"))));
+        let result = match h.join() {
+            Ok((result, mut body)) => {
+                body.clear();
+                self.spare.push(body);
+                result
+            }
+            Err(_) => Err(StorageError::Io(io::Error::other("part thread failed"))),
+        };
         if result.is_err() {
             lock(&self.shared.state).broken = true;
         }
@@ -1062,15 +1073,13 @@ impl S3Sink {
             let header = self.buf.get(..HEADER_LEN).map(<[u8]>::to_vec);
             lock(&self.shared.state).header = header;
         }
-        let body = std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(usize::try_from(self.part_len).unwrap_or(0)),
-        );
+        let next = self.spare.pop().unwrap_or_default();
+        let body = std::mem::replace(&mut self.buf, next);
         let (shared, number) = (self.shared.clone(), self.next);
         self.in_flight.push_back(
             std::thread::Builder::new()
                 .name("dropvault-s3-part".into())
-                .spawn(move || shared.send_part(number, &body))?,
+                .spawn(move || (shared.send_part(number, &body), body))?,
         );
         self.next += 1;
         self.want = self.part_len;

@@ -465,13 +465,13 @@ impl UserVault {
     /// The header and length are checked now; segments as they are read.
     pub async fn open_read(&self, p: &VPath) -> Result<ReadFile, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let read_ahead = self.storage().caps().read_ahead;
+        let caps = self.storage().caps();
         blocking(move || {
             let object = me.storage().open(&me.name(&p))?;
             let key = file_key(&me.inner.key, &object)?;
             let mut reader = ObjectReader::new(object);
             let dec = open_decryptor(&mut reader, key)?;
-            Ok(ReadFile::new(reader.into_inner(), dec, read_ahead))
+            Ok(ReadFile::new(reader.into_inner(), dec, caps))
         })
         .await
     }

@@ -11,7 +11,7 @@ use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
 use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
-use crate::storage::Object;
+use crate::storage::{Caps, Object};
 
 /// A stored file open for reading: its header checked, its segments
 /// checked as they are read. Cheap to clone (clones share the open file);
@@ -26,6 +26,11 @@ struct Shared {
     dec: Decryptor,
     /// Chunks worth reading ahead of a download ([`crate::storage::Caps`]).
     read_ahead: usize,
+    /// Whether small reads are served from whole chunks read at once
+    /// ([`crate::storage::Caps::whole_chunk_reads`]), kept in `window`.
+    whole_chunks: bool,
+    /// The last chunks read for small reads: plaintext offset and bytes.
+    window: Mutex<Option<(u64, Zeroizing<Vec<u8>>)>>,
     /// The last segment opened whose end a read stopped short of, so the
     /// next read in order does not open it again.
     cache: Mutex<Option<Cached>>,
@@ -50,12 +55,14 @@ impl ReadFile {
     pub const MAX_READ: usize = CHUNK;
 
     /// A reader of `object`, whose header `dec` checked.
-    pub(super) fn new(object: Box<dyn Object>, dec: Decryptor, read_ahead: usize) -> Self {
+    pub(super) fn new(object: Box<dyn Object>, dec: Decryptor, caps: Caps) -> Self {
         Self {
             shared: Arc::new(Shared {
                 object,
                 dec,
-                read_ahead: read_ahead.max(1),
+                read_ahead: caps.read_ahead.max(1),
+                whole_chunks: caps.whole_chunk_reads,
+                window: Mutex::new(None),
                 cache: Mutex::new(None),
             }),
         }
@@ -111,6 +118,11 @@ impl ReadFile {
             out.clear();
             return Ok(());
         }
+        let chunk = CHUNK as u64;
+        let whole = offset.is_multiple_of(chunk) && (end - offset == chunk || end == total);
+        if self.shared.whole_chunks && !whole {
+            return self.read_through_window(offset, end, out, sealed);
+        }
         let seg_len = SEGMENT_LEN as u64;
         let (first, last) = (offset / seg_len, (end - 1) / seg_len);
         // At most MAX_READ plus a segment: fits in usize.
@@ -122,6 +134,58 @@ impl ReadFile {
         let result = self.fill(offset, end, first, last, out, &mut done, sealed);
         out.truncate(done);
         result
+    }
+
+    /// A small read where every read is a request: the whole chunks it
+    /// touches (at most two) are read and opened at once, kept, and the
+    /// next small reads in them (an SFTP client's 32 KiB requests) are
+    /// served from memory. Readers of one file wait for each other here.
+    fn read_through_window(
+        &self,
+        offset: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), VaultError> {
+        let chunk = CHUNK as u64;
+        let mut window = self
+            .shared
+            .window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let covers = |w: &(u64, Zeroizing<Vec<u8>>)| w.0 <= offset && end <= w.0 + w.1.len() as u64;
+        if !window.as_ref().is_some_and(covers) {
+            let total = self.shared.dec.layout().plaintext_len();
+            let start = offset - offset % chunk;
+            let stop = end.div_ceil(chunk).saturating_mul(chunk).min(total);
+            let mut plain = match window.take() {
+                Some((_, mut buf)) => {
+                    buf.clear();
+                    buf
+                }
+                None => Zeroizing::new(Vec::new()),
+            };
+            let mut piece = Vec::new();
+            let mut at = start;
+            while at < stop {
+                // Whole aligned chunks: read straight, never through here.
+                let n = usize::try_from((stop - at).min(chunk)).unwrap_or(CHUNK);
+                let read = self.read_into(at, n, &mut piece, sealed);
+                plain.extend_from_slice(&piece);
+                zeroize::Zeroize::zeroize(&mut piece);
+                read?;
+                at += n as u64;
+            }
+            *window = Some((start, plain));
+        }
+        out.clear();
+        if let Some((start, plain)) = window.as_ref().filter(|w| covers(w)) {
+            // Both within the window, which is at most two chunks long.
+            let from = usize::try_from(offset - start).unwrap_or(0);
+            let to = usize::try_from(end - start).unwrap_or(0);
+            out.extend_from_slice(&plain[from..to]);
+        }
+        Ok(())
     }
 
     /// Opens segments `first..=last` and puts plaintext `offset..end` of
