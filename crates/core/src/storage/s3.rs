@@ -1115,6 +1115,10 @@ impl Sink for S3Sink {
     /// part being filled is not stored (a resume sends it again).
     fn sync(&mut self) -> io::Result<u64> {
         let waited = self.wait_all();
+        // Nothing sent yet: nothing to record.
+        if lock(&self.shared.state).upload.is_none() {
+            return waited.map(|()| 0);
+        }
         self.shared.write_record().map_err(StorageError::into_io)?;
         waited?;
         Ok(lock(&self.shared.state).stored())
