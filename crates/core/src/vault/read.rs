@@ -4,6 +4,7 @@
 //! cut file is caught). Downloads ([`super::Download`]) are reads of this
 //! kind, one chunk at a time.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -11,6 +12,11 @@ use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
 use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
+
+/// Chunks a file read in small pieces keeps ([`ReadFile::read_at`] on
+/// storage where every read is a request): enough for the reads an SFTP
+/// client has in flight to come back in any order.
+const KEPT_CHUNKS: usize = 4;
 use crate::storage::{Caps, Object};
 
 /// A stored file open for reading: its header checked, its segments
@@ -27,10 +33,12 @@ struct Shared {
     /// Chunks worth reading ahead of a download ([`crate::storage::Caps`]).
     read_ahead: usize,
     /// Whether small reads are served from whole chunks read at once
-    /// ([`crate::storage::Caps::whole_chunk_reads`]), kept in `window`.
+    /// ([`crate::storage::Caps::whole_chunk_reads`]), kept in `chunks`.
     whole_chunks: bool,
-    /// The last chunks read for small reads: plaintext offset and bytes.
-    window: Mutex<Option<(u64, Zeroizing<Vec<u8>>)>>,
+    /// The chunks read last for small reads, oldest first: chunk index and
+    /// plaintext. An async lock: readers waiting for a chunk hold no
+    /// thread.
+    chunks: tokio::sync::Mutex<VecDeque<(u64, Zeroizing<Vec<u8>>)>>,
     /// The last segment opened whose end a read stopped short of, so the
     /// next read in order does not open it again.
     cache: Mutex<Option<Cached>>,
@@ -62,7 +70,7 @@ impl ReadFile {
                 dec,
                 read_ahead: caps.read_ahead.max(1),
                 whole_chunks: caps.whole_chunk_reads,
-                window: Mutex::new(None),
+                chunks: tokio::sync::Mutex::new(VecDeque::new()),
                 cache: Mutex::new(None),
             }),
         }
@@ -88,6 +96,15 @@ impl ReadFile {
     /// or past its end. A segment that fails to authenticate fails the
     /// read with [`VaultError::Format`].
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, VaultError> {
+        let total = self.len();
+        let end = offset
+            .saturating_add(len.min(Self::MAX_READ) as u64)
+            .min(total);
+        let chunk = CHUNK as u64;
+        let whole = offset.is_multiple_of(chunk) && (end - offset == chunk || end == total);
+        if self.shared.whole_chunks && offset < end && !whole {
+            return self.read_from_chunks(offset, end).await;
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let (mut out, mut sealed) = (Vec::new(), Vec::new());
@@ -118,11 +135,6 @@ impl ReadFile {
             out.clear();
             return Ok(());
         }
-        let chunk = CHUNK as u64;
-        let whole = offset.is_multiple_of(chunk) && (end - offset == chunk || end == total);
-        if self.shared.whole_chunks && !whole {
-            return self.read_through_window(offset, end, out, sealed);
-        }
         let seg_len = SEGMENT_LEN as u64;
         let (first, last) = (offset / seg_len, (end - 1) / seg_len);
         // At most MAX_READ plus a segment: fits in usize.
@@ -136,56 +148,58 @@ impl ReadFile {
         result
     }
 
-    /// A small read where every read is a request: the whole chunks it
-    /// touches (at most two) are read and opened at once, kept, and the
-    /// next small reads in them (an SFTP client's 32 KiB requests) are
-    /// served from memory. Readers of one file wait for each other here.
-    fn read_through_window(
-        &self,
-        offset: u64,
-        end: u64,
-        out: &mut Vec<u8>,
-        sealed: &mut Vec<u8>,
-    ) -> Result<(), VaultError> {
+    /// A small read where every read is a request (S3): served from the
+    /// whole chunks it touches, read once and kept (the last few), so an
+    /// SFTP client's many 32 KiB requests cost one range request per
+    /// chunk. A missing chunk is read together with the next (two requests
+    /// at once, for the reads in order that follow). Readers of one file
+    /// take turns here, without holding a thread while they wait.
+    async fn read_from_chunks(&self, offset: u64, end: u64) -> Result<Vec<u8>, VaultError> {
         let chunk = CHUNK as u64;
-        let mut window = self
-            .shared
-            .window
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let covers = |w: &(u64, Zeroizing<Vec<u8>>)| w.0 <= offset && end <= w.0 + w.1.len() as u64;
-        if !window.as_ref().is_some_and(covers) {
-            let total = self.shared.dec.layout().plaintext_len();
-            let start = offset - offset % chunk;
-            let stop = end.div_ceil(chunk).saturating_mul(chunk).min(total);
-            let mut plain = match window.take() {
-                Some((_, mut buf)) => {
-                    buf.clear();
-                    buf
-                }
-                None => Zeroizing::new(Vec::new()),
-            };
-            let mut piece = Vec::new();
-            let mut at = start;
-            while at < stop {
-                // Whole aligned chunks: read straight, never through here.
-                let n = usize::try_from((stop - at).min(chunk)).unwrap_or(CHUNK);
-                let read = self.read_into(at, n, &mut piece, sealed);
-                plain.extend_from_slice(&piece);
-                zeroize::Zeroize::zeroize(&mut piece);
-                read?;
-                at += n as u64;
+        let total = self.len();
+        let (first, last) = (offset / chunk, (end - 1) / chunk);
+        let mut kept = self.shared.chunks.lock().await;
+        for k in first..=last {
+            if kept.iter().any(|c| c.0 == k) {
+                continue;
             }
-            *window = Some((start, plain));
+            let mut wanted = vec![k];
+            if k + 1 < total.div_ceil(chunk) && !kept.iter().any(|c| c.0 == k + 1) {
+                wanted.push(k + 1);
+            }
+            let reads: Vec<_> = wanted
+                .iter()
+                .map(|&i| {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (mut out, mut sealed) = (Vec::new(), Vec::new());
+                        let read = me.read_into(i * chunk, CHUNK, &mut out, &mut sealed);
+                        (i, Zeroizing::new(out), read)
+                    })
+                })
+                .collect();
+            for read in reads {
+                let (i, plain, result) = read
+                    .await
+                    .map_err(|e| VaultError::Io(io::Error::other(e)))?;
+                result?;
+                kept.push_back((i, plain));
+                while kept.len() > KEPT_CHUNKS {
+                    kept.pop_front();
+                }
+            }
         }
-        out.clear();
-        if let Some((start, plain)) = window.as_ref().filter(|w| covers(w)) {
-            // Both within the window, which is at most two chunks long.
-            let from = usize::try_from(offset - start).unwrap_or(0);
-            let to = usize::try_from(end - start).unwrap_or(0);
-            out.extend_from_slice(&plain[from..to]);
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for k in first..=last {
+            let Some((_, plain)) = kept.iter().find(|c| c.0 == k) else {
+                return Err(VaultError::Io(io::ErrorKind::UnexpectedEof.into()));
+            };
+            // Within chunk k, which holds `plain`.
+            let from = usize::try_from(offset.max(k * chunk) - k * chunk).unwrap_or(0);
+            let to = usize::try_from(end.min((k + 1) * chunk) - k * chunk).unwrap_or(0);
+            out.extend_from_slice(plain.get(from..to).unwrap_or_default());
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Opens segments `first..=last` and puts plaintext `offset..end` of
