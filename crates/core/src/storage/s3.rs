@@ -264,7 +264,8 @@ impl Storage for S3Storage {
         Caps {
             staged_readable: false,
             durable_step: self.part_len(),
-            read_ahead: 4,
+            // Reads of 4 MiB (ReadFile::span), two ahead.
+            read_ahead: 2,
             whole_chunk_reads: true,
         }
     }

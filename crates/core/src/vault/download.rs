@@ -1,5 +1,5 @@
 //! Downloads: a [`ReadFile`] read from one offset to its end, a chunk
-//! (1 MiB of plaintext) at a time, with chunks read ahead on the
+//! (1 MiB of plaintext; 4 MiB where every read is a request) at a time, with chunks read ahead on the
 //! blocking pool ([`Download::next_chunk`], or `AsyncRead`), so the cipher
 //! is never the critical path of the task that writes the socket. Nothing
 //! is read until the download is first read.
@@ -103,20 +103,22 @@ impl Download {
     }
 
     /// Starts reading chunks until enough are on their way or the file has
-    /// no more. Chunks end at multiples of [`CHUNK`] (of segments), so
-    /// only the first may start inside a segment.
+    /// no more. Chunks end at multiples of the file's span
+    /// ([`ReadFile::span`]: whole segments), so only the first may start
+    /// inside a segment.
     fn read_ahead(&mut self) {
         let total = self.file.len();
         let ahead = self.file.read_ahead();
         while self.ahead.len() < ahead && self.next < total && !self.stopped {
             let offset = self.next;
-            let end = (offset - offset % CHUNK as u64 + CHUNK as u64).min(total);
+            let span = self.file.span() as u64;
+            let end = (offset - offset % span + span).min(total);
             self.next = end;
             let file = self.file.clone();
             let mut out = self.spare.pop().unwrap_or_default();
             let mut sealed = self.spare_sealed.pop().unwrap_or_default();
             self.ahead.push_back(tokio::task::spawn_blocking(move || {
-                // At most CHUNK: fits in usize.
+                // At most a span: fits in usize.
                 let len = usize::try_from(end - offset).unwrap_or(CHUNK);
                 let failed = file.read_into(offset, len, &mut out, &mut sealed).err();
                 (out, sealed, failed)

@@ -13,10 +13,10 @@ use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
 
-/// Chunks a file read in small pieces keeps ([`ReadFile::read_at`] on
-/// storage where every read is a request): enough for the reads an SFTP
-/// client has in flight to come back in any order.
-const KEPT_CHUNKS: usize = 4;
+/// Chunks one read covers where every read is a request
+/// ([`ReadFile::span`]).
+const SPAN_CHUNKS: usize = 4;
+
 use crate::storage::{Caps, Object};
 
 /// A stored file open for reading: its header checked, its segments
@@ -86,9 +86,22 @@ impl ReadFile {
         self.len() == 0
     }
 
-    /// Chunks a download reads ahead.
+    /// Pieces a download reads ahead.
     pub(super) fn read_ahead(&self) -> usize {
         self.shared.read_ahead
+    }
+
+    /// Plaintext bytes one storage read covers at most: a chunk, or, where
+    /// every read is a request, [`SPAN_CHUNKS`] of them (fewer requests,
+    /// and fewer partly used blocks on a server that keeps objects in
+    /// blocks, as Garage does in 1 MiB ones). A multiple of the segment
+    /// length.
+    pub(super) fn span(&self) -> usize {
+        if self.shared.whole_chunks {
+            SPAN_CHUNKS * CHUNK
+        } else {
+            CHUNK
+        }
     }
 
     /// Up to `len` plaintext bytes (at most [`ReadFile::MAX_READ`]) from
@@ -106,6 +119,7 @@ impl ReadFile {
             return self.read_from_chunks(offset, end).await;
         }
         let me = self.clone();
+        let len = len.min(Self::MAX_READ);
         tokio::task::spawn_blocking(move || {
             let (mut out, mut sealed) = (Vec::new(), Vec::new());
             me.read_into(offset, len, &mut out, &mut sealed)?;
@@ -129,7 +143,7 @@ impl ReadFile {
     ) -> Result<(), VaultError> {
         let layout = self.shared.dec.layout();
         let total = layout.plaintext_len();
-        let len = len.min(Self::MAX_READ) as u64;
+        let len = len.min(self.span()) as u64;
         let end = offset.saturating_add(len).min(total);
         if offset >= end {
             out.clear();
@@ -149,44 +163,38 @@ impl ReadFile {
     }
 
     /// A small read where every read is a request (S3): served from the
-    /// whole chunks it touches, read once and kept (the last few), so an
-    /// SFTP client's many 32 KiB requests cost one range request per
-    /// chunk. A missing chunk is read together with the next (two requests
-    /// at once, for the reads in order that follow). Readers of one file
-    /// take turns here, without holding a thread while they wait.
+    /// whole chunks it touches, read once and kept (one more than a
+    /// download reads ahead, so the reads an SFTP client has in flight may
+    /// come back in any order), so its many 32 KiB requests cost one range
+    /// request per chunk. A missing chunk is read together with
+    /// the next few (as many range requests at once as a download reads
+    /// ahead). Readers of one file take turns here, without holding a
+    /// thread while they wait.
     async fn read_from_chunks(&self, offset: u64, end: u64) -> Result<Vec<u8>, VaultError> {
         let chunk = CHUNK as u64;
-        let total = self.len();
         let (first, last) = (offset / chunk, (end - 1) / chunk);
         let mut kept = self.shared.chunks.lock().await;
         for k in first..=last {
             if kept.iter().any(|c| c.0 == k) {
                 continue;
             }
-            let mut wanted = vec![k];
-            if k + 1 < total.div_ceil(chunk) && !kept.iter().any(|c| c.0 == k + 1) {
-                wanted.push(k + 1);
+            // This chunk and the next few, in one range request.
+            let (from, span) = (k * chunk, self.span());
+            let me = self.clone();
+            let (plain, read) = tokio::task::spawn_blocking(move || {
+                let (mut out, mut sealed) = (Vec::new(), Vec::new());
+                let read = me.read_into(from, span, &mut out, &mut sealed);
+                (Zeroizing::new(out), read)
+            })
+            .await
+            .map_err(|e| VaultError::Io(io::Error::other(e)))?;
+            read?;
+            for (i, piece) in (k..).zip(plain.chunks(CHUNK)) {
+                kept.retain(|c| c.0 != i);
+                kept.push_back((i, Zeroizing::new(piece.to_vec())));
             }
-            let reads: Vec<_> = wanted
-                .iter()
-                .map(|&i| {
-                    let me = self.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let (mut out, mut sealed) = (Vec::new(), Vec::new());
-                        let read = me.read_into(i * chunk, CHUNK, &mut out, &mut sealed);
-                        (i, Zeroizing::new(out), read)
-                    })
-                })
-                .collect();
-            for read in reads {
-                let (i, plain, result) = read
-                    .await
-                    .map_err(|e| VaultError::Io(io::Error::other(e)))?;
-                result?;
-                kept.push_back((i, plain));
-                while kept.len() > KEPT_CHUNKS {
-                    kept.pop_front();
-                }
+            while kept.len() > SPAN_CHUNKS + 1 {
+                kept.pop_front();
             }
         }
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
