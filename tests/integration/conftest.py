@@ -8,6 +8,17 @@ this run uses, JSON logs on stderr in a file. At teardown every server is
 stopped (SIGTERM, then SIGKILL), and every data folder is scanned, file by
 file, for the plaintext marker that every uploaded file carries; finding it
 fails the test.
+
+Acceptance modules marked `both_backends` run every test twice: on the
+local storage folder and on S3 storage (`backend` is "local" or "s3"; a
+test marked `local_only` looks into the local folder and runs there only).
+On S3 each server stores in the shared `garage` cluster under the test's
+`s3_prefix` plus its data folder's name.
+
+S3 storage is a real Garage cluster (garage.py): `garage` is one node shared
+by the whole run, each test storing under its own `s3_prefix`; `garage3` is
+three nodes with replication 3 for one test alone. Their data folders are
+scanned for the marker like a server's.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ import time
 
 import pytest
 
-from dvclients import BIN, PASSWORD, USER, base_env, find_marker, run_cli
+from dvclients import BIN, PASSWORD, STORAGE_ENV, USER, base_env, find_marker, run_cli
+from garage import GarageCluster
 
 START_TIMEOUT = 60
 STOP_TIMEOUT = 25
@@ -113,6 +125,9 @@ class Server:
         self.passive_ports = ""
         # (soft, hard) open-file limit the server starts with; None = ours.
         self.nofile: tuple[int, int] | None = None
+        # "local" or "s3", and the key prefix of an S3 server.
+        self.backend = "local"
+        self.s3_prefix: str | None = None
 
     # -- process -------------------------------------------------------
 
@@ -294,8 +309,30 @@ def kek_template(tmp_path_factory) -> pathlib.Path:
     return data
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "both_backends: run each test on local storage and on S3 storage (Garage)")
+    config.addinivalue_line(
+        "markers", "local_only: in a both_backends module, run on local storage only "
+        "(the test looks into the storage folder)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    node = metafunc.definition
+    if node.get_closest_marker("both_backends") and not node.get_closest_marker("local_only"):
+        metafunc.parametrize("backend", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def dropvault(tmp_path, kek_template):
+def backend(request) -> str:
+    """Where the test's servers store: "local" (the default) or "s3"."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def dropvault(request, tmp_path, kek_template, backend):
     """Factory: `dropvault(users={...}, data_dir=..., **settings)` starts a
     server. Settings are config keys as `section_key` (ftp_tls="required"
     becomes DROPVAULT_FTP_TLS=required). Users are created with
@@ -305,8 +342,12 @@ def dropvault(tmp_path, kek_template):
     environment variables that are not settings (RUST_LOG, proxies, ...).
     The start also waits for the SFTP ready line (SFTP listens on a port of
     its own): server.sftp_port and server.sftp_host_key ("SHA256:...") are
-    then set; with sftp_listen="" SFTP is off and they are None."""
+    then set; with sftp_listen="" SFTP is off and they are None. With the
+    s3 `backend`, the server stores in the shared Garage cluster under the
+    test's prefix and its data folder's name (server.s3_prefix)."""
     servers: list[Server] = []
+    cluster = request.getfixturevalue("garage") if backend == "s3" else None
+    test_prefix = request.getfixturevalue("s3_prefix") if backend == "s3" else ""
     counter = itertools.count()
 
     def start(users: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
@@ -323,7 +364,14 @@ def dropvault(tmp_path, kek_template):
         for name, password in users.items():
             r = run_cli(["user", "add", name, "--password-stdin"], data_dir, stdin=password + "\n")
             assert r.returncode == 0, f"user add {name} failed: {r.stderr}"
+        if cluster is not None:
+            env = {**cluster.env(f"{test_prefix}{data_dir.name}/"), **(env or {})}
+        storage = {k: v for k, v in (env or {}).items() if k.startswith("DROPVAULT_STORAGE_")}
+        if storage:
+            STORAGE_ENV[str(data_dir)] = storage
         srv = Server(data_dir, settings, tmp_path, env)
+        srv.backend = storage.get("DROPVAULT_STORAGE_BACKEND", "local")
+        srv.s3_prefix = storage.get("DROPVAULT_STORAGE_S3_PREFIX")
         srv.nofile = nofile
         ALL_DATA_DIRS.append(data_dir)
         servers.append(srv)
@@ -390,3 +438,52 @@ def hook_dir():
     path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Files of the shared Garage cluster already reported as holding the
+# marker: a leak fails the test that made it, not every later one.
+_GARAGE_LEAKS: set[pathlib.Path] = set()
+
+
+@pytest.fixture(scope="session")
+def garage(tmp_path_factory) -> GarageCluster:
+    """One single-node Garage cluster for the whole run (bucket, key and
+    endpoint in its properties; `garage.env(s3_prefix)` is what a server
+    needs). Tests share it: each stores under its own `s3_prefix`."""
+    cluster = GarageCluster(tmp_path_factory.mktemp("garage"), nodes=1, replication=1)
+    cluster.start()
+    ALL_DATA_DIRS.extend(cluster.data_dirs)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def s3_prefix(request, garage) -> str:
+    """A key prefix in the shared cluster's bucket that no other test uses
+    ("<test name>-<random>/"). At teardown the cluster's data folders are
+    scanned for the plaintext marker; a file not reported before fails the
+    test."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60].strip("-")
+    yield f"{name}-{os.urandom(4).hex()}/"
+    leaks = [p for d in garage.data_dirs for p in find_marker(d) if p not in _GARAGE_LEAKS]
+    _GARAGE_LEAKS.update(leaks)
+    if leaks:
+        pytest.fail("plaintext marker found in Garage: " + ", ".join(map(str, leaks)),
+                    pytrace=False)
+
+
+@pytest.fixture
+def garage3(tmp_path) -> GarageCluster:
+    """A Garage cluster of three nodes (zones dc1-dc3) with replication 3,
+    for one test: it may kill, stop and restart nodes (kill_node(i),
+    start_node(i), stop_all(), start_all()). Its data folders are scanned
+    for the plaintext marker at teardown."""
+    cluster = GarageCluster(tmp_path / "garage3", nodes=3, replication=3)
+    cluster.start()
+    ALL_DATA_DIRS.extend(cluster.data_dirs)
+    yield cluster
+    cluster.close()
+    leaks = [p for d in cluster.data_dirs for p in find_marker(d)]
+    if leaks:
+        pytest.fail("plaintext marker found in Garage: " + ", ".join(map(str, leaks)),
+                    pytrace=False)

@@ -2,7 +2,8 @@
 Python's ftplib, and a raw control-connection socket for what no client
 sends on purpose (over-long lines, refused PORTs, ...). SFTP clients:
 OpenSSH's sftp, paramiko, curl, lftp and rclone (checked against OpenSSH's
-sshd by `python3 tests/integration/sshd.py`)."""
+sshd by `python3 tests/integration/sshd.py`). S3: rclone against a Garage
+cluster (garage.py)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,18 @@ def base_env() -> dict[str, str]:
     return env
 
 
+# The storage settings (DROPVAULT_STORAGE_*) of data folders whose server
+# stores on S3, so that commands run on the folder reach the same storage.
+STORAGE_ENV: dict[str, dict[str, str]] = {}
+
+
 def run_cli(args: list[str], data_dir: pathlib.Path, stdin: str | None = None,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Runs `dropvault ARGS` on `data_dir` (user management and the like)."""
+    """Runs `dropvault ARGS` on `data_dir` (user management and the like),
+    with the storage settings of the folder's server."""
     env = base_env()
     env["DROPVAULT_DATA_DIR"] = str(data_dir)
+    env.update(STORAGE_ENV.get(str(data_dir), {}))
     env.update(extra_env or {})
     return subprocess.run([BIN, *args], input=stdin, capture_output=True, text=True,
                           env=env, timeout=60)
@@ -167,6 +175,35 @@ def rclone(server, *args: str, tls: bool = True, config_dir: pathlib.Path,
         conf.write_text("\n".join(lines) + "\n")
     return subprocess.run(["rclone", "--config", str(conf), *args], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def rclone_s3(cluster, *args: str, config_dir: pathlib.Path,
+              timeout: int = CLIENT_TIMEOUT) -> subprocess.CompletedProcess:
+    """Runs `rclone ARGS` with remotes `g0:`, `g1:`... for the S3 API of
+    each node of `cluster` (garage.GarageCluster; paths are BUCKET/KEY),
+    from a config file in `config_dir` (it holds the secret key, so it is
+    not on the command line). The bucket exists: rclone does not try to
+    create it."""
+    conf = config_dir / "rclone-s3.conf"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, endpoint in enumerate(cluster.endpoints):
+        lines += [f"[g{i}]", "type = s3", "provider = Other", "env_auth = false",
+                  f"access_key_id = {cluster.access_key_id}",
+                  f"secret_access_key = {cluster.secret_access_key}",
+                  f"region = {cluster.region}", f"endpoint = {endpoint}",
+                  "force_path_style = true", "no_check_bucket = true", ""]
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines))
+    # No AWS_ settings of the caller's: rclone's S3 SDK would take a CA
+    # bundle (AWS_CA_BUNDLE), a profile or credentials from them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run(["rclone", "--config", str(conf), "--contimeout", "15s",
+                           "--timeout", "60s", "--retries", "1", "--low-level-retries", "2",
+                           *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=env)
 
 
 NODE_CLIENTS = REPO / "tests" / "integration" / "node"

@@ -7,6 +7,9 @@ import pytest
 
 from dvclients import ftp_plain, mlsd, payload, basic_ftp
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 ROUNDS = 30
 
 

@@ -13,6 +13,9 @@ import pytest
 
 from dvclients import USER, ftp_plain, mlsd, payload, reset_ftp, retr, wait_until
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def held(hook_dir):

@@ -6,9 +6,13 @@ import pytest
 from dvclients import (MAGIC, PASSWORD, SEGMENT, USER, curl, ftp_plain, ftp_url,
                        interrupted_upload, mlsd, payload, sealed_len, stor)
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 AUTH = ("-u", f"{USER}:{PASSWORD}")
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_curl_plain_upload_download_list(server, payload_file, tmp_path):
     src = payload_file(300_000)
     r = curl(*AUTH, "-T", str(src), ftp_url(server, "/plain.bin"))
@@ -124,6 +128,7 @@ def test_curl_resumed_download(server, tmp_path, tls):
     assert sent == sorted(len(data) - c for c in (1, SEGMENT + 17, 2 * SEGMENT))
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_curl_resumed_upload_after_interruption(server, tmp_path):
     """curl -C - -T asks SIZE for the resume point and sends the rest with
     APPE; the file must end up whole."""

@@ -12,9 +12,13 @@ import pytest
 from dvclients import (MAGIC, SEGMENT, epsv_port, ftp_plain, interrupted_upload, mlsd,
                        payload, raw, reset_close, retr, sealed_len, stor)
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 SIZES = [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 77]
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_listings_show_plaintext_sizes(server):
     files = {f"f{size}.bin": payload(size) for size in SIZES}
     with ftp_plain(server) as ftp:
@@ -98,6 +102,7 @@ def test_epsv(server):
         assert names.split() == [b"e.bin"]
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_folders_renames_deletes(server):
     a, b = payload(70_000), payload(1000)
     with ftp_plain(server) as ftp:
@@ -163,6 +168,7 @@ def test_folders_renames_deletes(server):
         assert server.events(event), f"no {event} event logged"
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_names_with_spaces_and_utf8(server):
     names = ["with space.bin", "ünïcødé €.bin", "日本語.txt", "-dash", "a;b=c.bin"]
     files = {name: payload(1000 + i) for i, name in enumerate(names)}
@@ -179,6 +185,7 @@ def test_names_with_spaces_and_utf8(server):
         assert (server.user_dir() / "folder with space" / name).is_file()
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_appe(server):
     first, second, third = payload(SEGMENT + 10), payload(2 * SEGMENT), payload(5)
     with ftp_plain(server) as ftp:
@@ -399,6 +406,7 @@ def test_concurrent_upload_to_one_name_is_refused(server):
         assert ftp.size("same.bin") == 2 * SEGMENT
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_resume_interrupted_upload_with_rest_stor(server):
     data = payload(48 * SEGMENT + 4242)
     point = interrupted_upload(server, "resume.bin", data)

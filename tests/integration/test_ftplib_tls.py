@@ -14,6 +14,9 @@ from dvclients import (PASSWORD, SEGMENT, USER, ResumingFTP_TLS, curl, epsv_port
                        ftp_plain, ftp_tls, ftp_url, mlsd, payload, raw, retr, stor,
                        tls_context)
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 
 class RecordingFTP_TLS(ResumingFTP_TLS):
     """Records, for every protected data connection, whether TLS resumed."""
@@ -139,8 +142,13 @@ def test_tls_upload_cut_without_close_notify_is_not_committed(server):
     assert "close_notify" in text and "not stored" in text, text
     assert "rustls" not in text and "http" not in text, text
     assert "cut.bin" not in mlsd(ftp)
-    # What arrived is sealed in staging: SIZE offers it as the resume point.
-    assert ftp.size("cut.bin") in (0, SEGMENT, 2 * SEGMENT, 3 * SEGMENT)
+    # What arrived is sealed in staging: SIZE offers it as the resume point
+    # (on S3, where what is kept is whole 8 MiB parts, there is none).
+    try:
+        point = ftp.size("cut.bin")
+    except ftplib.error_perm:
+        point = 0
+    assert point in (0, SEGMENT, 2 * SEGMENT, 3 * SEGMENT)
     ftp.quit()
 
 

@@ -6,7 +6,12 @@ keeps modification times with MFMT."""
 
 import os
 
+import pytest
+
 from dvclients import USER, mlsd, payload, rclone, ftp_plain
+
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
 
 # A tree of 44 files in nested folders, names with spaces and UTF-8.
 FOLDERS = ["", "a", "a/b c", "a/b c/ünïcødé", "dépôt", "dépôt/日本語 folder"]

@@ -19,6 +19,9 @@ import pytest
 from clamd import EICAR, SIGNATURE, Clamd
 from dvclients import USER, ftp_plain, payload, retr, run_cli, stor, wait_until
 
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture(scope="module")
 def clamd(tmp_path_factory):
@@ -43,6 +46,7 @@ def staging(server) -> list:
     return [p for p in (server.data_dir / "files" / ".staging").iterdir()]
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_clamd_rejects_eicar_anywhere_and_commits_clean_files(dropvault, clamd):
     server = dropvault(scan_clamd=clamd.unix)
     clean = payload(200_000)
@@ -64,6 +68,7 @@ def test_clamd_rejects_eicar_anywhere_and_commits_clean_files(dropvault, clamd):
     assert all(e["user"] == USER and SIGNATURE in e["signature"] for e in events), events
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_clamd_over_tcp_scans_the_whole_file_when_an_upload_continues(dropvault, clamd):
     server = dropvault(scan_clamd=clamd.tcp)
     # EICAR straddles offset 131072: each half alone is clean.
@@ -121,6 +126,7 @@ def test_quarantine_keeps_rejected_uploads_sealed_for_operators(dropvault, clamd
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_on_error_policies_when_clamd_is_down_or_its_limit_is_passed(dropvault, tmp_path):
     daemon = Clamd(tmp_path / "clamd", stream_max="1M").start()
     try:
@@ -322,6 +328,7 @@ def test_a_slow_webhook_drops_counted_events_and_never_holds_up_transfers(dropva
         receiver.close()
 
 
+@pytest.mark.local_only  # looks into the local storage folder
 def test_import_scans_every_file_too(dropvault, clamd, tmp_path):
     server = dropvault(scan_clamd=clamd.unix)
     src = tmp_path / "legacy"

@@ -9,7 +9,12 @@ in-flight bound was reached hung for good (first seen after ~30 MiB)."""
 
 import pathlib
 
+import pytest
+
 from dvclients import PASSWORD, USER, paramiko_sftp, payload, run_cli, sftp_batch, ssh_keygen
+
+# Every test here runs on local storage and on S3 storage (conftest).
+pytestmark = pytest.mark.both_backends
 
 SIZE = 48 * 1024 * 1024 + 5
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::accounts::{Account, AuthError, Authenticator, Password};
 use crate::events::{Event, Hooks};
 use crate::guard::{Attempt, ClientId, Failure, Guard, GuardConfig};
-use crate::keys::{KeyError, Keyring, UserKey};
+use crate::keys::{KeyError, Keyring};
 use crate::vault::{Upload, UserVault, VPath, Vault, VaultError};
 
 /// What front ends run on: accounts, keys, storage, events.
@@ -208,7 +208,9 @@ impl Drop for Admission {
 
 /// How a check on the blocking pool ended.
 enum Checked {
-    In(Account, Arc<UserKey>),
+    /// The account, and its vault (storage, which may be remote, was asked
+    /// for the user's folder).
+    In(Account, Result<UserVault, VaultError>),
     /// Wrong password or key, unknown user, or an account that may not log
     /// in (why, for the log).
     Wrong(Option<String>),
@@ -310,7 +312,10 @@ impl Gate {
                 Err(e) => return Checked::AuthFault(e),
             };
             match services.keyring.unlock(&account.name) {
-                Ok(key) => Checked::In(account, key),
+                Ok(key) => {
+                    let vault = services.vault.for_user(key);
+                    Checked::In(account, vault)
+                }
                 Err(e) => Checked::KeyFault(e),
             }
         })
@@ -318,7 +323,7 @@ impl Gate {
         .map_err(|_| LoginError::Unavailable("the login check"))?;
 
         match checked {
-            Checked::In(account, key) => match self.services.vault.for_user(key) {
+            Checked::In(account, vault) => match vault {
                 Ok(vault) => {
                     attempt.succeeded(name);
                     tracing::info!(event = "login", protocol, user = %account.name, peer = %addr,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dropvault_core::keys::{
-    generate_rsa_pair, DataKey, KekStatus, KeyError, KeyFileStore, KeyProvider, Keyring,
+    generate_rsa_pair, DataKey, KekStatus, KeyError, KeyFileStore, KeyProvider, KeyStore, Keyring,
     LocalRsaProvider, RecoveryKey, RecoveryPrivateKey, Wrapped,
 };
 
@@ -113,7 +113,7 @@ fn wrapping_binds_the_user_name() {
 fn key_files_are_named_by_hash_and_never_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyFileStore::open(dir.path().join("keys")).expect("store");
-    let ring = Keyring::new(provider(), store.clone());
+    let ring = Keyring::new(provider(), Arc::new(store.clone()));
     let key = ring.unlock("bob/../../etc").expect("first login creates");
     let path = store.path_for("bob/../../etc");
     assert_eq!(path.parent(), Some(dir.path().join("keys").as_path()));
@@ -157,7 +157,7 @@ fn key_files_are_named_by_hash_and_never_replaced() {
 fn a_key_file_moved_to_another_user_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyFileStore::open(dir.path()).expect("store");
-    let ring = Keyring::new(provider(), store.clone());
+    let ring = Keyring::new(provider(), Arc::new(store.clone()));
     drop(ring.unlock("alice").expect("alice"));
     std::fs::copy(store.path_for("alice"), store.path_for("mallory")).expect("copy");
     let err = ring
@@ -171,14 +171,14 @@ fn a_key_file_from_another_kek_is_named_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyFileStore::open(dir.path().join("keys")).expect("store");
     drop(
-        Keyring::new(provider(), store.clone())
+        Keyring::new(provider(), Arc::new(store.clone()))
             .unlock("carol")
             .expect("create"),
     );
     let other = Arc::new(
         LocalRsaProvider::open_or_create(&dir.path().join("other.pem")).expect("second kek"),
     );
-    let err = Keyring::new(other, store)
+    let err = Keyring::new(other, Arc::new(store))
         .unlock("carol")
         .expect_err("other kek");
     assert!(matches!(err, KeyError::WrongKek { .. }), "{err}");
@@ -279,7 +279,7 @@ fn a_login_after_rotation_rewraps_the_key_file_lazily() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyFileStore::open(dir.path()).expect("store");
     let kek = versioned();
-    let ring = Keyring::new(kek.clone(), store.clone());
+    let ring = Keyring::new(kek.clone(), Arc::new(store.clone()));
     let id = ring.unlock("hana").expect("create").data_key().id();
     assert_eq!(
         store.load("hana").expect("load").expect("file").key_version,
@@ -304,13 +304,13 @@ fn rotate_rewraps_stale_files_adds_recovery_wraps_and_never_revives_a_shredded_k
     let keys = dir.path().join("keys");
     let store = KeyFileStore::open(&keys).expect("store");
     let kek = versioned();
-    let plain = Keyring::new(kek.clone(), store.clone());
+    let plain = Keyring::new(kek.clone(), Arc::new(store.clone()));
     for user in ["ivan", "jill", "kemal"] {
         drop(plain.unlock(user).expect("create"));
     }
     kek.version.store(2, Ordering::SeqCst);
     let (public, private) = recovery_pair(dir.path());
-    let ring = Keyring::new(kek.clone(), store.clone()).with_recovery(Some(public));
+    let ring = Keyring::new(kek.clone(), Arc::new(store.clone())).with_recovery(Some(public));
     let report = ring.rotate().expect("rotate");
     assert_eq!(report.files, 3);
     assert_eq!(report.rewrapped, 3);
@@ -351,7 +351,7 @@ fn keyring_shares_one_key_per_user_and_drops_it_with_the_last_holder() {
     });
     let ring = Arc::new(Keyring::new(
         counting.clone(),
-        KeyFileStore::open(dir.path()).expect("store"),
+        Arc::new(KeyFileStore::open(dir.path()).expect("store")),
     ));
 
     // First login creates the key (no unwrap needed).
@@ -393,8 +393,8 @@ fn concurrent_first_logins_create_one_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyFileStore::open(dir.path()).expect("store");
     // Two keyrings over one folder stand for two server processes.
-    let a = Arc::new(Keyring::new(provider(), store.clone()));
-    let b = Arc::new(Keyring::new(provider(), store.clone()));
+    let a = Arc::new(Keyring::new(provider(), Arc::new(store.clone())));
+    let b = Arc::new(Keyring::new(provider(), Arc::new(store.clone())));
     let ids: Vec<_> = (0..6)
         .map(|i| {
             let ring = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -419,7 +419,10 @@ fn a_failing_provider_creates_nothing() {
         unwraps: AtomicUsize::new(0),
         fail_wrap: true,
     });
-    let ring = Keyring::new(failing, KeyFileStore::open(dir.path()).expect("store"));
+    let ring = Keyring::new(
+        failing,
+        Arc::new(KeyFileStore::open(dir.path()).expect("store")),
+    );
     assert!(matches!(ring.unlock("frank"), Err(KeyError::WrapFailed)));
     assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     assert_eq!(ring.unlocked_users(), 0);
@@ -430,7 +433,7 @@ fn data_keys_print_redacted() {
     let ring_dir = tempfile::tempdir().expect("tempdir");
     let ring = Keyring::new(
         provider(),
-        KeyFileStore::open(ring_dir.path()).expect("store"),
+        Arc::new(KeyFileStore::open(ring_dir.path()).expect("store")),
     );
     let key = ring.unlock("gina").expect("unlock");
     let shown = format!("{key:?}");

@@ -329,3 +329,126 @@ async fn abandoned_uploads_expire_and_shredding_takes_everything() {
         .expect("uploads")
         .is_empty());
 }
+
+/// A record key of the test's own (the vault derives one per user).
+#[derive(Debug)]
+struct TestRecordKey(aws_lc_rs::hmac::Key);
+
+impl dropvault_core::storage::RecordKey for TestRecordKey {
+    fn tag(&self, record: &[u8]) -> Vec<u8> {
+        aws_lc_rs::hmac::sign(&self.0, record).as_ref().to_vec()
+    }
+
+    fn verify(&self, record: &[u8], tag: &[u8]) -> bool {
+        aws_lc_rs::hmac::verify(&self.0, record, tag).is_ok()
+    }
+}
+
+fn record_key() -> Arc<dyn dropvault_core::storage::RecordKey> {
+    Arc::new(TestRecordKey(aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        b"test record key",
+    )))
+}
+
+fn storage(prefix: &str) -> S3Storage {
+    S3Storage::new(
+        client(prefix),
+        S3Tuning {
+            part_size: 5 << 20,
+            parts_in_flight: 2,
+        },
+    )
+}
+
+/// Rewrites the record at `name` with `edit` applied to its body and a
+/// valid tag under `key`: what the node itself could have written.
+fn rewrite_record(
+    prefix: &str,
+    name: &str,
+    key: &Arc<dyn dropvault_core::storage::RecordKey>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let c = client(prefix);
+    let bytes = c.get_small(name, 1 << 20).expect("get").expect("record");
+    let at = bytes.iter().rposition(|&b| b == b'\n').expect("tag line");
+    let mut body: serde_json::Value = serde_json::from_slice(&bytes[..at]).expect("json");
+    edit(&mut body);
+    let mut out = serde_json::to_vec(&body).expect("json");
+    use base64::Engine as _;
+    let tag = base64::engine::general_purpose::STANDARD.encode(key.tag(&out));
+    out.push(b'\n');
+    out.extend_from_slice(tag.as_bytes());
+    c.put(name, &out, &[]).expect("put");
+}
+
+#[test]
+fn a_part_that_may_have_been_sent_is_never_sealed_again_under_its_nonces() {
+    use dropvault_core::storage::Storage;
+    use std::io::Write;
+    let pre = prefix("pending");
+    let key = record_key();
+    let name = ".staging/u.part";
+    let s = storage(&pre);
+    s.mkdir(".staging").expect("mkdir");
+    // One whole part stored, the rest not: a clean cut.
+    let part1 = 96 + 80 * 65_552;
+    {
+        let mut staged = s.stage(name, &key).expect("stage");
+        let mut sink = staged.sink(0).expect("sink");
+        sink.write_all(&payload(part1 + 1000, 9)).expect("write");
+        assert_eq!(sink.sync().expect("sync"), part1 as u64);
+    }
+    assert_eq!(
+        storage(&pre).stage(name, &key).expect("stage").stored_len(),
+        part1 as u64
+    );
+    // The record says part 2 may have been on its way, and it is not
+    // stored whole: the upload is not continued (stored length 0) and its
+    // multipart upload is gone.
+    rewrite_record(&pre, name, &key, |body| {
+        body["pending"] = serde_json::json!([[2, 80 * 65_552]]);
+    });
+    let staged = storage(&pre).stage(name, &key).expect("stage");
+    assert_eq!(staged.stored_len(), 0);
+    drop(staged);
+    assert!(client(&pre)
+        .list_multipart_uploads("")
+        .expect("uploads")
+        .is_empty());
+}
+
+#[test]
+fn a_part_on_its_way_that_arrived_whole_is_kept() {
+    use dropvault_core::storage::Storage;
+    use std::io::Write;
+    let pre = prefix("arrived");
+    let key = record_key();
+    let name = ".staging/v.part";
+    let s = storage(&pre);
+    s.mkdir(".staging").expect("mkdir");
+    let part1 = 96 + 80 * 65_552;
+    let part2 = 80 * 65_552;
+    // A node that dies right after its parts arrive: nothing records them
+    // as stored (the sink is never synced or dropped).
+    let mut staged = s.stage(name, &key).expect("stage");
+    let mut sink = staged.sink(0).expect("sink");
+    sink.write_all(&payload(part1 + part2 + 5000, 10))
+        .expect("write");
+    std::mem::forget(sink);
+    std::mem::forget(staged);
+    let c = client(&pre);
+    let arrived = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        c.list_multipart_uploads("")
+            .expect("uploads")
+            .first()
+            .and_then(|u| c.list_parts(&u.key, &u.upload_id).expect("parts"))
+            .is_some_and(|p| p.len() == 2)
+    });
+    assert!(arrived, "the two parts never arrived");
+    // Another node adopts both parts: they are in the record as on their
+    // way, and the bucket holds them whole.
+    let other = storage(&pre).stage(name, &key).expect("stage");
+    assert_eq!(other.stored_len(), (part1 + part2) as u64);
+}

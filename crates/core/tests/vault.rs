@@ -33,7 +33,7 @@ fn fixture_with(setup: impl FnOnce(Vault) -> Vault) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = Keyring::new(
         kek(),
-        KeyFileStore::open(dir.path().join("keys")).expect("keys"),
+        Arc::new(KeyFileStore::open(dir.path().join("keys")).expect("keys")),
     );
     let vault = setup(Vault::create(dir.path().join("files")).expect("vault"));
     let key = ring.unlock("alice").expect("key");
@@ -1109,4 +1109,114 @@ async fn reads_in_order_open_a_segment_once() {
             index: 0
         }))
     ));
+}
+
+/// A copy of `key` (data keys are not `Clone`, on purpose).
+fn copy_key(key: &dropvault_core::keys::DataKey) -> dropvault_core::keys::DataKey {
+    dropvault_core::keys::DataKey::from_slice(key.expose_secret()).expect("32 bytes")
+}
+
+/// The key id in the header of a stored file.
+fn stored_key_id(f: &Fixture, path: &str) -> dropvault_format::KeyId {
+    let bytes = std::fs::read(f.vault.root().join("alice").join(path)).expect("read");
+    dropvault_format::header::Header::parse_complete(&bytes[..96])
+        .expect("header")
+        .key_id
+}
+
+/// A user with two data keys (two nodes raced their first login) reads,
+/// appends to and resumes files sealed under either, and seals new files
+/// under the primary one; a key the user does not have still fails as a
+/// wrong key.
+#[tokio::test]
+async fn a_user_with_two_keys_opens_each_file_with_the_key_its_header_names() {
+    use dropvault_core::keys::{DataKey, UserKey};
+    let f = fixture();
+    let (k1, k2) = (
+        DataKey::generate().expect("k1"),
+        DataKey::generate().expect("k2"),
+    );
+    let data = content(3 * 65536 + 77);
+    let part = &data[..2 * 65536 + 10];
+    // Each "node" seals with the one key it got: a committed file and an
+    // interrupted upload each.
+    for (key, name) in [(&k1, "one"), (&k2, "two")] {
+        let only = f
+            .vault
+            .for_user(Arc::new(UserKey::new("alice", copy_key(key))))
+            .expect("vault");
+        put(&only, &format!("/{name}"), &data).await;
+        put(&only, &format!("/{name}-appended"), &data).await;
+        interrupted(&only, &format!("/{name}-partial"), part).await;
+    }
+    assert_eq!(stored_key_id(&f, "one"), k1.id());
+    assert_eq!(stored_key_id(&f, "two"), k2.id());
+
+    let both = Arc::new(
+        UserKey::with_keys("alice", vec![copy_key(&k2), copy_key(&k1)]).expect("two keys"),
+    );
+    let primary = if k1.id().0 < k2.id().0 {
+        k1.id()
+    } else {
+        k2.id()
+    };
+    assert_eq!(both.data_key().id(), primary);
+    assert_eq!(both.key_for(&k1.id()).map(DataKey::id), Some(k1.id()));
+    assert_eq!(both.key_for(&k2.id()).map(DataKey::id), Some(k2.id()));
+    let user = f.vault.for_user(both.clone()).expect("vault");
+    for name in ["one", "two"] {
+        // Read back, online and offline.
+        assert!(get(&user, &format!("/{name}"), 0).await == data, "{name}");
+        assert!(get(&user, &format!("/{name}"), 70_000).await == data[70_000..]);
+        assert_eq!(
+            f.vault
+                .check_stored(&both, &p(&format!("/{name}")), |_| {})
+                .expect("verify"),
+            data.len() as u64
+        );
+        // An append re-seals the file under the primary key.
+        let appended = format!("/{name}-appended");
+        let mut up = user
+            .upload(&p(&appended), UploadMode::Append)
+            .await
+            .expect("append");
+        up.write_all(b"tail").await.expect("write");
+        up.commit().await.expect("commit");
+        let got = get(&user, &appended, 0).await;
+        assert!(got[..data.len()] == data[..] && &got[data.len()..] == b"tail");
+        assert_eq!(stored_key_id(&f, &appended[1..]), primary);
+        // An interrupted upload continues under the key it was started with.
+        let partial = format!("/{name}-partial");
+        let at = user.size(&p(&partial)).await.expect("resume point");
+        assert_eq!(at, 2 * 65536);
+        let mut up = upload_when_free(&user, &partial, UploadMode::Resume(at))
+            .await
+            .expect("resume");
+        assert_eq!(up.start_offset(), at);
+        up.write_all(&data[at as usize..]).await.expect("write");
+        up.commit().await.expect("commit");
+        assert!(get(&user, &partial, 0).await == data, "{partial}");
+        let sealed_by = if name == "one" { k1.id() } else { k2.id() };
+        assert_eq!(stored_key_id(&f, &partial[1..]), sealed_by);
+    }
+    // New files: the primary key.
+    put(&user, "/new", b"fresh").await;
+    assert_eq!(stored_key_id(&f, "new"), primary);
+
+    // Keys the header does not name are still the wrong key.
+    let strangers = vec![
+        DataKey::generate().expect("k3"),
+        DataKey::generate().expect("k4"),
+    ];
+    let stranger = f
+        .vault
+        .for_user(Arc::new(
+            UserKey::with_keys("alice", strangers).expect("two keys"),
+        ))
+        .expect("vault");
+    assert!(matches!(
+        stranger.download(&p("/one"), 0).await,
+        Err(VaultError::Format(dropvault_format::Error::WrongKey))
+    ));
+    assert_no_plaintext(f.dir.path());
 }

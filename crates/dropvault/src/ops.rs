@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dropvault_core::keys::{
-    KeyError, KeyFileStore, KeyProvider, Keyring, LocalRsaProvider, RecoveryKey,
+    KeyError, KeyFileStore, KeyProvider, KeyStore, Keyring, LocalRsaProvider, RecoveryKey,
     RecoveryPrivateKey, TransitAuth, TransitConfig, TransitProvider, UserKey,
 };
 use dropvault_core::vault::{VPath, Vault, VaultError};
@@ -109,8 +109,12 @@ fn s3_storage(config: &Config) -> Result<dropvault_core::storage::S3Storage, Any
 }
 
 /// The key-file store of the configuration.
-pub(crate) fn key_store(config: &Config) -> Result<KeyFileStore, AnyError> {
-    Ok(KeyFileStore::open(config.path(&config.storage.keys_dir))?)
+pub(crate) fn key_store(config: &Config) -> Result<Arc<dyn KeyStore>, AnyError> {
+    Ok(match config.storage.backend.as_str() {
+        // In the bucket, so that every node finds every user's keys.
+        "s3" => Arc::new(dropvault_core::keys::S3KeyStore::new(s3_client(config)?)),
+        _ => Arc::new(KeyFileStore::open(config.path(&config.storage.keys_dir))?),
+    })
 }
 
 /// The keyring: provider, key files, and the recovery key if configured.
@@ -129,7 +133,7 @@ pub(crate) fn keyring(config: &Config, kek: Kek) -> Result<Keyring, AnyError> {
 /// or the recovery key's private half.
 pub(crate) enum KeySource {
     Provider(Keyring),
-    Recovery(KeyFileStore, RecoveryPrivateKey),
+    Recovery(Arc<dyn KeyStore>, RecoveryPrivateKey),
 }
 
 impl KeySource {
@@ -140,15 +144,17 @@ impl KeySource {
         })
     }
 
-    /// `user`'s existing data key.
+    /// `user`'s existing data keys.
     pub(crate) fn user_key(&self, user: &str) -> Result<UserKey, KeyError> {
         match self {
             KeySource::Provider(keyring) => keyring.open_existing(user),
             KeySource::Recovery(store, private) => {
-                let kf = store.load(user)?.ok_or_else(|| KeyError::NoKeyFile {
-                    user: user.to_owned(),
-                })?;
-                Ok(UserKey::new(user, private.unwrap_file(&kf)?))
+                let keys = store
+                    .load_all(user)?
+                    .iter()
+                    .map(|kf| private.unwrap_file(kf))
+                    .collect::<Result<Vec<_>, _>>()?;
+                UserKey::with_keys(user, keys)
             }
         }
     }
@@ -182,9 +188,11 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
     let files = keyring.store().list()?;
     let mut by_version: BTreeMap<(String, u32), usize> = BTreeMap::new();
     let (mut with_recovery, mut unreadable) = (0usize, 0usize);
+    let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, parsed) in &files {
         match parsed {
             Ok(kf) => {
+                *per_user.entry(kf.user.as_str()).or_default() += 1;
                 *by_version
                     .entry((format!("{}:{}", kf.provider, kf.key_name), kf.key_version))
                     .or_default() += 1;
@@ -205,6 +213,15 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
     }
     if recovery_name.is_some() {
         println_safe(&format!("  with a recovery wrap: {with_recovery}"));
+    }
+    // Two nodes racing a user's first login leave two keys; both stay (files
+    // may be sealed under either), which is worth knowing, not fixing.
+    let several = per_user.values().filter(|&&n| n > 1).count();
+    if several > 0 {
+        println_safe(&format!(
+            "  users with several key files: {several} (of {})",
+            per_user.len()
+        ));
     }
     if unreadable > 0 {
         println_safe(&format!("  unreadable: {unreadable}"));

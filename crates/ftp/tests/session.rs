@@ -48,7 +48,7 @@ async fn start_gated(config: FtpConfig, gate: GateConfig) -> Server {
         auth: Arc::new(users),
         keyring: Arc::new(Keyring::new(
             provider,
-            KeyFileStore::open(dir.path().join("keys")).expect("keys"),
+            Arc::new(KeyFileStore::open(dir.path().join("keys")).expect("keys")),
         )),
         vault: Arc::new(Vault::create(dir.path().join("files")).expect("vault")),
         events: Arc::new(dropvault_core::events::Hooks::disabled()),

@@ -56,7 +56,7 @@ fn fixture_with(setup: impl FnOnce(Vault) -> Vault) -> Fixture {
         auth: Arc::new(users),
         keyring: Arc::new(Keyring::new(
             kek(),
-            KeyFileStore::open(dir.path().join("keys")).expect("keys"),
+            Arc::new(KeyFileStore::open(dir.path().join("keys")).expect("keys")),
         )),
         vault: Arc::new(setup(
             Vault::create(dir.path().join("files")).expect("vault"),

@@ -105,15 +105,43 @@ pub enum KeyError {
     /// The provider's settings cannot be used.
     #[error("key provider settings: {0}")]
     BadConfig(String),
+    /// The key store (a bucket) failed: unreachable, refusing, or answering
+    /// something unusable. Never taken for "no key file".
+    #[error("key store, {location}: {source}")]
+    Store {
+        /// The object or prefix concerned.
+        location: String,
+        /// What the store answered.
+        source: crate::s3::S3Error,
+    },
+    /// More key files than a user can legitimately have (or than a listing
+    /// may hold): something other than dropvault writes there.
+    #[error("{location}: more than {limit} key files")]
+    TooManyKeyFiles {
+        /// The prefix listed.
+        location: String,
+        /// The bound.
+        limit: usize,
+    },
+    /// Key files of a user kept reappearing while they were destroyed (a
+    /// re-wrap running at the same time on another node): run it again.
+    #[error("{location}: key files reappeared while being destroyed; try again")]
+    DestroyRaced {
+        /// The user's prefix.
+        location: String,
+    },
 }
 
 impl KeyError {
-    /// Whether trying again later may succeed: the key service is down,
-    /// sealed, or overloaded, rather than refusing this key for good.
+    /// Whether trying again later may succeed: the key service or the key
+    /// store is down, sealed, or overloaded, rather than refusing this key
+    /// for good.
     pub fn is_transient(&self) -> bool {
         match self {
             KeyError::Unavailable { .. } => true,
             KeyError::Service { status, .. } => *status == 429 || *status >= 500,
+            KeyError::Store { source, .. } => source.is_transient(),
+            KeyError::DestroyRaced { .. } => true,
             _ => false,
         }
     }

@@ -1,30 +1,62 @@
-//! The keyring: one unwrapped data key per logged-in user, shared by all
-//! that user's sessions, gone (zeroized) when the last session lets go.
+//! The keyring: the unwrapped data keys of each logged-in user, shared by
+//! all that user's sessions, gone (zeroized) when the last session lets go.
+//!
+//! A user normally has one data key. Where two nodes handle a user's first
+//! login at once over a shared key store, each may store a key before it
+//! sees the other's; then the user has two for good. Both stay, as files
+//! may already be sealed under either; every node unwraps all of them at
+//! login, opens each file with the key its header names, and seals new
+//! files under the one with the smallest key id, so they all settle on the
+//! same key once they see the same key files.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use dropvault_format::header::{Header, Parsed};
+use dropvault_format::KeyId;
+
 use super::{
-    DataKey, KeyError, KeyFile, KeyFileStore, KeyProvider, RecoveryKey, RecoveryWrap,
-    KEY_FILE_FORMAT,
+    DataKey, KeyError, KeyFile, KeyProvider, KeyStore, RecoveryKey, RecoveryWrap, KEY_FILE_FORMAT,
 };
 use crate::hex;
 
-/// A user's unwrapped data key, held for the length of a login. Clone the
-/// `Arc` to share it; when the last `Arc` drops, the key bytes are zeroized.
+/// A user's unwrapped data keys, held for the length of a login: the
+/// primary one, which seals new files, and any others the user has. Clone
+/// the `Arc` to share it; when the last `Arc` drops, the key bytes are
+/// zeroized.
 #[derive(Debug)]
 pub struct UserKey {
     user: String,
-    key: DataKey,
+    primary: DataKey,
+    /// The user's other keys, in key id order.
+    others: Vec<DataKey>,
 }
 
 impl UserKey {
-    /// A key obtained outside a keyring (offline recovery).
+    /// A user with one key (obtained outside a keyring, or in tests).
     pub fn new(user: &str, key: DataKey) -> Self {
         Self {
             user: user.to_owned(),
-            key,
+            primary: key,
+            others: Vec::new(),
         }
+    }
+
+    /// A user with all of `keys`; the one with the smallest key id is the
+    /// primary. The same key given twice counts once. Fails with
+    /// [`KeyError::NoKeyFile`] if there is none.
+    pub fn with_keys(user: &str, mut keys: Vec<DataKey>) -> Result<Self, KeyError> {
+        keys.sort_by_key(|k| k.id().0);
+        keys.dedup_by(|a, b| a.id() == b.id());
+        let mut keys = keys.into_iter();
+        let primary = keys.next().ok_or_else(|| KeyError::NoKeyFile {
+            user: user.to_owned(),
+        })?;
+        Ok(Self {
+            user: user.to_owned(),
+            primary,
+            others: keys.collect(),
+        })
     }
 
     /// The user this key belongs to.
@@ -32,9 +64,37 @@ impl UserKey {
         &self.user
     }
 
-    /// The data key, for sealing and opening the user's files.
+    /// The primary data key: what new files are sealed under.
     pub fn data_key(&self) -> &DataKey {
-        &self.key
+        &self.primary
+    }
+
+    /// The user's key with id `id`, if they have it.
+    pub fn key_for(&self, id: &KeyId) -> Option<&DataKey> {
+        self.keys().find(|k| k.id() == *id)
+    }
+
+    /// The key to open the sealed file that starts with `header` (its first
+    /// bytes, up to [`dropvault_format::HEADER_LEN`]): the one its key id
+    /// names. Bytes that are no header, or a header naming none of the
+    /// user's keys, get the primary key, so opening the file fails just as
+    /// it would with one key (bad header, wrong key).
+    pub fn key_for_header(&self, header: &[u8]) -> &DataKey {
+        match Header::parse(header) {
+            Ok(Parsed::Header(h, _)) => self.key_for(&h.key_id).unwrap_or(&self.primary),
+            _ => &self.primary,
+        }
+    }
+
+    /// Whether the user has more than one key, so the key of a file must be
+    /// read from its header.
+    pub fn has_several(&self) -> bool {
+        !self.others.is_empty()
+    }
+
+    /// All the user's keys, the primary first.
+    pub fn keys(&self) -> impl Iterator<Item = &DataKey> {
+        std::iter::once(&self.primary).chain(&self.others)
     }
 }
 
@@ -48,12 +108,13 @@ impl Drop for UserKey {
 /// Per-user slot: serializes unlocks of one user without blocking others.
 type Slot = Arc<Mutex<Weak<UserKey>>>;
 
-/// Hands out data keys: creates a user's key on first login, unwraps it on
-/// later ones, and shares one unwrapped copy among concurrent sessions.
+/// Hands out data keys: creates a user's key on first login, unwraps their
+/// keys on later ones, and shares one unwrapped copy among concurrent
+/// sessions.
 #[derive(Debug)]
 pub struct Keyring {
     provider: Arc<dyn KeyProvider>,
-    store: KeyFileStore,
+    store: Arc<dyn KeyStore>,
     recovery: Option<RecoveryKey>,
     slots: Mutex<HashMap<String, Slot>>,
 }
@@ -71,13 +132,13 @@ pub struct RotateReport {
     pub recovery_added: usize,
     /// Already current.
     pub unchanged: usize,
-    /// Could not be brought up to date: path and reason.
+    /// Could not be brought up to date: where the key file is, and why.
     pub failed: Vec<(String, String)>,
 }
 
 impl Keyring {
     /// A keyring over `provider` and the key files in `store`.
-    pub fn new(provider: Arc<dyn KeyProvider>, store: KeyFileStore) -> Self {
+    pub fn new(provider: Arc<dyn KeyProvider>, store: Arc<dyn KeyStore>) -> Self {
         Self {
             provider,
             store,
@@ -103,13 +164,16 @@ impl Keyring {
         self.recovery.as_ref()
     }
 
-    /// The data key of a user who already has one (never creates a key).
+    /// The data keys of a user who already has some (never creates a key).
     /// For offline tools; does not share with or update the login slots.
     pub fn open_existing(&self, user: &str) -> Result<UserKey, KeyError> {
-        let kf = self.store.load(user)?.ok_or_else(|| KeyError::NoKeyFile {
-            user: user.to_owned(),
-        })?;
-        Ok(UserKey::new(user, self.unwrap_file(&kf)?))
+        let keys = self
+            .store
+            .load_all(user)?
+            .iter()
+            .map(|kf| self.unwrap_file(kf))
+            .collect::<Result<Vec<_>, _>>()?;
+        UserKey::with_keys(user, keys)
     }
 
     /// Brings every key file up to date: re-wraps those under an older KEK
@@ -133,7 +197,7 @@ impl Keyring {
                         || kf.key_name != self.provider.key_name() =>
                 {
                     report.failed.push((
-                        path.display().to_string(),
+                        path,
                         format!(
                             "wrapped by {}:{}, not by this server's KEK",
                             kf.provider, kf.key_name
@@ -142,9 +206,7 @@ impl Keyring {
                 }
                 Ok(kf) if kf.key_version < target => stale.push((path, kf)),
                 Ok(kf) => current.push((path, kf, false)),
-                Err(e) => report
-                    .failed
-                    .push((path.display().to_string(), e.to_string())),
+                Err(e) => report.failed.push((path, e.to_string())),
             }
         }
         let items: Vec<(&str, super::Wrapped)> = stale
@@ -163,14 +225,10 @@ impl Keyring {
                             current.push((path, kf, true));
                         }
                         Ok(false) => {}
-                        Err(e) => report
-                            .failed
-                            .push((path.display().to_string(), e.to_string())),
+                        Err(e) => report.failed.push((path, e.to_string())),
                     }
                 }
-                Err(e) => report
-                    .failed
-                    .push((path.display().to_string(), e.to_string())),
+                Err(e) => report.failed.push((path, e.to_string())),
             }
         }
         for (path, kf, rewrapped) in current {
@@ -185,28 +243,24 @@ impl Keyring {
             match updated {
                 Ok(true) => report.recovery_added += 1,
                 Ok(false) => {}
-                Err(e) => report
-                    .failed
-                    .push((path.display().to_string(), e.to_string())),
+                Err(e) => report.failed.push((path, e.to_string())),
             }
         }
         Ok(report)
     }
 
-    /// The user's data key: the one already unlocked by another session, or
-    /// unwrapped from the key file, or — at the first login — created,
-    /// wrapped and stored. If the provider fails, nothing is created.
-    /// Blocks; call from a blocking thread in async code.
+    /// The user's data keys: those already unlocked by another session, or
+    /// unwrapped from their key files, or — at the first login — a key
+    /// created, wrapped and stored. If the provider or the store fails,
+    /// nothing is created. Blocks; call from a blocking thread in async
+    /// code.
     pub fn unlock(&self, user: &str) -> Result<Arc<UserKey>, KeyError> {
         let slot = self.slot(user);
         let mut held = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(key) = held.upgrade() {
             return Ok(key);
         }
-        let key = Arc::new(UserKey {
-            user: user.to_owned(),
-            key: self.load_or_create(user)?,
-        });
+        let key = Arc::new(self.load_or_create(user)?);
         *held = Arc::downgrade(&key);
         Ok(key)
     }
@@ -226,7 +280,7 @@ impl Keyring {
     }
 
     /// The key-file store.
-    pub fn store(&self) -> &KeyFileStore {
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
     }
 
@@ -240,11 +294,10 @@ impl Keyring {
         slots.entry(user.to_owned()).or_default().clone()
     }
 
-    fn load_or_create(&self, user: &str) -> Result<DataKey, KeyError> {
-        if let Some(kf) = self.store.load(user)? {
-            let dek = self.unwrap_file(&kf)?;
-            self.refresh(kf, &dek);
-            return Ok(dek);
+    fn load_or_create(&self, user: &str) -> Result<UserKey, KeyError> {
+        let files = self.store.load_all(user)?;
+        if !files.is_empty() {
+            return self.open_files(user, files, None);
         }
         let dek = DataKey::generate().map_err(|_| KeyError::Random)?;
         let wrapped = self.provider.wrap(user, &dek)?;
@@ -260,19 +313,43 @@ impl Keyring {
         };
         let kf = self.add_recovery(kf, &dek)?;
         match self.store.create(&kf) {
-            Ok(path) => {
-                tracing::info!(user, path = %path.display(), "created data key");
-                Ok(dek)
-            }
-            // Another process created it meanwhile: theirs wins.
-            Err(KeyError::KeyFileExists { .. }) => match self.store.load(user)? {
-                Some(kf) => self.unwrap_file(&kf),
-                None => Err(KeyError::KeyFileExists {
-                    path: self.store.path_for(user),
-                }),
-            },
-            Err(e) => Err(e),
+            Ok(location) => tracing::info!(user, location, "created data key"),
+            // Another process created one meanwhile (a store of one key
+            // file per user): theirs wins.
+            Err(KeyError::KeyFileExists { .. }) => {}
+            Err(e) => return Err(e),
         }
+        // Whatever was just stored, only what the store now holds is used:
+        // where another node stored a key at the same moment, every node
+        // must settle on the same primary, and no file may be sealed under
+        // a key whose key file is gone (shredded meanwhile).
+        let files = self.store.load_all(user)?;
+        self.open_files(user, files, Some(dek))
+    }
+
+    /// Unwraps all of `user`'s key files, bringing each up to date; `mine`
+    /// is a key this process just created, taken as is where its key file
+    /// is among them (no need to ask the provider for it).
+    fn open_files(
+        &self,
+        user: &str,
+        files: Vec<KeyFile>,
+        mut mine: Option<DataKey>,
+    ) -> Result<UserKey, KeyError> {
+        let mut keys = Vec::with_capacity(files.len());
+        for kf in files {
+            if let Some(dek) = mine.take_if(|d| hex(&d.id().0) == kf.key_id) {
+                keys.push(dek);
+                continue;
+            }
+            let dek = self.unwrap_file(&kf)?;
+            self.refresh(kf, &dek);
+            keys.push(dek);
+        }
+        if keys.len() > 1 {
+            tracing::info!(user, keys = keys.len(), "user has several data keys");
+        }
+        UserKey::with_keys(user, keys)
     }
 
     /// At login: re-wraps a key file under an older KEK version, adds a
@@ -344,5 +421,58 @@ impl Keyring {
         let dek = p.unwrap(&kf.user, &kf.wrapped())?;
         kf.check(&dek)?;
         Ok(dek)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(key: &DataKey) -> DataKey {
+        DataKey::from_slice(key.expose_secret()).expect("32 bytes")
+    }
+
+    #[test]
+    fn the_primary_key_is_the_smallest_id_whatever_the_order() {
+        let keys: Vec<DataKey> = (0..3).map(|_| DataKey::generate().expect("key")).collect();
+        let smallest = keys.iter().map(DataKey::id).min_by_key(|id| id.0);
+        let forward = UserKey::with_keys("u", keys.iter().map(copy).collect()).expect("keys");
+        let backward =
+            UserKey::with_keys("u", keys.iter().rev().map(copy).collect()).expect("keys");
+        assert_eq!(Some(forward.data_key().id()), smallest);
+        assert_eq!(backward.data_key().id(), forward.data_key().id());
+        assert!(forward.has_several());
+        assert_eq!(forward.keys().count(), 3);
+        for k in &keys {
+            assert_eq!(forward.key_for(&k.id()).map(DataKey::id), Some(k.id()));
+        }
+        // The same key twice counts once; none at all is no key file.
+        let twice = UserKey::with_keys("u", vec![copy(&keys[0]), copy(&keys[0])]).expect("key");
+        assert!(!twice.has_several());
+        assert!(matches!(
+            UserKey::with_keys("u", Vec::new()),
+            Err(KeyError::NoKeyFile { .. })
+        ));
+    }
+
+    #[test]
+    fn a_header_chooses_its_key_and_anything_else_gets_the_primary() {
+        let (a, b) = (
+            DataKey::generate().expect("a"),
+            DataKey::generate().expect("b"),
+        );
+        let user = UserKey::with_keys("u", vec![copy(&a), copy(&b)]).expect("keys");
+        let primary = user.data_key().id();
+        for key in [&a, &b] {
+            let sealed = dropvault_format::seal_to_vec(b"x", key).expect("seal");
+            assert_eq!(user.key_for_header(&sealed).id(), key.id());
+            // A header cut short names nothing yet.
+            assert_eq!(user.key_for_header(&sealed[..40]).id(), primary);
+        }
+        let other =
+            dropvault_format::seal_to_vec(b"x", &DataKey::generate().expect("c")).expect("seal");
+        assert_eq!(user.key_for_header(&other).id(), primary);
+        assert_eq!(user.key_for_header(b"not a sealed file").id(), primary);
+        assert_eq!(user.key_for_header(&[]).id(), primary);
     }
 }

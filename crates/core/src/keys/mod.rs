@@ -9,6 +9,7 @@ mod keyring;
 mod local;
 mod recovery;
 mod rsa;
+mod s3store;
 mod store;
 mod transit;
 
@@ -18,7 +19,8 @@ pub use keyring::{Keyring, RotateReport, UserKey};
 pub use local::LocalRsaProvider;
 pub use recovery::{RecoveryKey, RecoveryPrivateKey};
 pub use rsa::generate_rsa_pair;
-pub use store::{KeyFile, KeyFileStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
+pub use s3store::S3KeyStore;
+pub use store::{KeyFile, KeyFileStore, KeyStore, ListedKeyFile, RecoveryWrap, KEY_FILE_FORMAT};
 pub use transit::{TransitAuth, TransitConfig, TransitProvider};
 
 use std::fmt;

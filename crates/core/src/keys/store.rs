@@ -1,8 +1,15 @@
-//! Per-user key files: one small JSON file per user holding the wrapped
-//! data key, named after a hash of the user name so any name makes a safe
-//! file name. A key file is created once, its key never replaced;
-//! deleting it crypto-shreds the user's files. Re-wraps (rotation, recovery)
-//! replace it atomically under a lock, and never recreate a destroyed one.
+//! Per-user key files and where they are kept: the [`KeyStore`] interface
+//! the keyring works through, and its local backend, [`KeyFileStore`].
+//!
+//! A key file is a small JSON document holding one wrapped data key. A
+//! store may hold several per user (the S3 store, where two nodes can
+//! create a first key at the same moment, and nothing can stop the second
+//! without a conditional write); the local folder holds exactly one, named
+//! after a hash of the user name so any name makes a safe file name. A key
+//! file is created once, its key never replaced; deleting a user's key
+//! files crypto-shreds their files. Re-wraps (rotation, recovery) replace a
+//! key file with one of the same key id, and never recreate a destroyed
+//! one.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -18,7 +25,7 @@ use crate::{hex, random_hex};
 /// Version of the key-file JSON layout.
 pub const KEY_FILE_FORMAT: u32 = 1;
 /// Largest key file read; real ones are under 2 KiB.
-const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+pub(crate) const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
 /// The JSON content of a key file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +72,14 @@ impl KeyFile {
         }
     }
 
+    /// The key file as stored (pretty JSON); `location` is for the error.
+    pub(crate) fn to_json(&self, location: &Path) -> Result<Vec<u8>, KeyError> {
+        serde_json::to_vec_pretty(self).map_err(|e| KeyError::CorruptKeyFile {
+            path: location.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
     /// The wrapped key in the provider's terms.
     pub fn wrapped(&self) -> Wrapped {
         Wrapped {
@@ -74,11 +89,50 @@ impl KeyFile {
     }
 }
 
-/// A key file found by [`KeyFileStore::list`]: its path, and its content
-/// or why it cannot be read.
-pub type ListedKeyFile = (PathBuf, Result<KeyFile, KeyError>);
+/// A key file found by [`KeyStore::list`]: where it is (a path, an object
+/// name), and its content or why it cannot be read.
+pub type ListedKeyFile = (String, Result<KeyFile, KeyError>);
 
-/// The folder of key files.
+/// Where key files are kept: what the keyring and the operator commands
+/// need, whatever the backend.
+///
+/// A user may have several key files (see the module docs); the keyring
+/// unwraps them all and seals new files under the one with the smallest
+/// key id. No call may take an unreachable store for an empty one: a
+/// failure to read is an error, never "no key file", or a login would
+/// create a new key while the old one still exists.
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Every key file of `user`, in no particular order; empty if there is
+    /// none. Each is checked to belong to `user`.
+    fn load_all(&self, user: &str) -> Result<Vec<KeyFile>, KeyError>;
+
+    /// Every key file in the store, each parsed or with why it cannot be,
+    /// in the order of their locations.
+    fn list(&self) -> Result<Vec<ListedKeyFile>, KeyError>;
+
+    /// Stores a new key file; never replaces one. Returns where it went.
+    /// A store that holds one key file per user fails with
+    /// [`KeyError::KeyFileExists`] when the user has one already.
+    fn create(&self, kf: &KeyFile) -> Result<String, KeyError>;
+
+    /// Replaces the key file of `kf.user` with key id `kf.key_id` by `kf`
+    /// (a re-wrap of the same key). Does nothing and returns `false` if
+    /// that key file is gone (shredded): a re-wrap never brings a destroyed
+    /// key back.
+    fn replace(&self, kf: &KeyFile) -> Result<bool, KeyError>;
+
+    /// Removes every key file of `user`, durably: every file sealed under
+    /// their keys becomes unreadable. Returns whether there was any.
+    fn destroy(&self, user: &str) -> Result<bool, KeyError>;
+}
+
+/// Hex SHA-256 of a user name: the user's part of a key file's name, safe
+/// whatever the name holds.
+pub(crate) fn user_hash(user: &str) -> String {
+    hex(digest::digest(&digest::SHA256, user.as_bytes()).as_ref())
+}
+
+/// The folder of key files, one per user.
 #[derive(Debug, Clone)]
 pub struct KeyFileStore {
     dir: PathBuf,
@@ -93,8 +147,7 @@ impl KeyFileStore {
 
     /// Where `user`'s key file lives: hex SHA-256 of the user name.
     pub fn path_for(&self, user: &str) -> PathBuf {
-        let h = digest::digest(&digest::SHA256, user.as_bytes());
-        self.dir.join(format!("{}.json", hex(h.as_ref())))
+        self.dir.join(format!("{}.json", user_hash(user)))
     }
 
     /// Loads `user`'s key file, if there is one.
@@ -113,84 +166,6 @@ impl KeyFileStore {
             });
         }
         Ok(Some(kf))
-    }
-
-    /// Every key file in the folder, each parsed or with why it cannot be.
-    pub fn list(&self) -> Result<Vec<ListedKeyFile>, KeyError> {
-        let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(KeyError::io(&self.dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| KeyError::io(&self.dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let path = entry.path();
-            let parsed = fs::File::open(&path)
-                .map_err(|e| KeyError::io(&path, e))
-                .and_then(|f| read_key_file(&path, f))
-                .and_then(|kf| {
-                    if self.path_for(&kf.user) == path {
-                        Ok(kf)
-                    } else {
-                        Err(KeyError::CorruptKeyFile {
-                            path: path.clone(),
-                            reason: "file name does not match the user in it".into(),
-                        })
-                    }
-                });
-            out.push((path, parsed));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
-
-    /// Replaces `kf.user`'s key file with `kf` (a re-wrap of the same key),
-    /// atomically. Does nothing and returns `false` if the file is gone
-    /// (shredded) or now holds another key: a re-wrap never brings a
-    /// destroyed key back. Serialized against [`destroy`](Self::destroy)
-    /// and other replacements by a lock on the file.
-    pub fn replace(&self, kf: &KeyFile) -> Result<bool, KeyError> {
-        let path = self.path_for(&kf.user);
-        let Some(locked) = self.lock(&path)? else {
-            return Ok(false);
-        };
-        let current = read_key_file(
-            &path,
-            locked.try_clone().map_err(|e| KeyError::io(&path, e))?,
-        )?;
-        if current.user != kf.user || current.key_id != kf.key_id {
-            return Ok(false);
-        }
-        let json = serde_json::to_vec_pretty(kf).map_err(|e| KeyError::CorruptKeyFile {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_via_temp(&path, &json, 0o600, |tmp| {
-            fs::rename(tmp, &path).map_err(|e| KeyError::io(&path, e))
-        })?;
-        fsync_dir(&self.dir)?;
-        drop(locked);
-        Ok(true)
-    }
-
-    /// Removes `user`'s key file and makes the removal durable: every file
-    /// sealed under that key becomes unreadable. Returns whether there was
-    /// one.
-    pub fn destroy(&self, user: &str) -> Result<bool, KeyError> {
-        let path = self.path_for(user);
-        let Some(locked) = self.lock(&path)? else {
-            return Ok(false);
-        };
-        fs::remove_file(&path).map_err(|e| KeyError::io(&path, e))?;
-        fsync_dir(&self.dir)?;
-        drop(locked);
-        Ok(true)
     }
 
     /// Opens and exclusively locks the key file at `path`, if it exists and
@@ -218,39 +193,116 @@ impl KeyFileStore {
             }
         }
     }
+}
 
-    /// Stores a new key file; fails with [`KeyError::KeyFileExists`] if the
-    /// user already has one (it is never replaced).
-    pub fn create(&self, kf: &KeyFile) -> Result<PathBuf, KeyError> {
+impl KeyStore for KeyFileStore {
+    fn load_all(&self, user: &str) -> Result<Vec<KeyFile>, KeyError> {
+        Ok(self.load(user)?.into_iter().collect())
+    }
+
+    fn list(&self) -> Result<Vec<ListedKeyFile>, KeyError> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(KeyError::io(&self.dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| KeyError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let path = entry.path();
+            let parsed = fs::File::open(&path)
+                .map_err(|e| KeyError::io(&path, e))
+                .and_then(|f| read_key_file(&path, f))
+                .and_then(|kf| {
+                    if self.path_for(&kf.user) == path {
+                        Ok(kf)
+                    } else {
+                        Err(KeyError::CorruptKeyFile {
+                            path: path.clone(),
+                            reason: "file name does not match the user in it".into(),
+                        })
+                    }
+                });
+            out.push((path.display().to_string(), parsed));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Atomically (a temporary renamed over it), serialized against
+    /// `destroy` and other replacements by a lock on the file.
+    fn replace(&self, kf: &KeyFile) -> Result<bool, KeyError> {
         let path = self.path_for(&kf.user);
-        let json = serde_json::to_vec_pretty(kf).map_err(|e| KeyError::CorruptKeyFile {
-            path: path.clone(),
-            reason: e.to_string(),
+        let Some(locked) = self.lock(&path)? else {
+            return Ok(false);
+        };
+        let current = read_key_file(
+            &path,
+            locked.try_clone().map_err(|e| KeyError::io(&path, e))?,
+        )?;
+        if current.user != kf.user || current.key_id != kf.key_id {
+            return Ok(false);
+        }
+        let json = kf.to_json(&path)?;
+        write_via_temp(&path, &json, 0o600, |tmp| {
+            fs::rename(tmp, &path).map_err(|e| KeyError::io(&path, e))
         })?;
+        fsync_dir(&self.dir)?;
+        drop(locked);
+        Ok(true)
+    }
+
+    fn destroy(&self, user: &str) -> Result<bool, KeyError> {
+        let path = self.path_for(user);
+        let Some(locked) = self.lock(&path)? else {
+            return Ok(false);
+        };
+        fs::remove_file(&path).map_err(|e| KeyError::io(&path, e))?;
+        fsync_dir(&self.dir)?;
+        drop(locked);
+        Ok(true)
+    }
+
+    /// Fails with [`KeyError::KeyFileExists`] if the user already has one:
+    /// the folder holds one key file per user.
+    fn create(&self, kf: &KeyFile) -> Result<String, KeyError> {
+        let path = self.path_for(&kf.user);
+        let json = kf.to_json(&path)?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| KeyError::io(&self.dir, e))?;
         write_new_file(&path, &json, 0o600)?;
-        Ok(path)
+        Ok(path.display().to_string())
     }
 }
 
 /// Reads and parses a key file.
 fn read_key_file(path: &Path, file: fs::File) -> Result<KeyFile, KeyError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| KeyError::io(path, e))?;
+    parse_key_file(path, &bytes)
+}
+
+/// Parses the bytes of the key file at `location` (a path, or an object
+/// name), refusing more than a key file can hold.
+pub(crate) fn parse_key_file(location: &Path, bytes: &[u8]) -> Result<KeyFile, KeyError> {
     let corrupt = |reason: String| KeyError::CorruptKeyFile {
-        path: path.to_owned(),
+        path: location.to_owned(),
         reason,
     };
-    if text.len() as u64 > MAX_KEY_FILE_LEN {
+    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
         return Err(corrupt("too large".into()));
     }
-    let kf: KeyFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if kf.format != KEY_FILE_FORMAT {
         return Err(corrupt(format!("unknown key file format {}", kf.format)));
     }

@@ -141,6 +141,9 @@ pub struct Caps {
     pub durable_step: u64,
     /// Chunks worth reading ahead of a download.
     pub read_ahead: usize,
+    /// Every read is a request of its own (a range GET): small reads are
+    /// better served from whole chunks read once.
+    pub whole_chunk_reads: bool,
 }
 
 /// One entry of a listing.

@@ -265,6 +265,7 @@ impl Storage for S3Storage {
             staged_readable: false,
             durable_step: self.part_len(),
             read_ahead: 4,
+            whole_chunk_reads: true,
         }
     }
 
@@ -480,13 +481,20 @@ impl Storage for S3Storage {
         let mut total = 0u64;
         let _ = self.each_object(prefix, |o| {
             let name = format!("{prefix}{}", o.key);
-            if name.ends_with(SEALED) {
-                total = total.saturating_add(o.len);
+            let len = if name.ends_with(SEALED) {
+                o.len
             } else if name.ends_with('/') {
-            } else if let Ok(Some(m)) = self.client.head(&name) {
-                let len = m.metadata.get(STAGED_LEN).and_then(|l| l.parse().ok());
-                total = total.saturating_add(len.unwrap_or(0));
-            }
+                0
+            } else {
+                // A record: the sealed bytes of its stored parts.
+                self.client
+                    .head(&name)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.metadata.get(STAGED_LEN)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            total = total.saturating_add(len);
             Ok(())
         });
         total
@@ -744,12 +752,11 @@ impl Shared {
                 parts: s.parts.clone(),
                 pending: s.pending.clone(),
             };
-            // Only a record with nothing on its way can be continued.
-            let len = if s.pending.is_empty() && !s.broken {
-                s.stored()
-            } else {
-                0
-            };
+            // What a resume may continue after (SIZE reports it): the
+            // stored parts. A part still on its way when the upload was
+            // cut may make the record unusable (see `adopt`): then the
+            // resume is refused and the client starts over.
+            let len = if s.broken { 0 } else { s.stored() };
             (body, len)
         };
         let bytes = Record::encode(&body, &*self.key);
@@ -939,6 +946,7 @@ impl Staged for S3Staged {
             next,
             max_in_flight: self.storage.in_flight,
             in_flight: std::collections::VecDeque::new(),
+            spare: Vec::new(),
         }))
     }
 
@@ -1000,7 +1008,11 @@ struct S3Sink {
     /// Its number.
     next: u32,
     max_in_flight: usize,
-    in_flight: std::collections::VecDeque<JoinHandle<Result<()>>>,
+    /// Parts on their way; each thread gives its buffer back.
+    in_flight: std::collections::VecDeque<JoinHandle<(Result<()>, Vec<u8>)>>,
+    /// Buffers of parts sent, for the next parts: an upload allocates its
+    /// few part buffers once.
+    spare: Vec<Vec<u8>>,
 }
 
 impl S3Sink {
@@ -1009,9 +1021,14 @@ impl S3Sink {
         let Some(h) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let result = h
-            .join()
-            .unwrap_or_else(|_| Err(StorageError::Io(io::Error::other("part thread failed"))));
+        let result = match h.join() {
+            Ok((result, mut body)) => {
+                body.clear();
+                self.spare.push(body);
+                result
+            }
+            Err(_) => Err(StorageError::Io(io::Error::other("part thread failed"))),
+        };
         if result.is_err() {
             lock(&self.shared.state).broken = true;
         }
@@ -1056,15 +1073,13 @@ impl S3Sink {
             let header = self.buf.get(..HEADER_LEN).map(<[u8]>::to_vec);
             lock(&self.shared.state).header = header;
         }
-        let body = std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(usize::try_from(self.part_len).unwrap_or(0)),
-        );
+        let next = self.spare.pop().unwrap_or_default();
+        let body = std::mem::replace(&mut self.buf, next);
         let (shared, number) = (self.shared.clone(), self.next);
         self.in_flight.push_back(
             std::thread::Builder::new()
                 .name("dropvault-s3-part".into())
-                .spawn(move || shared.send_part(number, &body))?,
+                .spawn(move || (shared.send_part(number, &body), body))?,
         );
         self.next += 1;
         self.want = self.part_len;
@@ -1100,6 +1115,10 @@ impl Sink for S3Sink {
     /// part being filled is not stored (a resume sends it again).
     fn sync(&mut self) -> io::Result<u64> {
         let waited = self.wait_all();
+        // Nothing sent yet: nothing to record.
+        if lock(&self.shared.state).upload.is_none() {
+            return waited.map(|()| 0);
+        }
         self.shared.write_record().map_err(StorageError::into_io)?;
         waited?;
         Ok(lock(&self.shared.state).stored())

@@ -465,12 +465,13 @@ impl UserVault {
     /// The header and length are checked now; segments as they are read.
     pub async fn open_read(&self, p: &VPath) -> Result<ReadFile, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let read_ahead = self.storage().caps().read_ahead;
+        let caps = self.storage().caps();
         blocking(move || {
             let object = me.storage().open(&me.name(&p))?;
+            let key = file_key(&me.inner.key, &object)?;
             let mut reader = ObjectReader::new(object);
-            let dec = open_decryptor(&mut reader, me.inner.key.data_key())?;
-            Ok(ReadFile::new(reader.into_inner(), dec, read_ahead))
+            let dec = open_decryptor(&mut reader, key)?;
+            Ok(ReadFile::new(reader.into_inner(), dec, caps))
         })
         .await
     }
@@ -547,19 +548,24 @@ impl UserVault {
             &format!("{STAGING}/{}-", staging_prefix(self.user())),
             staged_len,
         );
-        let key = self.inner.key.data_key();
+        // New files are sealed under the primary key; existing ones are
+        // opened with the key their header names.
+        let user_key = &*self.inner.key;
+        let key = user_key.data_key();
         let decided = (|| {
             // Plaintext in the whole segments an interrupted upload left.
             let staged_plain = whole_segments(staged_len) * SEGMENT_LEN as u64;
             // The sealed prefix of an interrupted upload, if it can go on.
             let readable = storage.caps().staged_readable;
             let resumable =
-                |staged: &mut Box<dyn Staged>| continue_staged(staged, key, readable).ok();
+                |staged: &mut Box<dyn Staged>| continue_staged(staged, user_key, readable).ok();
             // The committed file, opened now: a re-seal reads what was
             // there when the client asked, and a damaged one is refused at
             // once.
             let open_committed = |len: Option<u64>| -> Result<Begin, VaultError> {
-                let old = DecryptingReader::new(ObjectReader::new(storage.open(&target)?), key)?;
+                let object = storage.open(&target)?;
+                let old_key = file_key(user_key, &object)?;
+                let old = DecryptingReader::new(ObjectReader::new(object), old_key)?;
                 let size = old.plaintext_len();
                 let len = len.unwrap_or(size);
                 if len > size {
@@ -787,12 +793,28 @@ fn staging_prefix(user: &str) -> String {
 /// What seals an upload into its staging file.
 type Sealer = EncryptingWriter<Box<dyn Sink>>;
 
-/// Continues the unfinished upload `staged` holds under its own salt: its
-/// header and last segment are read back and checked, and sealing goes on
-/// at its end.
+/// The one of `key`'s data keys that sealed the file `object` holds: the
+/// one its header names. The header is read only when the user has several
+/// keys; for a header naming none of them, see [`UserKey::key_for_header`].
+fn file_key<'k>(
+    key: &'k UserKey,
+    object: &impl storage::ReadAt,
+) -> Result<&'k dropvault_format::DataKey, StorageError> {
+    if !key.has_several() {
+        return Ok(key.data_key());
+    }
+    let mut header = [0u8; HEADER_LEN];
+    let n = usize::try_from(object.stored_len()).map_or(HEADER_LEN, |l| l.min(HEADER_LEN));
+    object.read_exact_at(&mut header[..n], 0)?;
+    Ok(key.key_for_header(&header[..n]))
+}
+
+/// Continues the unfinished upload `staged` holds under its own salt and
+/// the key its header names: its header and last segment are read back and
+/// checked, and sealing goes on at its end.
 fn continue_staged(
     staged: &mut Box<dyn Staged>,
-    key: &dropvault_format::DataKey,
+    key: &UserKey,
     readable: bool,
 ) -> Result<Sealer, VaultError> {
     let len = staged.stored_len();
@@ -816,7 +838,11 @@ fn continue_staged(
     };
     let sink = staged.sink(len)?;
     Ok(EncryptingWriter::resume_with(
-        sink, key, &header, len, checked,
+        sink,
+        key.key_for_header(&header),
+        &header,
+        len,
+        checked,
     )?)
 }
 
@@ -872,7 +898,7 @@ fn reseal(
 
 /// Re-seals the first `len` plaintext bytes of the unfinished upload
 /// `staged` holds (its whole segments, read back and authenticated) under a
-/// fresh salt into a new staging name, which then takes the place of
+/// fresh salt and the primary key into a new staging name, which then takes the place of
 /// `staged` under its name, held before anyone can see it. For a staging
 /// file that a crash left ending inside a segment: that segment's counter
 /// may be stored already, so the upload cannot go on under the old salt
@@ -883,7 +909,7 @@ fn reseal_staging(
     storage: &dyn Storage,
     record_key: &Arc<dyn RecordKey>,
     staging: &str,
-    key: &dropvault_format::DataKey,
+    key: &UserKey,
     len: u64,
     stop: &dyn Fn() -> bool,
 ) -> Result<Sealer, VaultError> {
@@ -893,8 +919,8 @@ fn reseal_staging(
         let mut header = [0u8; HEADER_LEN];
         staged.read_exact_at(&mut header, 0)?;
         let segments = len.div_ceil(SEGMENT_LEN as u64);
-        let dec = Decryptor::unfinished(key, &header, segments)?;
-        let mut writer = fresh(&mut new, key)?;
+        let dec = Decryptor::unfinished(key.key_for_header(&header), &header, segments)?;
+        let mut writer = fresh(&mut new, key.data_key())?;
         let mut sealed = vec![0u8; SEALED_SEGMENT_LEN];
         let mut plain = zeroize::Zeroizing::new(vec![0u8; SEGMENT_LEN]);
         let mut left = len;

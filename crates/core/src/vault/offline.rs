@@ -144,10 +144,8 @@ impl Vault {
         let object = self
             .storage
             .open(&stored_name(&self.home(key.user())?, p))?;
-        Ok(DecryptingReader::new(
-            ObjectReader::new(object),
-            key.data_key(),
-        )?)
+        let file_key = super::file_key(key, &object)?;
+        Ok(DecryptingReader::new(ObjectReader::new(object), file_key)?)
     }
 
     /// Reads `user`'s file at `p` to the end, authenticating every segment;

@@ -4,6 +4,7 @@
 //! cut file is caught). Downloads ([`super::Download`]) are reads of this
 //! kind, one chunk at a time.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -11,7 +12,12 @@ use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
 use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
-use crate::storage::Object;
+
+/// Chunks a file read in small pieces keeps ([`ReadFile::read_at`] on
+/// storage where every read is a request): enough for the reads an SFTP
+/// client has in flight to come back in any order.
+const KEPT_CHUNKS: usize = 4;
+use crate::storage::{Caps, Object};
 
 /// A stored file open for reading: its header checked, its segments
 /// checked as they are read. Cheap to clone (clones share the open file);
@@ -26,6 +32,13 @@ struct Shared {
     dec: Decryptor,
     /// Chunks worth reading ahead of a download ([`crate::storage::Caps`]).
     read_ahead: usize,
+    /// Whether small reads are served from whole chunks read at once
+    /// ([`crate::storage::Caps::whole_chunk_reads`]), kept in `chunks`.
+    whole_chunks: bool,
+    /// The chunks read last for small reads, oldest first: chunk index and
+    /// plaintext. An async lock: readers waiting for a chunk hold no
+    /// thread.
+    chunks: tokio::sync::Mutex<VecDeque<(u64, Zeroizing<Vec<u8>>)>>,
     /// The last segment opened whose end a read stopped short of, so the
     /// next read in order does not open it again.
     cache: Mutex<Option<Cached>>,
@@ -50,12 +63,14 @@ impl ReadFile {
     pub const MAX_READ: usize = CHUNK;
 
     /// A reader of `object`, whose header `dec` checked.
-    pub(super) fn new(object: Box<dyn Object>, dec: Decryptor, read_ahead: usize) -> Self {
+    pub(super) fn new(object: Box<dyn Object>, dec: Decryptor, caps: Caps) -> Self {
         Self {
             shared: Arc::new(Shared {
                 object,
                 dec,
-                read_ahead: read_ahead.max(1),
+                read_ahead: caps.read_ahead.max(1),
+                whole_chunks: caps.whole_chunk_reads,
+                chunks: tokio::sync::Mutex::new(VecDeque::new()),
                 cache: Mutex::new(None),
             }),
         }
@@ -81,6 +96,15 @@ impl ReadFile {
     /// or past its end. A segment that fails to authenticate fails the
     /// read with [`VaultError::Format`].
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, VaultError> {
+        let total = self.len();
+        let end = offset
+            .saturating_add(len.min(Self::MAX_READ) as u64)
+            .min(total);
+        let chunk = CHUNK as u64;
+        let whole = offset.is_multiple_of(chunk) && (end - offset == chunk || end == total);
+        if self.shared.whole_chunks && offset < end && !whole {
+            return self.read_from_chunks(offset, end).await;
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let (mut out, mut sealed) = (Vec::new(), Vec::new());
@@ -122,6 +146,60 @@ impl ReadFile {
         let result = self.fill(offset, end, first, last, out, &mut done, sealed);
         out.truncate(done);
         result
+    }
+
+    /// A small read where every read is a request (S3): served from the
+    /// whole chunks it touches, read once and kept (the last few), so an
+    /// SFTP client's many 32 KiB requests cost one range request per
+    /// chunk. A missing chunk is read together with the next (two requests
+    /// at once, for the reads in order that follow). Readers of one file
+    /// take turns here, without holding a thread while they wait.
+    async fn read_from_chunks(&self, offset: u64, end: u64) -> Result<Vec<u8>, VaultError> {
+        let chunk = CHUNK as u64;
+        let total = self.len();
+        let (first, last) = (offset / chunk, (end - 1) / chunk);
+        let mut kept = self.shared.chunks.lock().await;
+        for k in first..=last {
+            if kept.iter().any(|c| c.0 == k) {
+                continue;
+            }
+            let mut wanted = vec![k];
+            if k + 1 < total.div_ceil(chunk) && !kept.iter().any(|c| c.0 == k + 1) {
+                wanted.push(k + 1);
+            }
+            let reads: Vec<_> = wanted
+                .iter()
+                .map(|&i| {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (mut out, mut sealed) = (Vec::new(), Vec::new());
+                        let read = me.read_into(i * chunk, CHUNK, &mut out, &mut sealed);
+                        (i, Zeroizing::new(out), read)
+                    })
+                })
+                .collect();
+            for read in reads {
+                let (i, plain, result) = read
+                    .await
+                    .map_err(|e| VaultError::Io(io::Error::other(e)))?;
+                result?;
+                kept.push_back((i, plain));
+                while kept.len() > KEPT_CHUNKS {
+                    kept.pop_front();
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for k in first..=last {
+            let Some((_, plain)) = kept.iter().find(|c| c.0 == k) else {
+                return Err(VaultError::Io(io::ErrorKind::UnexpectedEof.into()));
+            };
+            // Within chunk k, which holds `plain`.
+            let from = usize::try_from(offset.max(k * chunk) - k * chunk).unwrap_or(0);
+            let to = usize::try_from(end.min((k + 1) * chunk) - k * chunk).unwrap_or(0);
+            out.extend_from_slice(plain.get(from..to).unwrap_or_default());
+        }
+        Ok(out)
     }
 
     /// Opens segments `first..=last` and puts plaintext `offset..end` of

@@ -143,8 +143,8 @@ impl Begin {
     /// gone. A failed or stopped re-seal of a committed file leaves no
     /// staging file; of a staging file, leaves it as it was.
     fn writer(self, t: &mut Target, stop: &dyn Fn() -> bool) -> Result<(Sealer, bool), VaultError> {
-        let key = t.key.clone();
-        let key = key.data_key();
+        let user_key = t.key.clone();
+        let key = user_key.data_key();
         match self {
             Self::Ready { writer, continued } => Ok((*writer, continued)),
             Self::Reseal {
@@ -169,7 +169,7 @@ impl Begin {
                     &*storage,
                     &record_key,
                     &t.staging,
-                    key,
+                    &user_key,
                     len,
                     stop,
                 ) {
@@ -470,8 +470,9 @@ fn rescan(plan: &ScanPlan, t: &Target) -> Verdict {
     let mut job = plan.scanner.begin(&plan.user, &plan.path);
     let read = (|| -> io::Result<()> {
         let staged: &dyn Staged = &*t.staged;
-        let mut reader = DecryptingReader::new(ObjectReader::new(staged), t.key.data_key())
-            .map_err(io::Error::from)?;
+        let key = super::file_key(&t.key, &staged).map_err(StorageError::into_io)?;
+        let mut reader =
+            DecryptingReader::new(ObjectReader::new(staged), key).map_err(io::Error::from)?;
         let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
         loop {
             let n = reader.read(&mut buf)?;

@@ -135,6 +135,7 @@ impl Storage for LocalStorage {
             staged_readable: true,
             durable_step: 1,
             read_ahead: 2,
+            whole_chunk_reads: false,
         }
     }
 
