@@ -138,6 +138,11 @@ def test_a_server_that_is_not_root_cannot_be_dumped_and_runs_hooks_as_itself(
         shutil.copy2(kek_template / name, data / name)
     r = run_cli(["user", "add", USER, "--password-stdin"], data, stdin=PASSWORD + "\n")
     assert r.returncode == 0, r.stderr
+    # A copy of the binary that nobody can reach: the build folder may be
+    # under root's home (scripts/test builds in ~/.cache), mode 0700.
+    binary = hook_dir / "dropvault"
+    shutil.copy2(BIN, binary)
+    binary.chmod(0o755)
     script = probe_script(hook_dir, [])
     for path in [data, *data.rglob("*")]:
         os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
@@ -157,7 +162,7 @@ def test_a_server_that_is_not_root_cannot_be_dumped_and_runs_hooks_as_itself(
     })
     log = hook_dir / "server.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([BIN, "serve"], env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([str(binary), "serve"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=err, preexec_fn=as_nobody)
     try:
         lines: queue.Queue[str] = queue.Queue()
