@@ -452,3 +452,40 @@ fn a_part_on_its_way_that_arrived_whole_is_kept() {
     let other = storage(&pre).stage(name, &key).expect("stage");
     assert_eq!(other.stored_len(), (part1 + part2) as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_reads_across_spans_in_any_order_read_back_exact() {
+    let pre = prefix("reads");
+    let alice = node(&pre)
+        .for_user(Arc::new(UserKey::new(
+            "alice",
+            DataKey::generate().expect("key"),
+        )))
+        .expect("user");
+    let data = payload(11 * MIB + 12_345, 11);
+    put(&alice, "/r.bin", UploadMode::Replace, &data).await;
+    let file = alice.open_read(&p("/r.bin")).await.expect("open");
+    // Reads that straddle chunk and span boundaries, forwards, backwards
+    // and many at once (as an SFTP client's pipelined requests come back).
+    // A read that needs a kept chunk and a new span at once, after reads
+    // elsewhere made that chunk the oldest kept.
+    for (off, len) in [(4 * MIB, 10), (0, 10), (8 * MIB - 100, 200)] {
+        let got = file.read_at(off as u64, len).await.expect("read_at");
+        assert_eq!(got, data[off..off + len], "at {off}");
+    }
+    let step = 200_000usize;
+    let offsets: Vec<usize> = (0..data.len()).step_by(step).collect();
+    for &off in offsets.iter().chain(offsets.iter().rev()) {
+        let got = file.read_at(off as u64, step).await.expect("read_at");
+        assert_eq!(got, data[off..(off + step).min(data.len())], "at {off}");
+    }
+    let reads = offsets.iter().map(|&off| {
+        let file = file.clone();
+        tokio::spawn(async move { (off, file.read_at(off as u64, 32_768).await) })
+    });
+    for read in reads.collect::<Vec<_>>() {
+        let (off, got) = read.await.expect("join");
+        let got = got.expect("read_at");
+        assert_eq!(got, data[off..(off + 32_768).min(data.len())], "at {off}");
+    }
+}

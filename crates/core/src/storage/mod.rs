@@ -136,9 +136,6 @@ pub struct Caps {
     /// finished (to re-seal an upload that a crash cut inside a segment).
     /// Without it, such an upload cannot be continued.
     pub staged_readable: bool,
-    /// Sealed bytes an upload makes durable at a time: what a cut upload
-    /// keeps is a multiple of this (1 = every byte written).
-    pub durable_step: u64,
     /// Chunks worth reading ahead of a download.
     pub read_ahead: usize,
     /// Every read is a request of its own (a range GET): small reads are
@@ -179,8 +176,8 @@ pub trait Object: Send + Sync {
 pub trait Sink: Write + Send {
     /// Makes every byte written so far durable (fsync; an uploaded part).
     /// Returns how many stored bytes are durable now, which may be fewer
-    /// than were written where the backend keeps bytes in whole steps
-    /// ([`Caps::durable_step`]).
+    /// than were written where the backend keeps bytes in whole steps (S3:
+    /// whole parts).
     fn sync(&mut self) -> io::Result<u64>;
     /// Stores everything written (the last byte has been): returns the
     /// stored length of the whole file.

@@ -263,7 +263,6 @@ impl Storage for S3Storage {
     fn caps(&self) -> Caps {
         Caps {
             staged_readable: false,
-            durable_step: self.part_len(),
             // Reads of 4 MiB (ReadFile::span), two ahead.
             read_ahead: 2,
             whole_chunk_reads: true,

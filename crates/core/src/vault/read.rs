@@ -193,9 +193,6 @@ impl ReadFile {
                 kept.retain(|c| c.0 != i);
                 kept.push_back((i, Zeroizing::new(piece.to_vec())));
             }
-            while kept.len() > SPAN_CHUNKS + 1 {
-                kept.pop_front();
-            }
         }
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for k in first..=last {
@@ -206,6 +203,11 @@ impl ReadFile {
             let from = usize::try_from(offset.max(k * chunk) - k * chunk).unwrap_or(0);
             let to = usize::try_from(end.min((k + 1) * chunk) - k * chunk).unwrap_or(0);
             out.extend_from_slice(plain.get(from..to).unwrap_or_default());
+        }
+        // Only now, so that no chunk this read needs went before it was
+        // copied: the oldest go.
+        while kept.len() > SPAN_CHUNKS + 1 {
+            kept.pop_front();
         }
         Ok(out)
     }

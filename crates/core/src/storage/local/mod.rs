@@ -133,7 +133,6 @@ impl Storage for LocalStorage {
     fn caps(&self) -> Caps {
         Caps {
             staged_readable: true,
-            durable_step: 1,
             read_ahead: 2,
             whole_chunk_reads: false,
         }
