@@ -8,16 +8,30 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dropvault_format::{Decryptor, Segment, SEGMENT_LEN};
+use dropvault_format::{Decryptor, Segment, SEALED_SEGMENT_LEN, SEGMENT_LEN};
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use zeroize::Zeroizing;
 
 use super::{VaultError, CHUNK};
 
+use crate::storage::{Caps, Object};
+
 /// Chunks one read covers where every read is a request
 /// ([`ReadFile::span`]).
-const SPAN_CHUNKS: usize = 4;
+const SPAN_CHUNKS: usize = 8;
 
-use crate::storage::{Caps, Object};
+/// Spans fetched ahead of a reader going forwards where every read is a
+/// request.
+const PREFETCH_SPANS: usize = 1;
+
+/// Spans kept for one open file: one behind the reader, the one or two
+/// it reads, and those fetched ahead.
+const KEPT_SPANS: usize = PREFETCH_SPANS + 3;
+
+/// Spans fetched ahead, and not yet dropped, in the whole process
+/// (128 MiB of plaintext): past it, readers fetch each span when they
+/// reach it.
+static PREFETCH_BUDGET: Semaphore = Semaphore::const_new(32);
 
 /// A stored file open for reading: its header checked, its segments
 /// checked as they are read. Cheap to clone (clones share the open file);
@@ -35,13 +49,86 @@ struct Shared {
     /// Whether small reads are served from whole chunks read at once
     /// ([`crate::storage::Caps::whole_chunk_reads`]), kept in `chunks`.
     whole_chunks: bool,
-    /// The chunks read last for small reads, oldest first: chunk index and
-    /// plaintext. An async lock: readers waiting for a chunk hold no
-    /// thread.
-    chunks: tokio::sync::Mutex<VecDeque<(u64, Zeroizing<Vec<u8>>)>>,
+    /// The spans small reads are served from (with whole chunk reads).
+    spans: Mutex<Spans>,
     /// The last segment opened whose end a read stopped short of, so the
     /// next read in order does not open it again.
     cache: Mutex<Option<Cached>>,
+}
+
+/// The spans of one file kept for small reads, at most [`KEPT_SPANS`].
+#[derive(Default)]
+struct Spans {
+    slots: VecDeque<Arc<Slot>>,
+    /// Buffers of spans dropped that no reader held, and sealed-bytes
+    /// buffers, for the next fetches: fetching reuses memory instead of
+    /// faulting in and zero-filling a new span each time. Plaintext, not
+    /// key material, so not zeroized (as in downloads).
+    spare: Vec<Vec<u8>>,
+}
+
+/// One span: its plaintext once read. Readers hold it while they copy
+/// from it, so dropping it from [`Spans`] never takes it from under one.
+struct Slot {
+    index: u64,
+    plain: OnceCell<Vec<u8>>,
+    /// Held while a span fetched ahead is kept.
+    _budget: Option<SemaphorePermit<'static>>,
+}
+
+impl Spans {
+    /// A spare buffer, or a new one, with room for `room` bytes.
+    fn take(&mut self, room: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.reserve(room.saturating_sub(buf.len()));
+        buf
+    }
+
+    /// Keeps `buf` for reuse, up to three.
+    fn give_back(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 3 && buf.capacity() > 0 {
+            self.spare.push(buf);
+        }
+    }
+
+    fn has(&self, index: u64) -> bool {
+        self.slots.iter().any(|s| s.index == index)
+    }
+
+    /// Span `index`'s slot, added if missing (holding `budget`), for a
+    /// reader at span `reader`. Past [`KEPT_SPANS`], the lowest span goes
+    /// if it is behind the reader, else the highest (a reader that jumped
+    /// back).
+    fn slot(
+        &mut self,
+        index: u64,
+        reader: u64,
+        budget: Option<SemaphorePermit<'static>>,
+    ) -> Arc<Slot> {
+        if let Some(slot) = self.slots.iter().find(|s| s.index == index) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot {
+            index,
+            plain: OnceCell::new(),
+            _budget: budget,
+        });
+        self.slots.push_back(Arc::clone(&slot));
+        while self.slots.len() > KEPT_SPANS {
+            let others = || self.slots.iter().map(|s| s.index).filter(|&i| i != index);
+            let gone = match others().min() {
+                Some(lowest) if lowest < reader => lowest,
+                _ => others().max().unwrap_or(index),
+            };
+            if let Some(at) = self.slots.iter().position(|s| s.index == gone) {
+                let dropped = self.slots.remove(at).and_then(Arc::into_inner);
+                if let Some(buf) = dropped.and_then(|s| s.plain.into_inner()) {
+                    self.give_back(buf);
+                }
+            }
+        }
+        slot
+    }
 }
 
 /// One opened segment.
@@ -70,7 +157,7 @@ impl ReadFile {
                 dec,
                 read_ahead: caps.read_ahead.max(1),
                 whole_chunks: caps.whole_chunk_reads,
-                chunks: tokio::sync::Mutex::new(VecDeque::new()),
+                spans: Mutex::new(Spans::default()),
                 cache: Mutex::new(None),
             }),
         }
@@ -163,53 +250,96 @@ impl ReadFile {
     }
 
     /// A small read where every read is a request (S3): served from the
-    /// whole chunks it touches, read once and kept (one more than a
-    /// download reads ahead, so the reads an SFTP client has in flight may
-    /// come back in any order), so its many 32 KiB requests cost one range
-    /// request per chunk. A missing chunk is read together with
-    /// the next few (as many range requests at once as a download reads
-    /// ahead). Readers of one file take turns here, without holding a
-    /// thread while they wait.
+    /// spans it touches ([`ReadFile::span`], aligned to the span length),
+    /// each read once with one range request and kept, so an SFTP
+    /// client's many 32 KiB requests cost one range request per span.
+    /// A reader going forwards (a read in a span already there, or at the
+    /// start) has the next [`PREFETCH_SPANS`] spans fetched in the
+    /// background while it is served from this one, within the process's
+    /// [`PREFETCH_BUDGET`]. Readers of one span wait for its one fetch
+    /// without holding a thread.
     async fn read_from_chunks(&self, offset: u64, end: u64) -> Result<Vec<u8>, VaultError> {
-        let chunk = CHUNK as u64;
-        let (first, last) = (offset / chunk, (end - 1) / chunk);
-        let mut kept = self.shared.chunks.lock().await;
-        for k in first..=last {
-            if kept.iter().any(|c| c.0 == k) {
-                continue;
+        let span = self.span() as u64;
+        let (first, last) = (offset / span, (end - 1) / span);
+        let (wanted, ahead) = {
+            let mut spans = self.spans();
+            let forwards = first == 0 || spans.has(first);
+            let wanted: Vec<_> = (first..=last).map(|s| spans.slot(s, first, None)).collect();
+            let mut ahead = Vec::new();
+            let spans_in_file = self.len().div_ceil(span);
+            for s in (last + 1..spans_in_file).take(PREFETCH_SPANS) {
+                if !forwards || spans.has(s) {
+                    continue;
+                }
+                // Over the budget, the reader fetches it when it gets there.
+                let Ok(permit) = PREFETCH_BUDGET.try_acquire() else {
+                    break;
+                };
+                ahead.push(spans.slot(s, first, Some(permit)));
             }
-            // This chunk and the next few, in one range request.
-            let (from, span) = (k * chunk, self.span());
+            (wanted, ahead)
+        };
+        for slot in ahead {
             let me = self.clone();
-            let (plain, read) = tokio::task::spawn_blocking(move || {
-                let (mut out, mut sealed) = (Vec::new(), Vec::new());
-                let read = me.read_into(from, span, &mut out, &mut sealed);
-                (Zeroizing::new(out), read)
-            })
-            .await
-            .map_err(|e| VaultError::Io(io::Error::other(e)))?;
-            read?;
-            for (i, piece) in (k..).zip(plain.chunks(CHUNK)) {
-                kept.retain(|c| c.0 != i);
-                kept.push_back((i, Zeroizing::new(piece.to_vec())));
-            }
+            tokio::spawn(async move {
+                // A failure here is met again, and reported, by the reader
+                // that gets to this span.
+                let _ = slot
+                    .plain
+                    .get_or_try_init(|| me.fetch_span(slot.index))
+                    .await;
+            });
         }
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
-        for k in first..=last {
-            let Some((_, plain)) = kept.iter().find(|c| c.0 == k) else {
+        for slot in wanted {
+            let plain = slot
+                .plain
+                .get_or_try_init(|| self.fetch_span(slot.index))
+                .await?;
+            // Within span `slot.index`, which holds `plain`.
+            let base = slot.index * span;
+            let from = usize::try_from(offset.max(base) - base).unwrap_or(0);
+            let to = usize::try_from(end.min(base + span) - base).unwrap_or(0);
+            let Some(part) = plain.get(from..to) else {
                 return Err(VaultError::Io(io::ErrorKind::UnexpectedEof.into()));
             };
-            // Within chunk k, which holds `plain`.
-            let from = usize::try_from(offset.max(k * chunk) - k * chunk).unwrap_or(0);
-            let to = usize::try_from(end.min((k + 1) * chunk) - k * chunk).unwrap_or(0);
-            out.extend_from_slice(plain.get(from..to).unwrap_or_default());
-        }
-        // Only now, so that no chunk this read needs went before it was
-        // copied: the oldest go.
-        while kept.len() > SPAN_CHUNKS + 1 {
-            kept.pop_front();
+            out.extend_from_slice(part);
         }
         Ok(out)
+    }
+
+    /// The plaintext of span `index`, read with one range request.
+    async fn fetch_span(&self, index: u64) -> Result<Vec<u8>, VaultError> {
+        let (me, span) = (self.clone(), self.span());
+        let from = index * span as u64;
+        tokio::task::spawn_blocking(move || {
+            let (mut out, mut sealed) = {
+                // Room for a span's sealed bytes in either.
+                let room = (span / SEGMENT_LEN + 1) * SEALED_SEGMENT_LEN;
+                let mut spans = me.spans();
+                (spans.take(room), spans.take(room))
+            };
+            let read = me.read_into(from, span, &mut out, &mut sealed);
+            me.spans().give_back(sealed);
+            match read {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    me.spans().give_back(out);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| VaultError::Io(io::Error::other(e)))?
+    }
+
+    fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
+        // Nothing panics while holding it; if something did, the list is
+        // still a whole value.
+        self.shared
+            .spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens segments `first..=last` and puts plaintext `offset..end` of
