@@ -42,6 +42,7 @@ pub mod keys;
 pub mod ls;
 pub mod s3;
 pub mod scan;
+pub mod secret;
 pub mod session;
 pub mod storage;
 pub mod vault;

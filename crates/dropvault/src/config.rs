@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dropvault_core::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
@@ -255,33 +256,6 @@ pub(crate) struct Kms {
     pub(crate) transit_version_cache_secs: i64,
     /// RSA public key (SPKI PEM) every data key is also wrapped to.
     pub(crate) recovery_public_key: String,
-}
-
-/// A secret setting: never shown by `Debug`, zeroized when dropped.
-#[derive(Clone, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "[redacted]"
-        })
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
 }
 
 /// `[storage]`
@@ -1100,7 +1074,7 @@ mod tests {
         // The settings win over the variables; secrets never print.
         let mut c2 = c.clone();
         c2.storage.s3.access_key_id = "mine".into();
-        c2.storage.s3.secret_access_key = Secret("s3cr3t".into());
+        c2.storage.s3.secret_access_key = Secret::new("s3cr3t".into());
         assert_eq!(c2.s3_settings(aws).expect("settings").access_key_id, "mine");
         assert!(!format!("{c2:?}").contains("s3cr3t"));
         let file = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nregion = \"eu\"\n";

@@ -9,10 +9,12 @@
 //! that pass [`validate_user_name`].
 
 mod file;
+pub mod ldap;
 mod pam;
 pub mod sshkey;
 
 pub use file::{UserFile, UserKey};
+pub use ldap::{LdapAuthenticator, LdapConfig};
 pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};
 
 use std::fmt;
@@ -153,6 +155,11 @@ pub enum AuthError {
     /// service file, a directory service down, a failed user lookup.
     #[error("PAM: {0}")]
     Pam(String),
+    /// The accounts backend (a directory) is down, slow or refusing the
+    /// service account: the login may be tried again later. Never
+    /// counted as a wrong password.
+    #[error("accounts backend unavailable: {0}")]
+    Unavailable(String),
     /// libpam could not be loaded.
     #[error("PAM is unavailable: {0}")]
     PamUnavailable(String),

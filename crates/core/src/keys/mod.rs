@@ -7,6 +7,7 @@
 mod error;
 mod keyring;
 mod local;
+pub mod pkcs11;
 mod recovery;
 mod rsa;
 mod s3store;
@@ -17,6 +18,7 @@ pub use dropvault_format::DataKey;
 pub use error::KeyError;
 pub use keyring::{Keyring, RotateReport, UserKey};
 pub use local::LocalRsaProvider;
+pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
 pub use recovery::{RecoveryKey, RecoveryPrivateKey};
 pub use rsa::generate_rsa_pair;
 pub use s3store::S3KeyStore;

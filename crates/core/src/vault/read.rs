@@ -16,9 +16,15 @@ use super::{VaultError, CHUNK};
 
 use crate::storage::{Caps, Object};
 
-/// Chunks one read covers where every read is a request
+/// Chunks one download read covers where every read is a request
 /// ([`ReadFile::span`]).
-const SPAN_CHUNKS: usize = 8;
+const SPAN_CHUNKS: usize = 4;
+
+/// Chunks of one span small reads are served from
+/// ([`ReadFile::small_read_span`]): twice a download's, as nothing reads
+/// ahead of them but the one span fetched ahead, so each range request
+/// should carry more.
+const SMALL_READ_CHUNKS: usize = 8;
 
 /// Spans fetched ahead of a reader going forwards where every read is a
 /// request.
@@ -191,6 +197,17 @@ impl ReadFile {
         }
     }
 
+    /// Plaintext bytes of the spans small reads are served from where
+    /// every read is a request ([`SMALL_READ_CHUNKS`] chunks); a chunk
+    /// elsewhere (unused there).
+    fn small_read_span(&self) -> usize {
+        if self.shared.whole_chunks {
+            SMALL_READ_CHUNKS * CHUNK
+        } else {
+            CHUNK
+        }
+    }
+
     /// Up to `len` plaintext bytes (at most [`ReadFile::MAX_READ`]) from
     /// plaintext offset `offset`: fewer only where the file ends, none at
     /// or past its end. A segment that fails to authenticate fails the
@@ -230,7 +247,7 @@ impl ReadFile {
     ) -> Result<(), VaultError> {
         let layout = self.shared.dec.layout();
         let total = layout.plaintext_len();
-        let len = len.min(self.span()) as u64;
+        let len = len.min(self.span().max(self.small_read_span())) as u64;
         let end = offset.saturating_add(len).min(total);
         if offset >= end {
             out.clear();
@@ -250,7 +267,8 @@ impl ReadFile {
     }
 
     /// A small read where every read is a request (S3): served from the
-    /// spans it touches ([`ReadFile::span`], aligned to the span length),
+    /// spans it touches ([`ReadFile::small_read_span`], aligned to their
+    /// length),
     /// each read once with one range request and kept, so an SFTP
     /// client's many 32 KiB requests cost one range request per span.
     /// A reader going forwards (a read in a span already there, or at the
@@ -259,7 +277,7 @@ impl ReadFile {
     /// [`PREFETCH_BUDGET`]. Readers of one span wait for its one fetch
     /// without holding a thread.
     async fn read_from_chunks(&self, offset: u64, end: u64) -> Result<Vec<u8>, VaultError> {
-        let span = self.span() as u64;
+        let span = self.small_read_span() as u64;
         let (first, last) = (offset / span, (end - 1) / span);
         let (wanted, ahead) = {
             let mut spans = self.spans();
@@ -310,7 +328,7 @@ impl ReadFile {
 
     /// The plaintext of span `index`, read with one range request.
     async fn fetch_span(&self, index: u64) -> Result<Vec<u8>, VaultError> {
-        let (me, span) = (self.clone(), self.span());
+        let (me, span) = (self.clone(), self.small_read_span());
         let from = index * span as u64;
         tokio::task::spawn_blocking(move || {
             let (mut out, mut sealed) = {
