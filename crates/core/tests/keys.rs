@@ -2,29 +2,17 @@
 //! key-file store and the keyring.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+mod common;
+
+use common::kek::{kek_path as shared_kek, provider};
 use dropvault_core::keys::{
     generate_rsa_pair, DataKey, KekStatus, KeyError, KeyFileStore, KeyProvider, KeyStore, Keyring,
     LocalRsaProvider, RecoveryKey, RecoveryPrivateKey, Wrapped,
 };
-
-/// One generated RSA-4096 key for all tests (generation takes a second or
-/// two), kept in cargo's scratch folder for tests under `target/`.
-fn shared_kek() -> &'static Path {
-    static KEK: OnceLock<PathBuf> = OnceLock::new();
-    KEK.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dropvault-test-kek.pem");
-        LocalRsaProvider::open_or_create(&path).expect("generate");
-        path
-    })
-}
-
-fn provider() -> Arc<LocalRsaProvider> {
-    Arc::new(LocalRsaProvider::open(shared_kek()).expect("open kek"))
-}
 
 #[test]
 fn generated_kek_is_private_and_reopens_to_the_same_key() {

@@ -5,15 +5,15 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::garage::{client, settings};
+use common::kek::provider;
 use dropvault_core::keys::{
-    DataKey, KeyError, KeyFile, KeyProvider, KeyStore, Keyring, LocalRsaProvider, S3KeyStore,
-    UserKey, KEY_FILE_FORMAT,
+    DataKey, KeyError, KeyFile, KeyProvider, KeyStore, Keyring, S3KeyStore, UserKey,
+    KEY_FILE_FORMAT,
 };
 use dropvault_core::s3::{S3Client, S3Error};
 use dropvault_core::storage::{S3Storage, S3Tuning};
@@ -28,20 +28,6 @@ fn prefix(name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// One RSA-4096 KEK for every node and test (generation takes a while).
-fn kek_path() -> &'static Path {
-    static KEK: OnceLock<PathBuf> = OnceLock::new();
-    KEK.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dropvault-test-kek.pem");
-        LocalRsaProvider::open_or_create(&path).expect("generate");
-        path
-    })
-}
-
-fn provider() -> Arc<LocalRsaProvider> {
-    Arc::new(LocalRsaProvider::open(kek_path()).expect("open kek"))
 }
 
 /// A "node": its own client and key store on the bucket under `prefix`,

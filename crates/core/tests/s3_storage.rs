@@ -361,6 +361,27 @@ fn storage(prefix: &str) -> S3Storage {
     )
 }
 
+/// Sealed bytes of one 5 MiB part in [`storage`]'s tuning: 80 whole
+/// sealed segments; the first part also holds the 96-byte header.
+const PART: usize = 80 * 65_552;
+const FIRST_PART: usize = 96 + PART;
+
+/// A prefix of its own, a record key and a storage with its staging
+/// folder, for the staging tests.
+fn staging_area(
+    name: &str,
+) -> (
+    String,
+    Arc<dyn dropvault_core::storage::RecordKey>,
+    S3Storage,
+) {
+    use dropvault_core::storage::Storage;
+    let pre = prefix(name);
+    let s = storage(&pre);
+    s.mkdir(".staging").expect("mkdir");
+    (pre, record_key(), s)
+}
+
 /// Rewrites the record at `name` with `edit` applied to its body and a
 /// valid tag under `key`: what the node itself could have written.
 fn rewrite_record(
@@ -386,13 +407,10 @@ fn rewrite_record(
 fn a_part_that_may_have_been_sent_is_never_sealed_again_under_its_nonces() {
     use dropvault_core::storage::Storage;
     use std::io::Write;
-    let pre = prefix("pending");
-    let key = record_key();
     let name = ".staging/u.part";
-    let s = storage(&pre);
-    s.mkdir(".staging").expect("mkdir");
+    let (pre, key, s) = staging_area("pending");
     // One whole part stored, the rest not: a clean cut.
-    let part1 = 96 + 80 * 65_552;
+    let part1 = FIRST_PART;
     {
         let mut staged = s.stage(name, &key).expect("stage");
         let mut sink = staged.sink(0).expect("sink");
@@ -407,7 +425,7 @@ fn a_part_that_may_have_been_sent_is_never_sealed_again_under_its_nonces() {
     // stored whole: the upload is not continued (stored length 0) and its
     // multipart upload is gone.
     rewrite_record(&pre, name, &key, |body| {
-        body["pending"] = serde_json::json!([[2, 80 * 65_552]]);
+        body["pending"] = serde_json::json!([[2, PART]]);
     });
     let staged = storage(&pre).stage(name, &key).expect("stage");
     assert_eq!(staged.stored_len(), 0);
@@ -422,13 +440,9 @@ fn a_part_that_may_have_been_sent_is_never_sealed_again_under_its_nonces() {
 fn a_part_on_its_way_that_arrived_whole_is_kept() {
     use dropvault_core::storage::Storage;
     use std::io::Write;
-    let pre = prefix("arrived");
-    let key = record_key();
     let name = ".staging/v.part";
-    let s = storage(&pre);
-    s.mkdir(".staging").expect("mkdir");
-    let part1 = 96 + 80 * 65_552;
-    let part2 = 80 * 65_552;
+    let (pre, key, s) = staging_area("arrived");
+    let (part1, part2) = (FIRST_PART, PART);
     // A node that dies right after its parts arrive: nothing records them
     // as stored (the sink is never synced or dropped).
     let mut staged = s.stage(name, &key).expect("stage");

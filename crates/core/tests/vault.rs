@@ -3,19 +3,17 @@
 
 #![allow(clippy::cast_possible_truncation)] // test sizes and offsets are small and 64-bit
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use dropvault_core::keys::{KeyFileStore, Keyring, LocalRsaProvider};
+use common::kek::provider as kek;
+use dropvault_core::keys::{KeyFileStore, Keyring};
 use dropvault_core::vault::{Entry, EntryKind, UploadMode, UserVault, VPath, Vault, VaultError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-6c1f0e";
-
-fn kek() -> Arc<LocalRsaProvider> {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dropvault-test-kek.pem");
-    Arc::new(LocalRsaProvider::open_or_create(&path).expect("kek"))
-}
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -34,10 +34,10 @@ const PREFETCH_SPANS: usize = 1;
 /// it reads, and those fetched ahead.
 const KEPT_SPANS: usize = PREFETCH_SPANS + 3;
 
-/// Spans fetched ahead, and not yet dropped, in the whole process
-/// (128 MiB of plaintext): past it, readers fetch each span when they
-/// reach it.
-static PREFETCH_BUDGET: Semaphore = Semaphore::const_new(32);
+/// Spans fetched ahead, and not yet dropped, in the whole process (16
+/// of 8 MiB: 128 MiB of plaintext at most): past it, readers fetch each
+/// span when they reach it.
+static PREFETCH_BUDGET: Semaphore = Semaphore::const_new(16);
 
 /// A stored file open for reading: its header checked, its segments
 /// checked as they are read. Cheap to clone (clones share the open file);
@@ -480,4 +480,54 @@ fn copy_part(seg: &Segment, opened: &Cached, offset: u64, end: u64, out: &mut [u
     }
     out[..to - from].copy_from_slice(&opened.plain[from..to]);
     to - from
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn indexes(spans: &Spans) -> Vec<u64> {
+        let mut v: Vec<u64> = spans.slots.iter().map(|s| s.index).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn spans_kept_follow_the_reader_and_never_pass_the_bound() {
+        let mut spans = Spans::default();
+        // A reader going forwards: the spans far behind it go first.
+        for reader in 0..10 {
+            spans.slot(reader, reader, None);
+            spans.slot(reader + 1, reader, None);
+            assert!(spans.slots.len() <= KEPT_SPANS);
+            assert!(spans.has(reader) && spans.has(reader + 1));
+        }
+        let kept = KEPT_SPANS as u64;
+        assert_eq!(indexes(&spans), (11 - kept..=10).collect::<Vec<_>>());
+        // A reader that jumped back before all of them: the highest go, the
+        // one it reads stays (and the loop ends although nothing is behind).
+        let slot = spans.slot(2, 2, None);
+        assert_eq!(slot.index, 2);
+        let mut expected = vec![2];
+        expected.extend(11 - kept..10);
+        assert_eq!(indexes(&spans), expected);
+    }
+
+    #[test]
+    fn a_dropped_span_no_reader_holds_gives_its_buffer_back() {
+        let mut spans = Spans::default();
+        for index in 0..KEPT_SPANS as u64 {
+            let slot = spans.slot(index, index, None);
+            slot.plain.set(vec![0u8; 16]).expect("unset");
+        }
+        // Held by a reader: dropped from the list, its buffer stays with it.
+        let held = spans.slot(0, 0, None);
+        spans.slot(KEPT_SPANS as u64, KEPT_SPANS as u64, None);
+        assert!(!spans.has(0) && spans.spare.is_empty());
+        assert_eq!(held.plain.get().map(Vec::len), Some(16));
+        // Not held: its buffer is kept for the next fetch.
+        spans.slot(KEPT_SPANS as u64 + 1, KEPT_SPANS as u64 + 1, None);
+        assert_eq!(spans.spare.len(), 1);
+        assert!(spans.take(64).capacity() >= 64);
+    }
 }

@@ -1,10 +1,9 @@
 //! Uploads as pipelines: the async side reads the socket into 1 MiB chunks
 //! and hands them over a short channel to one blocking thread per upload,
 //! which seals them into the staging name's sink (a staging file written
-//! with direct I/O, for the local storage), feeds the scanners, and at the
-//! end commits. That keeps the
-//! cipher working while the socket side waits and costs no thread hand-off
-//! per segment.
+//! with direct I/O on local storage, a multipart upload on S3), feeds the
+//! scanners, and at the end commits. That keeps the cipher working while
+//! the socket side waits, and costs no thread hand-off per segment.
 
 use std::io::{self, Write};
 use std::pin::Pin;
