@@ -148,12 +148,15 @@ impl TransitProvider {
         let address = config.address.trim_end_matches('/').to_owned();
         let https = address.starts_with("https://");
         if !https && !address.starts_with("http://") {
-            return Err(bad("transit_address must start with http:// or https://"));
+            return Err(bad(
+                "kms.transit.address must start with http:// or https://",
+            ));
         }
         if !https && !config.allow_http && !loopback(&address) {
             return Err(bad(
-                "transit_address: http:// only to a loopback address (127.0.0.1, ::1, \
-                 localhost); use https://, or set kms.transit_allow_http = true",
+                "kms.transit.address: http:// only to a loopback address (127.0.0.1, ::1, \
+                 localhost); use https://, or set kms.transit.allow_http = true (alias \
+                 kms.transit_allow_http)",
             ));
         }
         let mount = config.mount.trim_matches('/').to_owned();
@@ -165,11 +168,13 @@ impl TransitProvider {
         };
         if !safe(&mount) {
             return Err(bad(
-                "transit_mount must be a path of letters, digits, - _ .",
+                "kms.transit.mount must be a path of letters, digits, - _ .",
             ));
         }
         if !safe(&config.key) || config.key.contains('/') {
-            return Err(bad("transit_key must be a name of letters, digits, - _ ."));
+            return Err(bad(
+                "kms.transit.key must be a name of letters, digits, - _ .",
+            ));
         }
         let agent = crate::http::agent(
             config.timeout,
