@@ -1322,4 +1322,38 @@ mod tests {
         );
         assert_eq!(token(&[]), "");
     }
+
+    /// Every setting that is a [`Secret`] (its value never printed) is
+    /// named by [`dropvault_core::secret::SECRET_ENV`], which keeps it from
+    /// hooks, and every `DROPVAULT_` name there is such a setting.
+    #[test]
+    fn the_secret_variables_are_exactly_the_secret_settings() {
+        let defaults = toml::Value::try_from(Config::default()).expect("defaults");
+        let table = defaults.as_table().expect("a table");
+        let mut leaves = Vec::new();
+        leaf_paths(table, &mut Vec::new(), &mut leaves);
+        let marker = "marker-4711";
+        let mut secret = Vec::new();
+        for (path, value) in leaves {
+            if !value.is_str() {
+                continue;
+            }
+            let var = format!("DROPVAULT_{}", path.join("_")).to_ascii_uppercase();
+            // Choices, addresses, accounts: not a value this marker can be.
+            let Ok(c) = Config::load(None, env(&[(&var, marker)])) else {
+                continue;
+            };
+            if !format!("{c:?}").contains(marker) {
+                secret.push(var);
+            }
+        }
+        let mut listed: Vec<String> = dropvault_core::secret::SECRET_ENV
+            .iter()
+            .filter(|n| n.starts_with("DROPVAULT_"))
+            .map(|n| n.to_string())
+            .collect();
+        secret.sort();
+        listed.sort();
+        assert_eq!(secret, listed);
+    }
 }
