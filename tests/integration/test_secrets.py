@@ -26,6 +26,10 @@ import pytest
 from dvclients import BIN, PASSWORD, USER, base_env, ftp_plain, payload, run_cli, stor
 
 NOBODY = pwd.getpwnam("nobody")
+# dropvault_core::secret::SECRET_ENV: what no hook may see.
+SECRET_ENV = ("DROPVAULT_KMS_TRANSIT_TOKEN", "VAULT_TOKEN", "BAO_TOKEN", "DROPVAULT_KMS_PKCS11_PIN",
+              "DROPVAULT_AUTH_LDAP_BIND_PASSWORD", "DROPVAULT_STORAGE_S3_SECRET_ACCESS_KEY",
+              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DROPVAULT_HOOKS_WEBHOOK_SECRET")
 READY = re.compile(r"dropvault: FTP on (?P<host>[0-9.]+):(?P<port>\d+)")
 
 
@@ -88,8 +92,12 @@ def test_hooks_run_unprivileged_and_cannot_read_the_servers_secrets(dropvault, h
     targets = [str(data / "kek.pem"), str(data / "users.toml"), str(data / "tls-key.pem"),
                str(config)]
     script = probe_script(hook_dir, targets)
-    secrets = {"VAULT_TOKEN": "s.vault-token-for-no-hook", "BAO_TOKEN": "s.bao-token-for-no-hook",
-               "AWS_SECRET_ACCESS_KEY": "aws-secret-for-no-hook"}
+    # Every provider's secrets, set in the server's environment (unused by
+    # this server's local key and users file, but there).
+    secrets = {name: f"{name.lower()}-for-no-hook" for name in SECRET_ENV}
+    secrets["DROPVAULT_KMS_TRANSIT_SECRET_ID_FILE"] = "/approle-secret-id-for-no-hook"
+    secrets["DROPVAULT_KMS_PKCS11_PIN_FILE"] = "/pkcs11-pin-for-no-hook"
+    del secrets["DROPVAULT_HOOKS_WEBHOOK_SECRET"]  # set below, as the fixture does
     server = dropvault(data_dir=data, env=secrets, config=str(config),
                        hooks_webhook_secret="env-webhook-secret-for-no-hook",
                        scan_command=json.dumps([str(script), "scan"]),
@@ -117,6 +125,8 @@ def test_hooks_run_unprivileged_and_cannot_read_the_servers_secrets(dropvault, h
         env = got["env"]
         assert [k for k in env if k.startswith("DROPVAULT_")] == ["DROPVAULT_EVENT"], env
         assert not any("for-no-hook" in v for v in env.values()), env
+        assert not set(env) & set(SECRET_ENV), env
+        assert "for-no-hook" not in got["text"], got["text"]
         assert env["HOME"] == NOBODY.pw_dir and env["USER"] == "nobody", env
     # The scan hook got the whole plaintext on standard input.
     assert probe(hook_dir, "scan")["fields"]["bytes"] == str(len(body))

@@ -5,8 +5,9 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 
 /// Environment variables a hook inherits from the server; every other one
-/// (the key service token, `DROPVAULT_` settings, cloud credentials, ...)
-/// stays behind.
+/// (the key service token, `DROPVAULT_` settings, cloud credentials, the
+/// PKCS#11 PIN, ...) stays behind, and none that
+/// [`is_secret_env`](crate::secret::is_secret_env) names ever passes.
 const KEPT_ENV: [&str; 7] = [
     "PATH",
     "LANG",
@@ -79,7 +80,10 @@ impl RunAs {
 pub(crate) fn hook_command(argv: &[String], run_as: Option<&RunAs>) -> std::process::Command {
     let mut cmd = std::process::Command::new(argv.first().map_or("", String::as_str));
     cmd.args(argv.iter().skip(1)).env_clear().current_dir("/");
-    for name in KEPT_ENV {
+    for name in KEPT_ENV
+        .into_iter()
+        .filter(|n| !crate::secret::is_secret_env(n))
+    {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
         }
@@ -123,5 +127,48 @@ pub(crate) fn wait_or_kill(
             return Ok(None);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::{is_secret_env, SECRET_ENV};
+
+    #[test]
+    fn no_secret_is_kept_and_every_setting_is_secret() {
+        for name in KEPT_ENV {
+            assert!(!is_secret_env(name), "{name}");
+        }
+        for name in SECRET_ENV {
+            assert!(is_secret_env(name), "{name}");
+        }
+        for name in [
+            "DROPVAULT_KMS_TRANSIT_SECRET_ID_FILE",
+            "DROPVAULT_KMS_PKCS11_PIN_FILE",
+        ] {
+            assert!(is_secret_env(name), "{name}");
+        }
+    }
+
+    /// Whatever the server's environment holds, a hook sees the kept
+    /// variables and its own account's, nothing else.
+    #[test]
+    fn a_hook_sees_only_the_kept_variables() {
+        let argv = ["/usr/bin/env".to_owned()];
+        let out = hook_command(&argv, None).output().expect("run env");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        assert!(names.contains(&"PATH"), "{text}");
+        for name in names {
+            assert!(
+                KEPT_ENV.contains(&name) || name == "HOME",
+                "hook got {name}"
+            );
+        }
     }
 }

@@ -8,6 +8,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dropvault_core::accounts::AuthConfig;
+use dropvault_core::keys::{KmsConfig, KmsProvider};
+use dropvault_core::scan::OnError;
 use dropvault_core::secret::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -50,9 +53,9 @@ pub(crate) struct Config {
     /// SFTP front end.
     pub(crate) sftp: Sftp,
     /// Accounts.
-    pub(crate) auth: Auth,
+    pub(crate) auth: AuthConfig,
     /// Key service.
-    pub(crate) kms: Kms,
+    pub(crate) kms: KmsConfig,
     /// Storage.
     pub(crate) storage: Storage,
     /// Malware scanning of uploads.
@@ -71,8 +74,8 @@ pub(crate) struct Scan {
     pub(crate) clamd: String,
     /// Pre-commit command hook (argv); empty = none.
     pub(crate) command: Vec<String>,
-    /// reject | accept
-    pub(crate) on_error: String,
+    /// What a scanner that gives no verdict means for the upload.
+    pub(crate) on_error: OnError,
     /// Limit for each wait on a scanner.
     pub(crate) timeout_secs: i64,
     /// Keep rejected uploads, sealed, for operators.
@@ -108,7 +111,7 @@ impl Default for Scan {
         Self {
             clamd: String::new(),
             command: Vec::new(),
-            on_error: "reject".into(),
+            on_error: OnError::Reject,
             timeout_secs: 60,
             quarantine: false,
             run_as: "nobody".into(),
@@ -139,10 +142,11 @@ pub(crate) struct Ftp {
     pub(crate) listen: String,
     /// Implicit FTPS listener; empty = off.
     pub(crate) implicit_tls_listen: String,
-    /// off | optional | required
-    pub(crate) tls: String,
-    /// required | optional
-    pub(crate) tls_session_reuse: String,
+    /// Whether FTP offers or demands TLS.
+    pub(crate) tls: FtpTls,
+    /// Whether data connections must resume the control connection's TLS
+    /// session.
+    pub(crate) tls_session_reuse: SessionReuse,
     /// PEM certificate chain; empty = generated self-signed.
     pub(crate) tls_cert: String,
     /// PEM private key.
@@ -210,61 +214,44 @@ impl Default for Sftp {
     }
 }
 
-/// `[auth]`
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct Auth {
-    /// file | pam
-    pub(crate) backend: String,
-    /// Users file of the `file` backend.
-    pub(crate) users_file: String,
-    /// PAM service name of the `pam` backend.
-    pub(crate) pam_service: String,
+/// `ftp.tls`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FtpTls {
+    /// No TLS.
+    Off,
+    /// Clients may upgrade with `AUTH TLS`.
+    Optional,
+    /// No login before `AUTH TLS`, no transfer without `PROT P`.
+    Required,
 }
 
-/// `[kms]`
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct Kms {
-    /// local | transit
-    pub(crate) provider: String,
-    /// RSA private key of the `local` provider.
-    pub(crate) local_key: String,
-    /// OpenBao/Vault address of the `transit` provider.
-    pub(crate) transit_address: String,
-    /// Mount path of the transit engine.
-    pub(crate) transit_mount: String,
-    /// Transit key name.
-    pub(crate) transit_key: String,
-    /// Key version new wraps use; 0 = latest.
-    pub(crate) transit_key_version: i64,
-    /// Token (else DROPVAULT_KMS_TRANSIT_TOKEN, VAULT_TOKEN, BAO_TOKEN).
-    pub(crate) transit_token: Secret,
-    /// AppRole role id (instead of a token).
-    pub(crate) transit_role_id: String,
-    /// File holding the AppRole secret id.
-    pub(crate) transit_secret_id_file: String,
-    /// CA certificate (PEM) for an https:// address.
-    pub(crate) transit_ca_cert: String,
-    /// Allow an http:// address that is not loopback.
-    pub(crate) transit_allow_http: bool,
-    /// Proxy URL to reach the key service through; empty = straight.
-    pub(crate) transit_proxy: String,
-    /// Limit for one request to the key service, in seconds.
-    pub(crate) transit_timeout_secs: i64,
-    /// How long the transit key's version numbers are cached, in seconds.
-    pub(crate) transit_version_cache_secs: i64,
-    /// RSA public key (SPKI PEM) every data key is also wrapped to.
-    pub(crate) recovery_public_key: String,
+impl From<FtpTls> for dropvault_ftp::TlsMode {
+    fn from(tls: FtpTls) -> Self {
+        match tls {
+            FtpTls::Off => Self::Off,
+            FtpTls::Optional => Self::Optional,
+            FtpTls::Required => Self::Required,
+        }
+    }
+}
+
+/// `ftp.tls_session_reuse`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SessionReuse {
+    /// A data connection that does not resume the session is refused.
+    Required,
+    /// Any data connection is accepted.
+    Optional,
 }
 
 /// `[storage]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Storage {
-    /// Where sealed files are kept: `local` (the folder `root`) or `s3`
-    /// (`[storage.s3]`).
-    pub(crate) backend: String,
+    /// Where sealed files are kept.
+    pub(crate) backend: StorageBackend,
     /// Folder of users' sealed files.
     pub(crate) root: String,
     /// Folder of users' wrapped key files.
@@ -274,6 +261,16 @@ pub(crate) struct Storage {
     pub(crate) max_staging_bytes_per_user: String,
     /// The bucket, for `backend = "s3"`.
     pub(crate) s3: S3,
+}
+
+/// `storage.backend`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StorageBackend {
+    /// The folder `storage.root`.
+    Local,
+    /// The bucket of `[storage.s3]`.
+    S3,
 }
 
 /// `[storage.s3]`
@@ -330,8 +327,18 @@ impl Default for S3 {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Log {
-    /// text | json
-    pub(crate) format: String,
+    /// How records are written.
+    pub(crate) format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// One line of `key=value` fields per record.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -340,8 +347,8 @@ impl Default for Config {
             data_dir: PathBuf::from("dropvault-data"),
             ftp: Ftp::default(),
             sftp: Sftp::default(),
-            auth: Auth::default(),
-            kms: Kms::default(),
+            auth: AuthConfig::default(),
+            kms: KmsConfig::default(),
             storage: Storage::default(),
             scan: Scan::default(),
             hooks: Hooks::default(),
@@ -355,8 +362,8 @@ impl Default for Ftp {
         Self {
             listen: "127.0.0.1:2121".into(),
             implicit_tls_listen: String::new(),
-            tls: "optional".into(),
-            tls_session_reuse: "required".into(),
+            tls: FtpTls::Optional,
+            tls_session_reuse: SessionReuse::Required,
             tls_cert: String::new(),
             tls_key: String::new(),
             passive_ports: "50000-50100".into(),
@@ -378,42 +385,10 @@ impl Default for Ftp {
     }
 }
 
-impl Default for Auth {
-    fn default() -> Self {
-        Self {
-            backend: "file".into(),
-            users_file: "users.toml".into(),
-            pam_service: "dropvault".into(),
-        }
-    }
-}
-
-impl Default for Kms {
-    fn default() -> Self {
-        Self {
-            provider: "local".into(),
-            local_key: "kek.pem".into(),
-            transit_address: String::new(),
-            transit_mount: "transit".into(),
-            transit_key: "dropvault".into(),
-            transit_key_version: 0,
-            transit_token: Secret::default(),
-            transit_role_id: String::new(),
-            transit_secret_id_file: String::new(),
-            transit_ca_cert: String::new(),
-            transit_allow_http: false,
-            transit_proxy: String::new(),
-            transit_timeout_secs: 10,
-            transit_version_cache_secs: 30,
-            recovery_public_key: String::new(),
-        }
-    }
-}
-
 impl Default for Storage {
     fn default() -> Self {
         Self {
-            backend: "local".into(),
+            backend: StorageBackend::Local,
             root: "files".into(),
             keys_dir: "keys".into(),
             max_staging_bytes_per_user: "10GiB".into(),
@@ -425,7 +400,7 @@ impl Default for Storage {
 impl Default for Log {
     fn default() -> Self {
         Self {
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -467,6 +442,170 @@ fn invalid(origin: impl Into<String>, message: impl ToString) -> ConfigError {
     }
 }
 
+/// `[kms]` keys `transit_<key>` (the names of `[kms.transit]`'s settings
+/// before it was a table) moved into the table. The same setting given
+/// both ways must have the same value.
+fn move_transit_aliases(defaults: &toml::Value, table: &mut toml::Table) -> Result<(), String> {
+    let Some(known) = defaults
+        .get("kms")
+        .and_then(|k| k.get("transit"))
+        .and_then(toml::Value::as_table)
+    else {
+        return Err("no [kms.transit] defaults".into());
+    };
+    let Some(kms) = table.get_mut("kms").and_then(toml::Value::as_table_mut) else {
+        return Ok(());
+    };
+    let flat: Vec<String> = kms
+        .keys()
+        .filter(|k| {
+            k.strip_prefix("transit_")
+                .is_some_and(|f| known.contains_key(f))
+        })
+        .cloned()
+        .collect();
+    for key in flat {
+        let (Some(value), Some(field)) = (kms.remove(&key), key.strip_prefix("transit_")) else {
+            continue;
+        };
+        let transit = kms
+            .entry("transit")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or("kms.transit: must be a table")?;
+        match transit.get(field) {
+            Some(other) if *other != value => {
+                return Err(format!(
+                    "kms.{key} and kms.transit.{field} are the same setting and have \
+                     different values; keep one"
+                ))
+            }
+            _ => {
+                transit.insert(field.to_owned(), value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The setting environment variable `name` addresses, as a path of keys,
+/// with `value` given the type of the default it replaces; `None` for a
+/// variable that is not a setting.
+fn env_setting(
+    defaults: &toml::Value,
+    name: &str,
+    value: &str,
+) -> Result<Option<(Vec<String>, toml::Value)>, ConfigError> {
+    let Some(rest) = name.strip_prefix("DROPVAULT_") else {
+        return Ok(None);
+    };
+    let rest = rest.to_ascii_lowercase();
+    let (section, key) = if rest == "data_dir" {
+        (None, rest.as_str())
+    } else {
+        match rest.split_once('_') {
+            Some((s, k)) if SECTIONS.contains(&s) => (Some(s), k),
+            // Other DROPVAULT_ variables (DROPVAULT_CONFIG, test
+            // switches) are not settings.
+            _ => return Ok(None),
+        }
+    };
+    let mut path: Vec<String> = section.map(str::to_owned).into_iter().collect();
+    let mut key = key;
+    // A key of a table inside the section (`storage_s3_bucket` is `bucket`
+    // of `[storage.s3]`, `kms_transit_token` `token` of `[kms.transit]`).
+    let sub = section.and_then(|s| {
+        defaults.get(s)?.as_table()?.iter().find_map(|(table, v)| {
+            let rest = key.strip_prefix(table.as_str())?.strip_prefix('_')?;
+            v.is_table().then(|| (table.clone(), rest))
+        })
+    });
+    if let Some((table, rest)) = sub {
+        path.push(table);
+        key = rest;
+    }
+    path.push(key.to_owned());
+    let default = path.iter().try_fold(defaults, |v, k| v.get(k.as_str()));
+    let typed = match default {
+        Some(toml::Value::Integer(_)) => value
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|e| invalid(name, e))?,
+        Some(toml::Value::Boolean(_)) => value
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|e| invalid(name, e))?,
+        // Lists (commands) as JSON arrays of strings.
+        Some(toml::Value::Array(_)) => serde_json::from_str::<Vec<String>>(value)
+            .map(|v| toml::Value::Array(v.into_iter().map(toml::Value::String).collect()))
+            .map_err(|e| invalid(name, format!("a JSON array of strings: {e}")))?,
+        Some(toml::Value::Table(_)) | None => return Err(invalid(name, "no such setting")),
+        Some(_) => toml::Value::String(value.to_owned()),
+    };
+    Ok(Some((path, typed)))
+}
+
+/// Sets the key at `path` in `table`, making the tables on the way.
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((key, tables)) = path.split_last() else {
+        return Err("no key".into());
+    };
+    let mut target = table;
+    for (depth, name) in tables.iter().enumerate() {
+        target = target
+            .entry(name.as_str())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{} is not a table", tables[..=depth].join(".")))?;
+    }
+    target.insert(key.clone(), value);
+    Ok(())
+}
+
+/// Whether the setting at `path` may have `value`, alone on the defaults:
+/// serde's message when not (for a choice, the values allowed).
+fn check_setting(path: &[String], value: &toml::Value) -> Result<(), String> {
+    let mut alone = toml::Table::new();
+    insert(&mut alone, path, value.clone())?;
+    toml::Value::Table(alone)
+        .try_into::<Config>()
+        .map(drop)
+        .map_err(|e| e.to_string().trim_end().to_owned())
+}
+
+/// Whether a file's `table` is a configuration; if not, the first key with
+/// a value it may not have, and why.
+fn check_table(table: &toml::Table) -> Result<(), String> {
+    let whole = toml::Value::Table(table.clone()).try_into::<Config>();
+    let Err(whole) = whole else {
+        return Ok(());
+    };
+    let mut leaves = Vec::new();
+    leaf_paths(table, &mut Vec::new(), &mut leaves);
+    for (path, value) in leaves {
+        check_setting(&path, value).map_err(|e| format!("{}: {e}", path.join(".")))?;
+    }
+    Err(whole.to_string().trim_end().to_owned())
+}
+
+/// The path and value of every setting in `table` (a non-table value).
+fn leaf_paths<'t>(
+    table: &'t toml::Table,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, &'t toml::Value)>,
+) {
+    for (key, value) in table {
+        prefix.push(key.clone());
+        match value.as_table() {
+            Some(inner) => leaf_paths(inner, prefix, out),
+            None => out.push((prefix.clone(), value)),
+        }
+        prefix.pop();
+    }
+}
+
 /// A `run_as` setting resolved to an account (only when the server is
 /// root; see [`dropvault_core::RunAs::resolve`]).
 fn run_as(key: &str, name: &str) -> Result<Option<dropvault_core::RunAs>, ConfigError> {
@@ -475,160 +614,82 @@ fn run_as(key: &str, name: &str) -> Result<Option<dropvault_core::RunAs>, Config
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the environment `env`.
+    /// A bad value is reported with the key or the variable that set it.
     pub(crate) fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let defaults =
             toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
         let mut table = toml::Table::new();
         if let Some(path) = file {
+            let origin = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })?;
             table = text
                 .parse::<toml::Table>()
-                .map_err(|e| invalid(path.display().to_string(), e))?;
+                .map_err(|e| invalid(&origin, e))?;
+            move_transit_aliases(&defaults, &mut table).map_err(|e| invalid(&origin, e))?;
+            check_table(&table).map_err(|e| invalid(&origin, e))?;
         }
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("DROPVAULT_") else {
+        for (name, value) in &env {
+            let Some((path, typed)) = env_setting(&defaults, name, value)? else {
                 continue;
             };
-            let rest = rest.to_ascii_lowercase();
-            let (section, key) = if rest == "data_dir" {
-                (None, rest.as_str())
-            } else {
-                match rest.split_once('_') {
-                    Some((s, k)) if SECTIONS.contains(&s) => (Some(s), k),
-                    // Other DROPVAULT_ variables (DROPVAULT_CONFIG, test
-                    // switches) are not settings.
-                    _ => continue,
-                }
-            };
-            // A key of a table inside the section (`storage_s3_bucket` is
-            // `bucket` of `[storage.s3]`).
-            let sub = section.and_then(|s| {
-                defaults.get(s)?.as_table()?.iter().find_map(|(name, v)| {
-                    let rest = key.strip_prefix(name.as_str())?.strip_prefix('_')?;
-                    v.is_table().then(|| (name.clone(), rest))
-                })
-            });
-            let (sub, key) = match sub {
-                Some((name, rest)) => (Some(name), rest),
-                None => (None, key),
-            };
-            // Give the value the type of the default it replaces.
-            let default = match (section, &sub) {
-                (Some(s), Some(t)) => defaults
-                    .get(s)
-                    .and_then(|v| v.get(t.as_str()))
-                    .and_then(|t| t.get(key)),
-                (Some(s), None) => defaults.get(s).and_then(|t| t.get(key)),
-                (None, _) => defaults.get(key),
-            };
-            let typed = match default {
-                Some(toml::Value::Integer(_)) => value
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|e| invalid(&name, e))?,
-                Some(toml::Value::Boolean(_)) => value
-                    .trim()
-                    .parse::<bool>()
-                    .map(toml::Value::Boolean)
-                    .map_err(|e| invalid(&name, e))?,
-                // Lists (commands) as JSON arrays of strings.
-                Some(toml::Value::Array(_)) => serde_json::from_str::<Vec<String>>(&value)
-                    .map(|v| toml::Value::Array(v.into_iter().map(toml::Value::String).collect()))
-                    .map_err(|e| invalid(&name, format!("a JSON array of strings: {e}")))?,
-                Some(_) => toml::Value::String(value),
-                None => return Err(invalid(&name, "no such setting")),
-            };
-            let mut target = match section {
-                Some(s) => table
-                    .entry(s)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| invalid(&name, format!("[{s}] is not a table")))?,
-                None => &mut table,
-            };
-            if let Some(t) = &sub {
-                target = target
-                    .entry(t.as_str())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| invalid(&name, format!("{t} is not a table")))?;
-            }
-            target.insert(key.to_owned(), typed);
+            check_setting(&path, &typed).map_err(|e| invalid(name, e))?;
+            insert(&mut table, &path, typed).map_err(|e| invalid(name, e))?;
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e| {
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(|e| {
             invalid(
                 file.map_or("environment".into(), |p| p.display().to_string()),
                 e,
             )
         })?;
+        config.well_known_secrets(&env);
         config.validate()?;
         Ok(config)
     }
 
+    /// The transit token from `VAULT_TOKEN` or `BAO_TOKEN` when no setting
+    /// names one: the variables OpenBao's and Vault's own tools read.
+    fn well_known_secrets(&mut self, env: &[(String, String)]) {
+        let transit = &mut self.kms.transit;
+        if !transit.token.is_empty() {
+            return;
+        }
+        for wanted in ["VAULT_TOKEN", "BAO_TOKEN"] {
+            if let Some((_, value)) = env
+                .iter()
+                .find(|(name, value)| name == wanted && !value.is_empty())
+            {
+                transit.token = Secret::new(value.clone());
+                return;
+            }
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        self.tls_mode()?;
-        self.session_reuse_required()?;
         self.passive_ports()?;
         self.passive_address()?;
         self.listen()?;
         self.implicit_listen()?;
         self.max_listing_entries()?;
-        match self.storage.backend.as_str() {
-            "local" => {}
-            "s3" => {
-                if self.storage.s3.bucket.is_empty() {
-                    return Err(invalid("storage.s3.bucket", "needed with backend = \"s3\""));
-                }
-                if !(5..=5120).contains(&self.storage.s3.part_size_mib) {
-                    return Err(invalid("storage.s3.part_size_mib", "must be 5 to 5120"));
-                }
-                if !(1..=3600).contains(&self.storage.s3.timeout_secs) {
-                    return Err(invalid("storage.s3.timeout_secs", "must be 1 to 3600"));
-                }
+        if self.storage.backend == StorageBackend::S3 {
+            if self.storage.s3.bucket.is_empty() {
+                return Err(invalid("storage.s3.bucket", "needed with backend = \"s3\""));
             }
-            _ => return Err(invalid("storage.backend", "must be \"local\" or \"s3\"")),
-        }
-        if !matches!(self.auth.backend.as_str(), "file" | "pam") {
-            return Err(invalid("auth.backend", "must be \"file\" or \"pam\""));
-        }
-        match self.kms.provider.as_str() {
-            "local" => {}
-            "transit" => {
-                if self.kms.transit_address.is_empty() {
-                    return Err(invalid(
-                        "kms.transit_address",
-                        "needed with provider = \"transit\"",
-                    ));
-                }
-                if u32::try_from(self.kms.transit_key_version).is_err() {
-                    return Err(invalid("kms.transit_key_version", "must be 0 or more"));
-                }
-                if !(1..=3600).contains(&self.kms.transit_timeout_secs) {
-                    return Err(invalid("kms.transit_timeout_secs", "must be 1 to 3600"));
-                }
-                if !(0..=86400).contains(&self.kms.transit_version_cache_secs) {
-                    return Err(invalid(
-                        "kms.transit_version_cache_secs",
-                        "must be 0 to 86400",
-                    ));
-                }
-                if !self.kms.transit_role_id.is_empty()
-                    && self.kms.transit_secret_id_file.is_empty()
-                {
-                    return Err(invalid(
-                        "kms.transit_secret_id_file",
-                        "needed with transit_role_id",
-                    ));
-                }
+            if !(5..=5120).contains(&self.storage.s3.part_size_mib) {
+                return Err(invalid("storage.s3.part_size_mib", "must be 5 to 5120"));
             }
-            _ => return Err(invalid("kms.provider", "must be \"local\" or \"transit\"")),
+            if !(1..=3600).contains(&self.storage.s3.timeout_secs) {
+                return Err(invalid("storage.s3.timeout_secs", "must be 1 to 3600"));
+            }
+        }
+        if self.kms.provider == KmsProvider::Transit {
+            self.validate_transit()?;
         }
         self.max_staging_bytes()?;
         self.scan_settings()?;
@@ -644,8 +705,28 @@ impl Config {
         self.hook_settings()?
             .check()
             .map_err(|e| invalid("hooks", e))?;
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        Ok(())
+    }
+
+    fn validate_transit(&self) -> Result<(), ConfigError> {
+        let transit = &self.kms.transit;
+        if transit.address.is_empty() {
+            return Err(invalid(
+                "kms.transit.address",
+                "needed with provider = \"transit\"",
+            ));
+        }
+        if !(1..=3600).contains(&transit.timeout_secs) {
+            return Err(invalid("kms.transit.timeout_secs", "must be 1 to 3600"));
+        }
+        if transit.version_cache_secs > 86400 {
+            return Err(invalid(
+                "kms.transit.version_cache_secs",
+                "must be 0 to 86400",
+            ));
+        }
+        if !transit.role_id.is_empty() && transit.secret_id_file.is_empty() {
+            return Err(invalid("kms.transit.secret_id_file", "needed with role_id"));
         }
         Ok(())
     }
@@ -710,16 +791,11 @@ impl Config {
 
     /// The scanner settings, checked.
     pub(crate) fn scan_settings(&self) -> Result<dropvault_core::scan::ScanSettings, ConfigError> {
-        use dropvault_core::scan::{parse_clamd, OnError, ScanSettings};
+        use dropvault_core::scan::{parse_clamd, ScanSettings};
         let clamd = if self.scan.clamd.is_empty() {
             None
         } else {
             Some(parse_clamd(&self.scan.clamd).map_err(|e| invalid("scan.clamd", e))?)
-        };
-        let on_error = match self.scan.on_error.as_str() {
-            "reject" => OnError::Reject,
-            "accept" => OnError::Accept,
-            _ => return Err(invalid("scan.on_error", "must be \"reject\" or \"accept\"")),
         };
         if !(1..=3600).contains(&self.scan.timeout_secs) {
             return Err(invalid("scan.timeout_secs", "must be 1 to 3600"));
@@ -727,7 +803,7 @@ impl Config {
         let settings = ScanSettings {
             clamd,
             command: self.scan.command.clone(),
-            on_error,
+            on_error: self.scan.on_error,
             timeout: std::time::Duration::from_secs(
                 u64::try_from(self.scan.timeout_secs).unwrap_or(60),
             ),
@@ -813,28 +889,6 @@ impl Config {
         }
     }
 
-    /// `ftp.tls` parsed.
-    pub(crate) fn tls_mode(&self) -> Result<dropvault_ftp::TlsMode, ConfigError> {
-        use dropvault_ftp::TlsMode;
-        match self.ftp.tls.as_str() {
-            "off" => Ok(TlsMode::Off),
-            "optional" => Ok(TlsMode::Optional),
-            "required" => Ok(TlsMode::Required),
-            _ => Err(invalid("ftp.tls", "must be off, optional or required")),
-        }
-    }
-
-    fn session_reuse_required(&self) -> Result<bool, ConfigError> {
-        match self.ftp.tls_session_reuse.as_str() {
-            "required" => Ok(true),
-            "optional" => Ok(false),
-            _ => Err(invalid(
-                "ftp.tls_session_reuse",
-                "must be required or optional",
-            )),
-        }
-    }
-
     fn passive_ports(&self) -> Result<(u16, u16), ConfigError> {
         let bad = || {
             invalid(
@@ -897,8 +951,8 @@ impl Config {
     /// The FTP front end's settings.
     pub(crate) fn ftp_config(&self) -> Result<dropvault_ftp::FtpConfig, ConfigError> {
         Ok(dropvault_ftp::FtpConfig {
-            tls: self.tls_mode()?,
-            tls_session_reuse_required: self.session_reuse_required()?,
+            tls: self.ftp.tls.into(),
+            tls_session_reuse_required: self.ftp.tls_session_reuse == SessionReuse::Required,
             passive_ports: self.passive_ports()?,
             passive_address: self.passive_address()?,
             active_mode: self.ftp.active_mode,
@@ -915,6 +969,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dropvault_core::accounts::AuthBackend;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -987,7 +1042,7 @@ mod tests {
         assert_eq!(c.ftp.max_sessions, 7);
         assert!(!c.ftp.active_mode);
         assert_eq!(c.ftp.idle_timeout_secs, 60);
-        assert_eq!(c.log.format, "json");
+        assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.path("users.toml"), PathBuf::from("/srv/dv/users.toml"));
     }
 
@@ -1109,7 +1164,7 @@ mod tests {
             ("DROPVAULT_KMS_TRANSIT_TOKEN", "s.secret"),
         ])
         .expect("valid");
-        assert_eq!(ok.kms.transit_token.expose(), "s.secret");
+        assert_eq!(ok.kms.transit.token.expose(), "s.secret");
         assert!(
             !format!("{ok:?}").contains("s.secret"),
             "token in Debug output"
@@ -1128,5 +1183,177 @@ mod tests {
         ])
         .is_err());
         assert!(Config::load(None, env(&[("DROPVAULT_KMS_PROVIDER", "hsm")])).is_err());
+    }
+
+    /// Loads `text` as a configuration file, with `vars` as the
+    /// environment.
+    fn load_file(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path), env(vars))
+    }
+
+    #[test]
+    fn choices_are_typed_and_a_bad_one_names_its_key_and_the_allowed_values() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("DROPVAULT_AUTH_BACKEND", "ldap"),
+                ("DROPVAULT_FTP_TLS", "required"),
+                ("DROPVAULT_FTP_TLS_SESSION_REUSE", "optional"),
+                ("DROPVAULT_SCAN_ON_ERROR", "accept"),
+                ("DROPVAULT_LOG_FORMAT", "json"),
+            ]),
+        )
+        .expect("valid choices");
+        assert_eq!(c.auth.backend, AuthBackend::Ldap);
+        assert_eq!(c.scan.on_error, OnError::Accept);
+        let f = c.ftp_config().expect("ftp");
+        assert_eq!(f.tls, dropvault_ftp::TlsMode::Required);
+        assert!(!f.tls_session_reuse_required);
+        let c = load_file("[kms]\nprovider = \"pkcs11\"\n", &[]).expect("pkcs11");
+        assert_eq!(c.kms.provider, KmsProvider::Pkcs11);
+        for (key, value, allowed) in [
+            ("auth.backend", "nis", "`file`, `pam`, `ldap`"),
+            ("kms.provider", "hsm", "`local`, `transit`, `pkcs11`"),
+            ("ftp.tls", "maybe", "`off`, `optional`, `required`"),
+            (
+                "ftp.tls_session_reuse",
+                "always",
+                "`required` or `optional`",
+            ),
+            ("scan.on_error", "ignore", "`reject` or `accept`"),
+            ("log.format", "xml", "`text` or `json`"),
+            ("storage.backend", "nfs", "`local` or `s3`"),
+        ] {
+            let (section, name) = key.split_once('.').expect("dotted");
+            let file = load_file(&format!("[{section}]\n{name} = \"{value}\"\n"), &[])
+                .expect_err(key)
+                .to_string();
+            let var = format!("DROPVAULT_{}_{}", section, name).to_ascii_uppercase();
+            let from_env = Config::load(None, env(&[(&var, value)]))
+                .expect_err(&var)
+                .to_string();
+            for (message, origin) in [(file, key), (from_env, var.as_str())] {
+                assert!(message.contains(origin), "{message}");
+                assert!(
+                    message.contains(value) && message.contains(allowed),
+                    "{message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flat_transit_keys_are_aliases_of_the_transit_table() {
+        let flat = load_file(
+            "[kms]\nprovider = \"transit\"\ntransit_address = \"http://127.0.0.1:8200\"\n\
+             transit_key = \"k\"\ntransit_timeout_secs = 5\ntransit_allow_http = true\n",
+            &[],
+        )
+        .expect("flat keys");
+        let nested = load_file(
+            "[kms]\nprovider = \"transit\"\n[kms.transit]\naddress = \"http://127.0.0.1:8200\"\n\
+             key = \"k\"\ntimeout_secs = 5\nallow_http = true\n",
+            &[],
+        )
+        .expect("table");
+        assert_eq!(format!("{flat:?}"), format!("{nested:?}"));
+        assert_eq!(flat.kms.transit.key, "k");
+        assert_eq!(flat.kms.transit.timeout_secs, 5);
+        // The same value both ways is one setting; different values are an
+        // error naming both.
+        let both = "[kms]\nprovider = \"transit\"\ntransit_address = \"http://127.0.0.1:8200\"\n\
+                    [kms.transit]\naddress = \"http://127.0.0.1:8200\"\n";
+        assert!(load_file(both, &[]).is_ok());
+        let clash = both.replacen("8200\"\n[", "8201\"\n[", 1);
+        let message = load_file(&clash, &[]).expect_err("clash").to_string();
+        assert!(
+            message.contains("kms.transit_address") && message.contains("kms.transit.address"),
+            "{message}"
+        );
+        // The environment overrides the file, whichever spelling it used.
+        let c = load_file(
+            "[kms]\ntransit_token = \"from-file\"\n",
+            &[("DROPVAULT_KMS_TRANSIT_TOKEN", "from-env")],
+        )
+        .expect("loads");
+        assert_eq!(c.kms.transit.token.expose(), "from-env");
+        let typo = load_file("[kms]\ntransit_adress = \"x\"\n", &[]).expect_err("typo");
+        assert!(typo.to_string().contains("kms.transit_adress"), "{typo}");
+    }
+
+    #[test]
+    fn every_providers_secrets_come_from_the_environment_and_never_print() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("DROPVAULT_AUTH_LDAP_BIND_PASSWORD", "ldap-secret"),
+                ("DROPVAULT_AUTH_LDAP_URL", "ldaps://ldap.example"),
+                ("DROPVAULT_KMS_PKCS11_PIN", "pin-secret"),
+                ("DROPVAULT_KMS_PKCS11_TOKEN_LABEL", "hsm"),
+                ("VAULT_TOKEN", "vault-secret"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.auth.ldap.bind_password.expose(), "ldap-secret");
+        assert_eq!(c.auth.ldap.url, "ldaps://ldap.example");
+        assert_eq!(c.kms.pkcs11.pin.expose(), "pin-secret");
+        assert_eq!(c.kms.pkcs11.token_label, "hsm");
+        assert_eq!(c.kms.transit.token.expose(), "vault-secret");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("-secret"), "{shown}");
+        let token = |vars: &[(&str, &str)]| {
+            Config::load(None, env(vars))
+                .expect("loads")
+                .kms
+                .transit
+                .token
+                .expose()
+                .to_owned()
+        };
+        assert_eq!(token(&[("BAO_TOKEN", "b")]), "b");
+        assert_eq!(token(&[("VAULT_TOKEN", ""), ("BAO_TOKEN", "b")]), "b");
+        assert_eq!(token(&[("VAULT_TOKEN", "v"), ("BAO_TOKEN", "b")]), "v");
+        assert_eq!(
+            token(&[("BAO_TOKEN", "b"), ("DROPVAULT_KMS_TRANSIT_TOKEN", "d")]),
+            "d"
+        );
+        assert_eq!(token(&[]), "");
+    }
+
+    /// Every setting that is a [`Secret`] (its value never printed) is
+    /// named by [`dropvault_core::secret::SECRET_ENV`], which keeps it from
+    /// hooks, and every `DROPVAULT_` name there is such a setting.
+    #[test]
+    fn the_secret_variables_are_exactly_the_secret_settings() {
+        let defaults = toml::Value::try_from(Config::default()).expect("defaults");
+        let table = defaults.as_table().expect("a table");
+        let mut leaves = Vec::new();
+        leaf_paths(table, &mut Vec::new(), &mut leaves);
+        let marker = "marker-4711";
+        let mut secret = Vec::new();
+        for (path, value) in leaves {
+            if !value.is_str() {
+                continue;
+            }
+            let var = format!("DROPVAULT_{}", path.join("_")).to_ascii_uppercase();
+            // Choices, addresses, accounts: not a value this marker can be.
+            let Ok(c) = Config::load(None, env(&[(&var, marker)])) else {
+                continue;
+            };
+            if !format!("{c:?}").contains(marker) {
+                secret.push(var);
+            }
+        }
+        let mut listed: Vec<String> = dropvault_core::secret::SECRET_ENV
+            .iter()
+            .filter(|n| n.starts_with("DROPVAULT_"))
+            .map(|n| n.to_string())
+            .collect();
+        secret.sort();
+        listed.sort();
+        assert_eq!(secret, listed);
     }
 }

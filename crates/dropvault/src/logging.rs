@@ -14,6 +14,8 @@
 use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
+
+use crate::config::LogFormat;
 use tracing::{Level, Metadata};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
@@ -26,8 +28,8 @@ use tracing_subscriber::EnvFilter;
 /// they may log at.
 const WIRE_DUMPS: [(&str, Level); 2] = [("ureq_proto", Level::INFO), ("ureq", Level::DEBUG)];
 
-/// Installs the global subscriber; `format` is `text` or `json`.
-pub(crate) fn init(format: &str) {
+/// Installs the global subscriber, writing records in `format`.
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: escapes in a log file or journal are
     // noise, and break line-based parsing.
@@ -36,7 +38,7 @@ pub(crate) fn init(format: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let no_wire = tracing_subscriber::filter::filter_fn(no_wire_dump);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder
             .json()
             .flatten_event(true)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use dropvault_core::accounts::sshkey::{SshPublicKey, MAX_KEYS_PER_USER, MAX_KEY_LINE_LEN};
-use dropvault_core::accounts::{Authenticator, PamAuthenticator, Password, UserFile};
+use dropvault_core::accounts::{AuthBackend, Password, UserFile};
 use dropvault_core::vault::Vault;
 
 use config::Config;
@@ -236,7 +236,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(&config.log.format);
+    logging::init(config.log.format);
     if let Err(e) = hardened {
         tracing::warn!(error = %e, "cannot disable core dumps; a crash may write memory (keys) to disk");
     }
@@ -335,7 +335,7 @@ fn quarantine(config: &Config, action: QuarantineAction) -> Result<bool, AnyErro
 /// typo does not create a key and a folder for nobody; returns the users
 /// file. Other backends' accounts are not listed: `None`.
 fn known_user(config: &Config, name: &str) -> Result<Option<UserFile>, AnyError> {
-    if config.auth.backend != "file" {
+    if config.auth.backend != AuthBackend::File {
         return Ok(None);
     }
     let users = UserFile::open(config.path(&config.auth.users_file))?;
@@ -358,10 +358,28 @@ fn keys(config: &Config, action: KeysAction) -> Result<bool, AnyError> {
     }
 }
 
+/// A first user, `demo` with a random password shown once, when the users
+/// file has none: a fresh install can be tried at once.
+fn demo_user(config: &Config) -> Result<(), AnyError> {
+    let users = UserFile::open(config.path(&config.auth.users_file))?;
+    if users.list()?.is_empty() {
+        let password = random_password();
+        users.add("demo", &Password::new(password.clone()))?;
+        println_safe(&format!(
+            "No users yet: created user \"demo\" with password \"{password}\" (shown once; \
+             change it with `dropvault user passwd demo --password-stdin`)."
+        ));
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> Result<(), AnyError> {
     raise_open_file_limit(config.ftp.max_sessions);
     data_dir(&config)?;
-    let keyring = Arc::new(ops::keyring(&config, ops::Kek::Create)?);
+    let keyring = Arc::new(ops::keyring(
+        &config,
+        dropvault_core::keys::MissingKek::Create,
+    )?);
     tracing::info!(
         provider = keyring.provider().kind(),
         kek = keyring.provider().key_name(),
@@ -371,7 +389,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
     hook_accounts(&config);
     if scanner.is_some() {
         tracing::info!(clamd = %config.scan.clamd, command = ?config.scan.command,
-            on_error = %config.scan.on_error, quarantine = config.scan.quarantine,
+            on_error = ?config.scan.on_error, quarantine = config.scan.quarantine,
             "uploads are scanned before they are committed");
     }
     let vault = Arc::new(
@@ -382,21 +400,10 @@ fn serve(config: Config) -> Result<(), AnyError> {
     let events = Arc::new(dropvault_core::events::Hooks::start(
         config.hook_settings()?,
     )?);
-    let auth: Arc<dyn Authenticator> = match config.auth.backend.as_str() {
-        "pam" => Arc::new(PamAuthenticator::new(config.auth.pam_service.clone())),
-        _ => {
-            let users = UserFile::open(config.path(&config.auth.users_file))?;
-            if users.list()?.is_empty() {
-                let password = random_password();
-                users.add("demo", &Password::new(password.clone()))?;
-                println_safe(&format!(
-                    "No users yet: created user \"demo\" with password \"{password}\" (shown once; \
-                     change it with `dropvault user passwd demo --password-stdin`)."
-                ));
-            }
-            Arc::new(users)
-        }
-    };
+    if config.auth.backend == AuthBackend::File {
+        demo_user(&config)?;
+    }
+    let auth = dropvault_core::accounts::from_config(&config.auth, &config.data_dir)?;
     let ftp = config.ftp_config()?;
     let tls = match ftp.tls {
         dropvault_ftp::TlsMode::Off => None,
@@ -669,16 +676,19 @@ fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
         }
         return Ok(());
     }
-    if config.auth.backend != "file" {
+    if config.auth.backend != AuthBackend::File {
         if let UserAction::Key { .. } = action {
             return Err(
                 "SSH keys are kept in the users file and work only with auth.backend = \
-                        \"file\"; PAM accounts log in with their password"
+                        \"file\"; PAM accounts log in with their password, LDAP accounts with \
+                        their password or the keys in their directory entry"
                     .into(),
             );
         }
         return Err(
-            "user management is for auth.backend = \"file\"; PAM users are system accounts".into(),
+            "user management is for auth.backend = \"file\"; PAM users are system accounts, \
+             LDAP users the directory's"
+                .into(),
         );
     }
     data_dir(config)?;

@@ -8,87 +8,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use dropvault_core::keys::{
-    KeyError, KeyFileStore, KeyProvider, KeyStore, Keyring, LocalRsaProvider, RecoveryKey,
-    RecoveryPrivateKey, TransitAuth, TransitConfig, TransitProvider, UserKey,
+    KeyError, KeyFileStore, KeyStore, Keyring, MissingKek, RecoveryKey, RecoveryPrivateKey, UserKey,
 };
 use dropvault_core::vault::{VPath, Vault, VaultError};
-use zeroize::Zeroizing;
 
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::progress::{human, Progress};
 use crate::{println_safe, AnyError};
-
-/// Whether a missing `local` KEK file may be generated: by the server and
-/// by commands that create data keys, never by commands that only read
-/// (a new KEK could not open anything stored).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kek {
-    Create,
-    Existing,
-}
-
-/// The key provider the configuration names.
-pub(crate) fn provider(config: &Config, kek: Kek) -> Result<Arc<dyn KeyProvider>, AnyError> {
-    let kms = &config.kms;
-    match kms.provider.as_str() {
-        "transit" => {
-            let auth = if kms.transit_role_id.is_empty() {
-                let token = [
-                    kms.transit_token.expose().to_owned(),
-                    std::env::var("VAULT_TOKEN").unwrap_or_default(),
-                    std::env::var("BAO_TOKEN").unwrap_or_default(),
-                ]
-                .into_iter()
-                .map(Zeroizing::new)
-                .find(|t| !t.is_empty())
-                .ok_or(
-                    "kms.provider = \"transit\" needs a token (kms.transit_token, \
-                        DROPVAULT_KMS_TRANSIT_TOKEN, VAULT_TOKEN or BAO_TOKEN) or an AppRole \
-                        (kms.transit_role_id and kms.transit_secret_id_file)",
-                )?;
-                TransitAuth::Token(token)
-            } else {
-                TransitAuth::AppRole {
-                    role_id: kms.transit_role_id.clone(),
-                    secret_id_file: config.path(&kms.transit_secret_id_file),
-                }
-            };
-            let provider = TransitProvider::new(TransitConfig {
-                address: kms.transit_address.clone(),
-                mount: kms.transit_mount.clone(),
-                key: kms.transit_key.clone(),
-                key_version: u32::try_from(kms.transit_key_version).unwrap_or(0),
-                auth,
-                ca_cert: (!kms.transit_ca_cert.is_empty())
-                    .then(|| config.path(&kms.transit_ca_cert)),
-                allow_http: kms.transit_allow_http,
-                proxy: Some(kms.transit_proxy.clone()).filter(|p| !p.is_empty()),
-                timeout: Duration::from_secs(u64::try_from(kms.transit_timeout_secs).unwrap_or(10)),
-                version_cache: Duration::from_secs(
-                    u64::try_from(kms.transit_version_cache_secs).unwrap_or(30),
-                ),
-            })?;
-            Ok(Arc::new(provider))
-        }
-        _ if kek == Kek::Create => Ok(Arc::new(LocalRsaProvider::open_or_create(
-            &config.path(&kms.local_key),
-        )?)),
-        _ => Ok(Arc::new(LocalRsaProvider::open(
-            &config.path(&kms.local_key),
-        )?)),
-    }
-}
 
 /// The vault of the configuration: on the local folder (created, with
 /// `create`, if missing; else as it is) or in the S3 bucket.
 pub(crate) fn vault(config: &Config, create: bool) -> Result<Vault, AnyError> {
-    Ok(match config.storage.backend.as_str() {
-        "s3" => Vault::with_storage(Arc::new(s3_storage(config)?), config.data_dir.clone())?,
-        _ if create => Vault::create(config.path(&config.storage.root))?,
-        _ => Vault::open(config.path(&config.storage.root)),
+    Ok(match config.storage.backend {
+        StorageBackend::S3 => {
+            Vault::with_storage(Arc::new(s3_storage(config)?), config.data_dir.clone())?
+        }
+        StorageBackend::Local if create => Vault::create(config.path(&config.storage.root))?,
+        StorageBackend::Local => Vault::open(config.path(&config.storage.root)),
     })
 }
 
@@ -110,15 +48,17 @@ fn s3_storage(config: &Config) -> Result<dropvault_core::storage::S3Storage, Any
 
 /// The key-file store of the configuration.
 pub(crate) fn key_store(config: &Config) -> Result<Arc<dyn KeyStore>, AnyError> {
-    Ok(match config.storage.backend.as_str() {
+    Ok(match config.storage.backend {
         // In the bucket, so that every node finds every user's keys.
-        "s3" => Arc::new(dropvault_core::keys::S3KeyStore::new(s3_client(config)?)),
-        _ => Arc::new(KeyFileStore::open(config.path(&config.storage.keys_dir))?),
+        StorageBackend::S3 => Arc::new(dropvault_core::keys::S3KeyStore::new(s3_client(config)?)),
+        StorageBackend::Local => {
+            Arc::new(KeyFileStore::open(config.path(&config.storage.keys_dir))?)
+        }
     })
 }
 
 /// The keyring: provider, key files, and the recovery key if configured.
-pub(crate) fn keyring(config: &Config, kek: Kek) -> Result<Keyring, AnyError> {
+pub(crate) fn keyring(config: &Config, kek: MissingKek) -> Result<Keyring, AnyError> {
     let recovery = if config.kms.recovery_public_key.is_empty() {
         None
     } else {
@@ -126,7 +66,8 @@ pub(crate) fn keyring(config: &Config, kek: Kek) -> Result<Keyring, AnyError> {
             &config.path(&config.kms.recovery_public_key),
         )?)
     };
-    Ok(Keyring::new(provider(config, kek)?, key_store(config)?).with_recovery(recovery))
+    let provider = dropvault_core::keys::from_config(&config.kms, &config.data_dir, kek)?;
+    Ok(Keyring::new(provider, key_store(config)?).with_recovery(recovery))
 }
 
 /// Where users' keys come from for an offline command: the live provider,
@@ -140,7 +81,7 @@ impl KeySource {
     pub(crate) fn new(config: &Config, recovery_key: Option<&Path>) -> Result<Self, AnyError> {
         Ok(match recovery_key {
             Some(path) => KeySource::Recovery(key_store(config)?, RecoveryPrivateKey::open(path)?),
-            None => KeySource::Provider(keyring(config, Kek::Existing)?),
+            None => KeySource::Provider(keyring(config, MissingKek::Refuse)?),
         })
     }
 
@@ -162,7 +103,7 @@ impl KeySource {
 
 /// `dropvault keys status`.
 pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
-    let keyring = keyring(config, Kek::Existing)?;
+    let keyring = keyring(config, MissingKek::Refuse)?;
     let provider = keyring.provider();
     println_safe(&format!("provider: {}", provider.kind()));
     let status = provider.status();
@@ -244,7 +185,7 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
 
 /// `dropvault keys rotate`.
 pub(crate) fn keys_rotate(config: &Config) -> Result<bool, AnyError> {
-    let report = keyring(config, Kek::Existing)?.rotate()?;
+    let report = keyring(config, MissingKek::Refuse)?.rotate()?;
     for (path, reason) in &report.failed {
         println_safe(&format!("FAILED {path}: {reason}"));
     }
@@ -451,7 +392,7 @@ pub(crate) fn import(
     }
     let scanner = dropvault_core::scan::Scanner::new(config.scan_settings()?)?.map(Arc::new);
     let vault = vault(config, true)?.with_scanner(scanner);
-    let keyring = keyring(config, Kek::Create)?;
+    let keyring = keyring(config, MissingKek::Create)?;
     let key = keyring.unlock(user)?;
     // The plan first: what to import, what to skip and why.
     let mut todo: Vec<(PathBuf, VPath, u64)> = Vec::new();

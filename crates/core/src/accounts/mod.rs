@@ -1,18 +1,21 @@
 //! Accounts: who may log in. An [`Authenticator`] checks a name and a
 //! password (or an SSH public key) and answers with an [`Account`] or a
 //! plain "no"; the backends are a users file with argon2id hashes and SSH
-//! public keys ([`UserFile`]) and the system's PAM ([`PamAuthenticator`],
-//! passwords only). LDAP comes later behind the same trait.
+//! public keys ([`UserFile`]), the system's PAM ([`PamAuthenticator`],
+//! passwords only) and a directory ([`LdapAuthenticator`]), built from
+//! `[auth]` by [`from_config`].
 //!
 //! A user name becomes the name of the user's folder in storage and is bound
 //! into the wrapping of their data key, so every backend accepts only names
 //! that pass [`validate_user_name`].
 
+mod config;
 mod file;
 pub mod ldap;
 mod pam;
 pub mod sshkey;
 
+pub use config::{from_config, AuthBackend, AuthConfig};
 pub use file::{UserFile, UserKey};
 pub use ldap::{LdapAuthenticator, LdapConfig};
 pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};

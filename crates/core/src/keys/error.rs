@@ -84,14 +84,18 @@ pub enum KeyError {
         /// What happened.
         reason: String,
     },
-    /// The key service refused the request; its own error messages,
-    /// verbatim.
-    #[error("key service answered {status}: {errors}")]
+    /// The key service (or token) answered with a refusal or a failure.
+    /// Each provider says once, where it reads the answer, whether trying
+    /// again later may help.
+    #[error("key service {reason}")]
     Service {
-        /// HTTP status.
-        status: u16,
-        /// The service's `errors`, joined by "; ".
-        errors: String,
+        /// Whether the service may serve the same request later (sealed,
+        /// overloaded, failing) rather than refusing it for good (denied,
+        /// no such key, a key version too old).
+        transient: bool,
+        /// What the service said, read after "key service" (e.g.
+        /// `answered 403: permission denied`).
+        reason: String,
     },
     /// The key service answered something this client cannot use.
     #[error("key service sent an unexpected answer: {0}")]
@@ -139,7 +143,7 @@ impl KeyError {
     pub fn is_transient(&self) -> bool {
         match self {
             KeyError::Unavailable { .. } => true,
-            KeyError::Service { status, .. } => *status == 429 || *status >= 500,
+            KeyError::Service { transient, .. } => *transient,
             KeyError::Store { source, .. } => source.is_transient(),
             KeyError::DestroyRaced { .. } => true,
             _ => false,
@@ -151,5 +155,27 @@ impl KeyError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_error_is_as_transient_as_its_provider_says() {
+        let service = |transient| KeyError::Service {
+            transient,
+            reason: "is sealed".into(),
+        };
+        assert!(service(true).is_transient());
+        assert!(!service(false).is_transient());
+        assert_eq!(service(true).to_string(), "key service is sealed");
+        let down = KeyError::Unavailable {
+            address: "token".into(),
+            reason: "gone".into(),
+        };
+        assert!(down.is_transient());
+        assert!(!KeyError::WrapFailed.is_transient());
     }
 }

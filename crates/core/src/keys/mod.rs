@@ -4,6 +4,7 @@
 //! Every call here may block (RSA, disk, later HTTP to a key service); async
 //! callers run them on a blocking thread.
 
+mod config;
 mod error;
 mod keyring;
 mod local;
@@ -14,6 +15,7 @@ mod s3store;
 mod store;
 mod transit;
 
+pub use config::{from_config, KmsConfig, KmsProvider, MissingKek, TransitSettings};
 pub use dropvault_format::DataKey;
 pub use error::KeyError;
 pub use keyring::{Keyring, RotateReport, UserKey};

@@ -148,12 +148,15 @@ impl TransitProvider {
         let address = config.address.trim_end_matches('/').to_owned();
         let https = address.starts_with("https://");
         if !https && !address.starts_with("http://") {
-            return Err(bad("transit_address must start with http:// or https://"));
+            return Err(bad(
+                "kms.transit.address must start with http:// or https://",
+            ));
         }
         if !https && !config.allow_http && !loopback(&address) {
             return Err(bad(
-                "transit_address: http:// only to a loopback address (127.0.0.1, ::1, \
-                 localhost); use https://, or set kms.transit_allow_http = true",
+                "kms.transit.address: http:// only to a loopback address (127.0.0.1, ::1, \
+                 localhost); use https://, or set kms.transit.allow_http = true (alias \
+                 kms.transit_allow_http)",
             ));
         }
         let mount = config.mount.trim_matches('/').to_owned();
@@ -165,11 +168,13 @@ impl TransitProvider {
         };
         if !safe(&mount) {
             return Err(bad(
-                "transit_mount must be a path of letters, digits, - _ .",
+                "kms.transit.mount must be a path of letters, digits, - _ .",
             ));
         }
         if !safe(&config.key) || config.key.contains('/') {
-            return Err(bad("transit_key must be a name of letters, digits, - _ ."));
+            return Err(bad(
+                "kms.transit.key must be a name of letters, digits, - _ .",
+            ));
         }
         let agent = crate::http::agent(
             config.timeout,
@@ -193,13 +198,14 @@ impl TransitProvider {
     }
 
     /// One HTTP request; `body` is JSON (POST) or `None` (GET). The answer's
-    /// JSON, `Null` for an empty one; the service's `errors` on failure.
+    /// JSON, `Null` for an empty one; the status and the service's `errors`
+    /// on failure.
     fn request(
         &self,
         path: &str,
         body: Option<&[u8]>,
         token: Option<&str>,
-    ) -> Result<Value, KeyError> {
+    ) -> Result<Value, Failure> {
         let url = format!("{}/v1/{path}", self.address);
         let sent = match body {
             None => {
@@ -240,7 +246,7 @@ impl TransitProvider {
             serde_json::from_slice(&raw).ok()
         };
         if (200..300).contains(&status) {
-            return json.ok_or_else(|| KeyError::BadResponse(format!("{path}: not JSON")));
+            return json.ok_or_else(|| KeyError::BadResponse(format!("{path}: not JSON")).into());
         }
         let errors = json
             .as_ref()
@@ -261,7 +267,7 @@ impl TransitProvider {
             "" => format!("{path}: (no message)"),
             e => e.to_owned(),
         };
-        Err(KeyError::Service { status, errors })
+        Err(Failure::Status { status, errors })
     }
 
     /// A request with the current token; with AppRole, a refused token
@@ -269,14 +275,14 @@ impl TransitProvider {
     fn call(&self, path: &str, body: Option<&[u8]>) -> Result<Value, KeyError> {
         let token = self.token()?;
         match self.request(path, body, Some(&token)) {
-            Err(KeyError::Service { status: 403, .. })
+            Err(Failure::Status { status: 403, .. })
                 if matches!(self.auth, TransitAuth::AppRole { .. }) =>
             {
                 self.forget_token(&token);
                 let token = self.token()?;
-                self.request(path, body, Some(&token))
+                Ok(self.request(path, body, Some(&token))?)
             }
-            other => other,
+            other => Ok(other?),
         }
     }
 
@@ -335,7 +341,10 @@ impl TransitProvider {
 
     /// A configured token, with its TTL if the service tells it.
     fn look_up(&self, value: Zeroizing<String>) -> Token {
-        match self.request("auth/token/lookup-self", None, Some(&value)) {
+        match self
+            .request("auth/token/lookup-self", None, Some(&value))
+            .map_err(KeyError::from)
+        {
             Ok(answer) => {
                 let data = &answer["data"];
                 let ttl = data["ttl"].as_u64().unwrap_or(0);
@@ -514,10 +523,7 @@ impl KeyProvider for TransitProvider {
                 Some(results) => out.extend(results.iter().map(|r| {
                     match (r["ciphertext"].as_str(), r["error"].as_str()) {
                         (Some(ct), _) if !ct.is_empty() => wrapped(Some(ct)),
-                        (_, Some(err)) => Err(KeyError::Service {
-                            status: 400,
-                            errors: err.to_owned(),
-                        }),
+                        (_, Some(err)) => Err(refused_item(err)),
                         _ => Err(KeyError::BadResponse(
                             "rewrap result without ciphertext".into(),
                         )),
@@ -562,6 +568,52 @@ impl TransitProvider {
         let body = serde_json::to_vec(&body).map_err(|e| KeyError::BadResponse(e.to_string()))?;
         let answer = self.call(path, Some(&body))?;
         wrapped(answer["data"]["ciphertext"].as_str())
+    }
+}
+
+/// Why a request to the service failed: its HTTP answer (kept as such
+/// only until it leaves this module, through [`service_error`]) or
+/// anything else.
+enum Failure {
+    /// The service answered with this status and these errors.
+    Status { status: u16, errors: String },
+    /// No usable answer.
+    Other(KeyError),
+}
+
+impl From<KeyError> for Failure {
+    fn from(e: KeyError) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<Failure> for KeyError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Status { status, errors } => service_error(status, &errors),
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+/// The one place an HTTP status of the service becomes an error: a
+/// timeout (408), rate limiting (429) or a server failure (5xx: sealed,
+/// standby, not initialised, failing) may pass; any other status is the
+/// service refusing this request for good (denied, not found, bad input,
+/// a key version too old to decrypt).
+fn service_error(status: u16, errors: &str) -> KeyError {
+    KeyError::Service {
+        transient: matches!(status, 408 | 429 | 500..),
+        reason: format!("answered {status}: {errors}"),
+    }
+}
+
+/// One item of a batch the service refused (bad ciphertext, a version too
+/// old): that item's failure, for good.
+fn refused_item(error: &str) -> KeyError {
+    KeyError::Service {
+        transient: false,
+        reason: format!("refused the item: {error}"),
     }
 }
 
@@ -648,6 +700,35 @@ fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_permanent() {
+        for status in [400, 403, 404, 405, 412] {
+            let e = service_error(status, "permission denied");
+            assert!(!e.is_transient(), "{status}");
+            assert_eq!(
+                e.to_string(),
+                format!("key service answered {status}: permission denied")
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_rate_limits_and_server_failures_are_transient() {
+        for status in [408, 429, 500, 501, 502, 503, 504] {
+            assert!(
+                service_error(status, "Vault is sealed").is_transient(),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_item_is_permanent() {
+        let e = refused_item("ciphertext or signature version is disallowed by policy (too old)");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("too old"), "{e}");
+    }
 
     #[test]
     fn versions_come_from_the_ciphertext_prefix() {

@@ -22,8 +22,9 @@ use std::time::Duration;
 pub use clamd::ClamdAddr;
 
 /// What to do when a scanner cannot give a verdict (unreachable, too slow,
-/// its size limit exceeded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// its size limit exceeded). In settings: `reject` or `accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Refuse the upload, as a failure the client may retry later.
     Reject,
