@@ -549,6 +549,7 @@ impl KeyProvider for TransitProvider {
             } else {
                 self.key_version
             },
+            details: Vec::new(),
         })
     }
 }
