@@ -110,6 +110,9 @@ pub(crate) fn keys_status(config: &Config) -> Result<bool, AnyError> {
     let ok = match &status {
         Ok(s) => {
             println_safe(&format!("key: {} ({})", s.key_name, s.key_type));
+            for (name, value) in &s.details {
+                println_safe(&format!("{name}: {value}"));
+            }
             println_safe(&format!(
                 "latest version: {}; new wraps use version {}; oldest decryptable version: {}",
                 s.latest_version, s.current_version, s.min_decryption_version

@@ -178,7 +178,8 @@ impl Keyring {
 
     /// Brings every key file up to date: re-wraps those under an older KEK
     /// version (in batches, through the provider's rewrap, so the keys need
-    /// not pass through this process), and adds a recovery wrap where one
+    /// not pass through this process) or under another KEK the provider
+    /// still holds (an older `pkcs11` key pair), and adds a recovery wrap where one
     /// is configured and missing (that needs the key itself). Key files
     /// destroyed meanwhile stay destroyed.
     pub fn rotate(&self) -> Result<RotateReport, KeyError> {
@@ -194,7 +195,7 @@ impl Keyring {
             match parsed {
                 Ok(kf)
                     if kf.provider != self.provider.kind()
-                        || kf.key_name != self.provider.key_name() =>
+                        || !self.provider.holds(&kf.key_name) =>
                 {
                     report.failed.push((
                         path,
@@ -203,6 +204,16 @@ impl Keyring {
                             kf.provider, kf.key_name
                         ),
                     ));
+                }
+                Ok(kf) if kf.key_name != self.provider.key_name() => {
+                    match self.move_to_current(kf) {
+                        Ok(Some(kf)) => {
+                            report.rewrapped += 1;
+                            current.push((path, kf, true));
+                        }
+                        Ok(None) => {}
+                        Err(e) => report.failed.push((path, e.to_string())),
+                    }
                 }
                 Ok(kf) if kf.key_version < target => stale.push((path, kf)),
                 Ok(kf) => current.push((path, kf, false)),
@@ -358,6 +369,21 @@ impl Keyring {
     fn refresh(&self, mut kf: KeyFile, dek: &DataKey) {
         let user = kf.user.clone();
         let mut changed = false;
+        if kf.key_name != self.provider.key_name() {
+            match self.rewrap_to_current(kf.clone(), dek) {
+                Ok(updated) => {
+                    tracing::info!(
+                        user,
+                        from = %kf.key_name,
+                        to = %updated.key_name,
+                        "re-wrapping data key under the current KEK"
+                    );
+                    kf = updated;
+                    changed = true;
+                }
+                Err(e) => tracing::warn!(user, error = %e, "re-wrapping the data key failed"),
+            }
+        }
         match self.provider.current_version() {
             Ok(v) if v > kf.key_version => match self.provider.wrap(&user, dek) {
                 Ok(w) => {
@@ -392,6 +418,23 @@ impl Keyring {
         }
     }
 
+    /// Re-wraps a key file under another KEK the provider holds to the
+    /// current one and stores it; `None` if it was destroyed meanwhile.
+    fn move_to_current(&self, kf: KeyFile) -> Result<Option<KeyFile>, KeyError> {
+        let dek = self.unwrap_file(&kf)?;
+        let kf = self.rewrap_to_current(kf, &dek)?;
+        Ok(self.store.replace(&kf)?.then_some(kf))
+    }
+
+    /// `kf` wrapped anew under the provider's current KEK.
+    fn rewrap_to_current(&self, mut kf: KeyFile, dek: &DataKey) -> Result<KeyFile, KeyError> {
+        let w = self.provider.wrap(&kf.user, dek)?;
+        kf.key_name = self.provider.key_name().to_owned();
+        kf.key_version = w.key_version;
+        kf.wrapped_key = w.ciphertext;
+        Ok(kf)
+    }
+
     fn needs_recovery_wrap(&self, kf: &KeyFile) -> bool {
         self.recovery
             .as_ref()
@@ -410,7 +453,7 @@ impl Keyring {
 
     fn unwrap_file(&self, kf: &KeyFile) -> Result<DataKey, KeyError> {
         let p = &self.provider;
-        if kf.provider != p.kind() || kf.key_name != p.key_name() {
+        if kf.provider != p.kind() || !p.holds(&kf.key_name) {
             return Err(KeyError::WrongKek {
                 expected_kind: p.kind().to_owned(),
                 expected_name: p.key_name().to_owned(),
@@ -418,7 +461,7 @@ impl Keyring {
                 found_name: kf.key_name.clone(),
             });
         }
-        let dek = p.unwrap(&kf.user, &kf.wrapped())?;
+        let dek = p.unwrap_named(&kf.key_name, &kf.user, &kf.wrapped())?;
         kf.check(&dek)?;
         Ok(dek)
     }

@@ -113,6 +113,7 @@ impl KeyProvider for LocalRsaProvider {
             latest_version: 1,
             min_decryption_version: 1,
             current_version: 1,
+            details: Vec::new(),
         })
     }
 }

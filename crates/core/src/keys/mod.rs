@@ -66,6 +66,26 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// Unwraps a key wrapped for `user`.
     fn unwrap(&self, user: &str, wrapped: &Wrapped) -> Result<DataKey, KeyError>;
 
+    /// Whether this provider unwraps keys wrapped under the KEK named
+    /// `key_name`: its own, or (`pkcs11`) an older key pair it may still
+    /// hold. Key files under a held KEK that is not the current one are
+    /// re-wrapped like those under an older version.
+    fn holds(&self, key_name: &str) -> bool {
+        key_name == self.key_name()
+    }
+
+    /// Unwraps a key wrapped for `user` under the KEK named `key_name`
+    /// (one it [`holds`](Self::holds)).
+    fn unwrap_named(
+        &self,
+        key_name: &str,
+        user: &str,
+        wrapped: &Wrapped,
+    ) -> Result<DataKey, KeyError> {
+        let _ = key_name;
+        self.unwrap(user, wrapped)
+    }
+
     /// The KEK version new wraps use. Key files wrapped under an older
     /// version are re-wrapped: lazily at login, all at once by
     /// `dropvault keys rotate`.
@@ -102,6 +122,9 @@ pub struct KekStatus {
     pub min_decryption_version: u32,
     /// The version new wraps use (the latest, or a pinned one).
     pub current_version: u32,
+    /// More facts to show, as (name, value): the token and mechanism of
+    /// `pkcs11`.
+    pub details: Vec<(&'static str, String)>,
 }
 
 /// The OAEP label (local, recovery) or the binding hashed into the wrapped

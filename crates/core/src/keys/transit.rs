@@ -555,6 +555,7 @@ impl KeyProvider for TransitProvider {
             } else {
                 self.key_version
             },
+            details: Vec::new(),
         })
     }
 }

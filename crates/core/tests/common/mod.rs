@@ -2,3 +2,4 @@
 
 pub(crate) mod garage;
 pub(crate) mod kek;
+pub(crate) mod softhsm;
