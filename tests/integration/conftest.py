@@ -44,6 +44,7 @@ import pytest
 
 from dvclients import BIN, PASSWORD, STORAGE_ENV, USER, base_env, find_marker, run_cli
 from garage import GarageCluster
+from slapd import Slapd
 
 START_TIMEOUT = 60
 STOP_TIMEOUT = 25
@@ -487,3 +488,15 @@ def garage3(tmp_path) -> GarageCluster:
     if leaks:
         pytest.fail("plaintext marker found in Garage: " + ", ".join(map(str, leaks)),
                     pytrace=False)
+
+
+@pytest.fixture
+def slapd(tmp_path) -> Slapd:
+    """A throwaway OpenLDAP slapd for this test (slapd.py): users alice,
+    bob (both in the group) and carol (not), a service account, ldap:// and
+    ldaps:// on loopback ports, a test CA. `slapd.stop()` and
+    `slapd.start()` take it away and bring it back on the same ports."""
+    server = Slapd(tmp_path / "slapd")
+    server.start()
+    yield server
+    server.close()

@@ -163,6 +163,10 @@ pub enum AuthError {
     /// counted as a wrong password.
     #[error("accounts backend unavailable: {0}")]
     Unavailable(String),
+    /// The accounts backend's settings cannot work (an LDAP URL that is
+    /// not `ldaps://` or `ldap://`, a CA file without certificates...).
+    #[error("bad accounts settings: {0}")]
+    BadSettings(String),
     /// libpam could not be loaded.
     #[error("PAM is unavailable: {0}")]
     PamUnavailable(String),

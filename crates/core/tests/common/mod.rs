@@ -2,4 +2,5 @@
 
 pub(crate) mod garage;
 pub(crate) mod kek;
+pub(crate) mod slapd;
 pub(crate) mod softhsm;
