@@ -2,12 +2,14 @@
 //! storage, and nothing about any one protocol.
 //!
 //! - [`keys`]: where a data key comes from — the [`keys::KeyProvider`]
-//!   that wraps it (a local RSA file, or OpenBao/Vault transit), the
+//!   that wraps it (a local RSA file, OpenBao/Vault transit, or a PKCS#11
+//!   token), built from `[kms]` by [`keys::from_config`], the
 //!   per-user key files, and the [`keys::Keyring`] that shares one unwrapped
 //!   key among a user's sessions and drops it with the last one.
 //!
 //! - [`accounts`]: who may log in — the [`accounts::Authenticator`] trait
-//!   and its backends, a users file of argon2id hashes and the system's PAM.
+//!   and its backends (a users file of argon2id hashes, the system's PAM,
+//!   an LDAP directory), built from `[auth]` by [`accounts::from_config`].
 //!
 //! - [`vault`]: one user's encrypted view of storage — normalised paths,
 //!   listings with plaintext sizes, streaming sealed uploads through staging
