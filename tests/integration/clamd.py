@@ -10,25 +10,20 @@ tmpfs (/dev/shm) here, as docs/SECURITY.md asks of real deployments.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 
+from procs import die_with_parent, free_port
+
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "Dropvault-Test-EICAR"
 START_TIMEOUT = 120
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def clamd_binary() -> str:
@@ -39,18 +34,12 @@ def clamd_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Clamd:
     def __init__(self, workdir: pathlib.Path, stream_max: str = "1M"):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket = self.workdir / "clamd.sock"
-        self.port = _free_port()
+        self.port = free_port()
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="dropvault-clamd-", dir=shm))
         self.stream_max = stream_max
@@ -84,7 +73,7 @@ class Clamd:
         with open(self.workdir / "clamd.out", "ab") as out:
             self.proc = subprocess.Popen([clamd_binary(), "-c", str(conf)], stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

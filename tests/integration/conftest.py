@@ -23,7 +23,6 @@ scanned for the marker like a server's.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
@@ -44,6 +43,7 @@ import pytest
 
 from dvclients import BIN, PASSWORD, STORAGE_ENV, USER, base_env, find_marker, run_cli
 from garage import GarageCluster
+from procs import die_with_parent
 from slapd import Slapd
 
 START_TIMEOUT = 60
@@ -74,13 +74,6 @@ SFTP_READY = re.compile(
     r"(?: \(host key (?P<fp>SHA256:[A-Za-z0-9+/=]+)\))?"
 )
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # If pytest itself dies, its servers get SIGTERM instead of lingering.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _bindable(lo: int, hi: int) -> bool:
@@ -216,7 +209,7 @@ class Server:
                 self.sftp_host_key = m["fp"]
 
     def _preexec(self) -> None:
-        _die_with_parent()
+        die_with_parent()
         if self.nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 

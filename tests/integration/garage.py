@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import datetime
 import hashlib
 import hmac
@@ -59,6 +58,8 @@ import urllib.error
 import urllib.request
 import weakref
 
+from procs import die_with_parent
+
 START_TIMEOUT = 60
 STOP_TIMEOUT = 15
 CLI_TIMEOUT = 20
@@ -69,8 +70,6 @@ BUCKET = "dropvault"
 KEY_NAME = "dropvault-test"
 CAPACITY = 1_000_000_000  # 1 GB per node: far more than any test stores.
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 # Every cluster, so that none outlives the interpreter.
 _INSTANCES: "weakref.WeakSet[GarageCluster]" = weakref.WeakSet()
@@ -85,11 +84,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _PORT_LOW, _PORT_HIGH = 12000, 20000
 # Ports handed out by this process: two nodes never get the same one.
 _PORTS_GIVEN: set[int] = set()
-
-
-def _die_with_parent() -> None:
-    # If the test process dies, its Garage nodes get SIGTERM instead of lingering.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -439,7 +433,7 @@ api_bind_addr = "127.0.0.1:{node.s3_port}"
             node.proc = subprocess.Popen(
                 [self.binary, "-c", str(node.config_path), "server"],
                 env=_clean_env(), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd=node.root,
+                stderr=subprocess.STDOUT, preexec_fn=die_with_parent, cwd=node.root,
             )
 
     def _terminate(self, node: _Node, timeout: float = STOP_TIMEOUT) -> None:

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import atexit
 import base64
-import ctypes
 import json
 import os
 import pathlib
 import shutil
 import signal
 import site
-import socket
 import ssl
 import subprocess
 import sysconfig
@@ -34,29 +32,18 @@ import urllib.error
 import urllib.request
 import weakref
 
+from procs import die_with_parent, free_port
+
 START_TIMEOUT = 60
 STOP_TIMEOUT = 15
 HTTP_TIMEOUT = 30
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 # Every instance, so that none outlives the interpreter.
 _INSTANCES: "weakref.WeakSet[OpenBao]" = weakref.WeakSet()
 
 # urllib without any proxy from the environment: the server is on loopback.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _die_with_parent() -> None:
-    # If pytest itself dies, its OpenBao servers get SIGTERM instead of lingering.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _clean_env() -> dict[str, str]:
@@ -161,10 +148,10 @@ class OpenBao:
     # -- process ----------------------------------------------------------
 
     def _write_config(self) -> None:
-        self.port = _free_port()
-        self.cluster_port = _free_port()
+        self.port = free_port()
+        self.cluster_port = free_port()
         while self.cluster_port == self.port:
-            self.cluster_port = _free_port()
+            self.cluster_port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.tls:
             tls = f'tls_cert_file = "{self.tls[0]}"\n  tls_key_file = "{self.tls[1]}"'
@@ -208,7 +195,7 @@ ui = false
             self.proc = subprocess.Popen(
                 [self.binary, "server", f"-config={self.config_path}"],
                 env=_clean_env(), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                 cwd=self.workdir,
             )
         try:

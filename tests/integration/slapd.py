@@ -38,18 +38,18 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import json
 import os
 import pathlib
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import weakref
+
+from procs import die_with_parent, free_port
 
 START_TIMEOUT = 30
 STOP_TIMEOUT = 10
@@ -82,24 +82,12 @@ objectclass ( 1.3.6.1.4.1.24552.500.1.1.2.0 NAME 'ldapPublicKey' SUP top AUXILIA
     DESC 'MANDATORY: OpenSSH LPK objectclass' MAY ( sshPublicKey $ uid ) )
 """
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 _INSTANCES: "weakref.WeakSet[Slapd]" = weakref.WeakSet()
 
 
 class SlapdError(RuntimeError):
     """slapd or one of its tools failed."""
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def check_tools() -> None:
@@ -136,8 +124,8 @@ class Slapd:
         check_tools()
         self.dir = pathlib.Path(base_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ldap_port = _free_port()
-        self.ldaps_port = _free_port()
+        self.ldap_port = free_port()
+        self.ldaps_port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._loaded = False
@@ -208,7 +196,7 @@ class Slapd:
                 [SLAPD, "-f", str(self.dir / "slapd.conf"), "-d", "0",
                  "-h", f"{self.ldap_url}/ {self.ldaps_url}/"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=_clean_env(), preexec_fn=_die_with_parent)
+                env=_clean_env(), preexec_fn=die_with_parent)
         self._wait_ready(timeout, log)
         if not self._loaded:
             self._ldapadd(self._group_ldif())

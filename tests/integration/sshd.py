@@ -17,7 +17,6 @@ known to be right:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pathlib
 import secrets
@@ -29,21 +28,12 @@ import sys
 import tempfile
 import time
 
+from procs import die_with_parent, free_port
+
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 START_TIMEOUT = 30
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sshd:
@@ -79,7 +69,7 @@ class Sshd:
         # sshd wants its privilege separation folder; the package makes it
         # only when its service starts, which never happens here.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         yes_no = "yes" if self.passwords else "no"
         self.config.write_text(f"""\
 Port {self.port}
@@ -112,7 +102,7 @@ Subsystem sftp {SFTP_SERVER}
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
-                stdout=err, stderr=err, preexec_fn=_die_with_parent, start_new_session=True)
+                stdout=err, stderr=err, preexec_fn=die_with_parent, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
