@@ -15,8 +15,8 @@ use dropvault_core::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
-const SECTIONS: [&str; 8] = [
-    "ftp", "sftp", "auth", "kms", "storage", "scan", "hooks", "log",
+const SECTIONS: [&str; 10] = [
+    "ftp", "sftp", "auth", "kms", "storage", "scan", "hooks", "log", "admin", "limits",
 ];
 
 /// Why the configuration cannot be used.
@@ -64,6 +64,67 @@ pub(crate) struct Config {
     pub(crate) hooks: Hooks,
     /// Logging.
     pub(crate) log: Log,
+    /// The admin listener: metrics and health.
+    pub(crate) admin: Admin,
+    /// Quotas and bandwidth limits.
+    pub(crate) limits: Limits,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Admin {
+    /// HTTP listener for `/metrics`, `/healthz` and `/readyz`; empty = off.
+    pub(crate) listen: String,
+    /// File holding a bearer token the listener requires; empty = none.
+    pub(crate) token_file: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9121".into(),
+            token_file: String::new(),
+        }
+    }
+}
+
+/// `[limits]`: sizes and rates as `parse_size` reads them ("10MiB"; rates
+/// per second); "0" = no limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Limits {
+    /// Bytes of stored files a user may have.
+    pub(crate) quota_bytes: String,
+    /// Files a user may have.
+    pub(crate) quota_files: u64,
+    /// Upload bytes per second of one session.
+    pub(crate) upload_rate: String,
+    /// Download bytes per second of one session.
+    pub(crate) download_rate: String,
+    /// Upload bytes per second of all of one user's sessions together.
+    pub(crate) user_upload_rate: String,
+    /// Download bytes per second of all of one user's sessions together.
+    pub(crate) user_download_rate: String,
+    /// Upload bytes per second of the whole server.
+    pub(crate) total_upload_rate: String,
+    /// Download bytes per second of the whole server.
+    pub(crate) total_download_rate: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            quota_bytes: "0".into(),
+            quota_files: 0,
+            upload_rate: "0".into(),
+            download_rate: "0".into(),
+            user_upload_rate: "0".into(),
+            user_download_rate: "0".into(),
+            total_upload_rate: "0".into(),
+            total_download_rate: "0".into(),
+        }
+    }
 }
 
 /// `[scan]`
@@ -353,6 +414,8 @@ impl Default for Config {
             scan: Scan::default(),
             hooks: Hooks::default(),
             log: Log::default(),
+            admin: Admin::default(),
+            limits: Limits::default(),
         }
     }
 }
