@@ -2,17 +2,15 @@
 connection's TLS session (TLS 1.3 and 1.2), the refusal of those that do
 not, and tls = "required" / "off"."""
 
-import datetime
 import ftplib
-import ipaddress
 import socket
 import ssl
 
 import pytest
 
 from dvclients import (PASSWORD, SEGMENT, USER, ResumingFTP_TLS, curl, epsv_port,
-                       ftp_plain, ftp_tls, ftp_url, mlsd, payload, raw, retr, stor,
-                       tls_context)
+                       ftp_plain, ftp_tls, ftp_url, make_certificate, mlsd, payload, raw,
+                       retr, stor, tls_context)
 
 # Every test here runs on local storage and on S3 storage (conftest).
 pytestmark = pytest.mark.both_backends
@@ -396,36 +394,6 @@ def test_tls_off(dropvault):
     code, _ = r.cmd("NOOP")
     assert code == 200
     r.close()
-
-
-def make_certificate(cert_path, key_path) -> None:
-    """A self-signed P-256 certificate for 127.0.0.1 and localhost (with the
-    `cryptography` package, which scripts/test installs)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dropvault-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
 
 
 def test_configured_certificate_is_served(dropvault, tmp_path):

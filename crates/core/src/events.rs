@@ -244,6 +244,25 @@ impl Hooks {
         })
     }
 
+    /// Delivers events emitted from now on to what `settings` names (a
+    /// reload). Events already queued go out as configured when they were
+    /// queued, from the old delivery thread, which ends when its queue is
+    /// empty. On failure nothing changes.
+    pub fn reconfigure(&self, settings: HookSettings) -> Result<(), HookError> {
+        let new = Self::start(settings)?;
+        let tx = new.tx.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let worker = new
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The old sender goes first (its thread drains and ends); the old
+        // thread is not waited for.
+        *self.tx.lock().unwrap_or_else(PoisonError::into_inner) = tx;
+        *self.worker.lock().unwrap_or_else(PoisonError::into_inner) = worker;
+        Ok(())
+    }
+
     /// Queues `event` for delivery; never waits. A full queue drops it.
     pub fn emit(&self, event: Event) {
         let held = self.tx.lock().unwrap_or_else(PoisonError::into_inner);

@@ -241,7 +241,7 @@ fn main() -> ExitCode {
         tracing::warn!(error = %e, "cannot disable core dumps; a crash may write memory (keys) to disk");
     }
     let result = match cli.command {
-        Command::Serve => serve(config).map(|()| true),
+        Command::Serve => serve(config, cli.config.clone()).map(|()| true),
         Command::User { action } => user(&config, action).map(|()| true),
         Command::Keys { action } => keys(&config, action),
         Command::Decrypt {
@@ -373,7 +373,7 @@ fn demo_user(config: &Config) -> Result<(), AnyError> {
     Ok(())
 }
 
-fn serve(config: Config) -> Result<(), AnyError> {
+fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
     raise_open_file_limit(config.ftp.max_sessions);
     data_dir(&config)?;
     let keyring = Arc::new(ops::keyring(
@@ -405,21 +405,23 @@ fn serve(config: Config) -> Result<(), AnyError> {
     }
     let auth = dropvault_core::accounts::from_config(&config.auth, &config.data_dir)?;
     let ftp = config.ftp_config()?;
-    let tls = match ftp.tls {
-        dropvault_ftp::TlsMode::Off => None,
+    let (tls, server_cert) = match ftp.tls {
+        dropvault_ftp::TlsMode::Off => (None, None),
         _ => {
             let files = cert_files(&config);
             dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
-            let tls = dropvault_ftp::tls::server_config(&files)?;
-            let cert = dropvault_ftp::tls::cert::summary(&files.cert)?;
-            tracing::info!(cert = %files.cert.display(), fingerprint = %cert.fingerprint,
-                subject = %cert.subject, not_after = %cert.not_after, "TLS certificate");
-            println_safe(&format!(
-                "dropvault: TLS certificate SHA-256 fingerprint {} ({}, valid until {})",
-                cert.fingerprint, cert.subject, cert.not_after
-            ));
-            Some(tls)
+            let server_cert = dropvault_ftp::tls::ServerCert::load(&files)?;
+            let tls = dropvault_ftp::tls::server_config(server_cert.clone())?;
+            announce_cert(&files)?;
+            (Some(tls), Some(server_cert))
         }
+    };
+    let reload = Reload {
+        file: config_file,
+        running: config.clone(),
+        server_cert,
+        vault: vault.clone(),
+        events: events.clone(),
     };
     let services = dropvault_core::session::Services {
         auth,
@@ -458,6 +460,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
         // Signal handlers go in before anyone can learn the server is up,
         // so a SIGTERM right after the ready line still drains.
         let signal = shutdown_signal()?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             signal.await;
@@ -467,6 +470,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         tokio::spawn(expire_staging(gate.services().vault.clone()));
+        tokio::spawn(reload_on_hangup(reload, hangup));
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -519,6 +523,108 @@ fn serve(config: Config) -> Result<(), AnyError> {
     events.shutdown(std::time::Duration::from_secs(5));
     tracing::info!(event = "stopped", "dropvault stopped");
     Ok(())
+}
+
+/// Logs and prints the TLS certificate's fingerprint, subject and expiry.
+fn announce_cert(files: &dropvault_ftp::tls::CertFiles) -> Result<(), AnyError> {
+    let cert = dropvault_ftp::tls::cert::summary(&files.cert)?;
+    tracing::info!(cert = %files.cert.display(), fingerprint = %cert.fingerprint,
+        subject = %cert.subject, not_after = %cert.not_after, "TLS certificate");
+    println_safe(&format!(
+        "dropvault: TLS certificate SHA-256 fingerprint {} ({}, valid until {})",
+        cert.fingerprint, cert.subject, cert.not_after
+    ));
+    Ok(())
+}
+
+/// What SIGHUP rereads, and where it goes.
+struct Reload {
+    /// The configuration file the server started with (the environment is
+    /// read again too).
+    file: Option<PathBuf>,
+    /// The configuration in force.
+    running: Config,
+    /// The TLS certificate and key, when FTPS is on.
+    server_cert: Option<Arc<dropvault_ftp::tls::ServerCert>>,
+    vault: Arc<dropvault_core::vault::Vault>,
+    events: Arc<dropvault_core::events::Hooks>,
+}
+
+/// Rereads the configuration on each SIGHUP: the TLS certificate and key,
+/// the scan and hook settings. A configuration that does not load, or
+/// whose new parts cannot be used, is refused with a log line and the
+/// running one stays; sessions are not touched either way. (The users
+/// file is reread by itself when it changes.)
+async fn reload_on_hangup(mut reload: Reload, mut hangup: tokio::signal::unix::Signal) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(event = "reload", "SIGHUP: rereading the configuration");
+        let (result, back) = match tokio::task::spawn_blocking(move || {
+            let result = reload.apply();
+            (result, reload)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(event = "reload_refused", error = %e, "reload failed");
+                return;
+            }
+        };
+        reload = back;
+        match result {
+            Ok(()) => tracing::info!(event = "reloaded", "configuration reloaded"),
+            Err(e) => tracing::error!(event = "reload_refused", error = %e,
+                "new configuration refused; the running one stays"),
+        }
+    }
+}
+
+impl Reload {
+    /// Loads the configuration again and applies what can change while
+    /// running, all of it checked before any of it is applied.
+    fn apply(&mut self) -> Result<(), AnyError> {
+        let new = Config::load(self.file.as_deref(), std::env::vars())?;
+        let scanner = dropvault_core::scan::Scanner::new(new.scan_settings()?)?.map(Arc::new);
+        let hooks = new.hook_settings()?;
+        hooks.check()?;
+        if let Some(cert) = &self.server_cert {
+            let files = cert_files(&new);
+            dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
+            cert.reload(&files)?;
+            announce_cert(&files)?;
+        }
+        self.vault.set_scanner(scanner);
+        self.events.reconfigure(hooks)?;
+        hook_accounts(&new);
+        for (section, changed) in self.restart_only_changes(&new) {
+            if changed {
+                tracing::warn!(
+                    event = "reload",
+                    section,
+                    "changed settings in this section take effect at the next start"
+                );
+            }
+        }
+        self.running = new;
+        Ok(())
+    }
+
+    /// The sections a reload does not apply, and whether each changed.
+    fn restart_only_changes(&self, new: &Config) -> [(&'static str, bool); 7] {
+        let (old, debug) = (&self.running, |v: &dyn std::fmt::Debug| format!("{v:?}"));
+        // The certificate and key files are reloaded.
+        let mut ftp = new.ftp.clone();
+        (ftp.tls_cert, ftp.tls_key) = (old.ftp.tls_cert.clone(), old.ftp.tls_key.clone());
+        [
+            ("data_dir", old.data_dir != new.data_dir),
+            ("ftp", debug(&old.ftp) != debug(&ftp)),
+            ("sftp", debug(&old.sftp) != debug(&new.sftp)),
+            ("auth", debug(&old.auth) != debug(&new.auth)),
+            ("kms", debug(&old.kms) != debug(&new.kms)),
+            ("storage", debug(&old.storage) != debug(&new.storage)),
+            ("log", debug(&old.log) != debug(&new.log)),
+        ]
+    }
 }
 
 /// Says who the configured hook commands run as. `run_as` applies only to

@@ -185,7 +185,7 @@ pub struct Vault {
     storage: Arc<dyn Storage>,
     /// The local folder (for [`Vault::open`] and [`Vault::create`]).
     root: PathBuf,
-    scanner: Option<Arc<Scanner>>,
+    scanner: ScannerSlot,
     quota: Arc<StagingQuota>,
 }
 
@@ -220,7 +220,7 @@ impl Vault {
         Self {
             storage,
             root,
-            scanner: None,
+            scanner: ScannerSlot::default(),
             quota: Arc::new(StagingQuota::new(None)),
         }
     }
@@ -236,9 +236,20 @@ impl Vault {
     }
 
     /// Scans every upload with `scanner` before it is committed.
-    pub fn with_scanner(mut self, scanner: Option<Arc<Scanner>>) -> Self {
-        self.scanner = scanner;
+    pub fn with_scanner(self, scanner: Option<Arc<Scanner>>) -> Self {
+        self.set_scanner(scanner);
         self
+    }
+
+    /// Scans uploads that start from now on with `scanner` (none: not
+    /// scanned), for every user, logged in or not; uploads already running
+    /// keep the scanner they started with.
+    pub fn set_scanner(&self, scanner: Option<Arc<Scanner>>) {
+        *self
+            .scanner
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = scanner;
     }
 
     /// Bounds each user's staging bytes (unfinished uploads and re-sealed
@@ -384,12 +395,26 @@ pub enum UploadMode {
     Create,
 }
 
+/// The scanner uploads use, shared by the vault and every user's view of
+/// it so that a reload reaches all of them.
+#[derive(Clone, Debug, Default)]
+struct ScannerSlot(Arc<std::sync::RwLock<Option<Arc<Scanner>>>>);
+
+impl ScannerSlot {
+    fn current(&self) -> Option<Arc<Scanner>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     /// The name of the user's folder in storage.
     home: String,
     storage: Arc<dyn Storage>,
-    scanner: Option<Arc<Scanner>>,
+    scanner: ScannerSlot,
     quota: Arc<StagingQuota>,
     key: Arc<UserKey>,
     /// Authenticates the records storage keeps of the user's staged uploads.
@@ -500,12 +525,16 @@ impl UserVault {
     /// which stops early if the upload is dropped meanwhile.
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        let plan = self.inner.scanner.clone().map(|scanner| upload::ScanPlan {
-            scanner,
-            user: self.user().to_owned(),
-            path: p.to_string(),
-            prefix: staging_prefix(self.user()),
-        });
+        let plan = self
+            .inner
+            .scanner
+            .current()
+            .map(|scanner| upload::ScanPlan {
+                scanner,
+                user: self.user().to_owned(),
+                path: p.to_string(),
+                prefix: staging_prefix(self.user()),
+            });
         let (begin, target) = blocking(move || me.open_upload(&p, mode)).await?;
         Ok(Upload::start(begin, target, plan))
     }

@@ -227,8 +227,8 @@ impl Vault {
         let result = (|| {
             let mut writer = EncryptingWriter::new(staged.sink(0)?, key.data_key())?;
             // Imported files pass the same scan as uploads.
-            let mut job = self
-                .scanner
+            let scanner = self.scanner.current();
+            let mut job = scanner
                 .as_ref()
                 .map(|s| s.begin(key.user(), &p.to_string()));
             let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
@@ -247,7 +247,7 @@ impl Vault {
             }
             let len = writer.plaintext_len();
             staged.finish(writer.finish()?)?;
-            if let (Some(job), Some(scanner)) = (job, &self.scanner) {
+            if let (Some(job), Some(scanner)) = (job, &scanner) {
                 match job.finish() {
                     Verdict::Clean => {}
                     Verdict::Rejected { finding } => {

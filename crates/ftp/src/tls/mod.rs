@@ -13,9 +13,10 @@ mod sessions;
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use rustls::server::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -54,9 +55,41 @@ pub enum TlsSetupError {
     Generate(String),
 }
 
-/// Builds the server's TLS configuration from the certificate and key in
-/// `files` (see [`cert::ensure_self_signed`] for the generated pair).
-pub fn server_config(files: &CertFiles) -> Result<Arc<ServerConfig>, TlsSetupError> {
+/// The server's certificate and key, replaceable while it runs: handshakes
+/// after [`ServerCert::reload`] present the new pair, connections already
+/// up keep the one they started with.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// The certificate and key in `files`.
+    pub fn load(files: &CertFiles) -> Result<Arc<Self>, TlsSetupError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(certified_key(files)?),
+        }))
+    }
+
+    /// Replaces the pair with the one in `files` now; on failure the old
+    /// one stays.
+    pub fn reload(&self, files: &CertFiles) -> Result<(), TlsSetupError> {
+        let new = certified_key(files)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = new;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+/// The certificate chain and key in `files`, checked to belong together.
+fn certified_key(files: &CertFiles) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(cert::pem_error(&files.cert))?
         .collect::<Result<_, _>>()
@@ -68,11 +101,18 @@ pub fn server_config(files: &CertFiles) -> Result<Arc<ServerConfig>, TlsSetupErr
         });
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(cert::pem_error(&files.key))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &provider)?))
+}
+
+/// Builds the server's TLS configuration around `cert` (see
+/// [`cert::ensure_self_signed`] for the generated pair).
+pub fn server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(cert);
     Ok(Arc::new(config))
 }
 
