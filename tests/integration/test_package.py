@@ -33,7 +33,7 @@ import pytest
 from clamd import EICAR, SIGNATURE, Clamd
 from conftest import Server
 from dvclients import BIN, PASSWORD, USER, find_marker, ftp_tls, paramiko_sftp, payload, retr, stor
-from openbao import OpenBao
+from openbao import OpenBao, bao_binary
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = pathlib.Path("/var/lib/dropvault")
@@ -221,9 +221,15 @@ def services(tmp_path):
 def test_entrypoint_with_the_compose_environment_waits_adds_first_user_and_scans(
         services, tmp_path, all_data_dirs):
     bao, daemon = services
-    env = compose_config()["services"]["dropvault"]["environment"]
-    # What openbao-init does, then the addresses the containers would have.
-    bao.create_key(env["DROPVAULT_KMS_TRANSIT_KEY"])
+    compose = compose_config()["services"]
+    env = compose["dropvault"]["environment"]
+    # openbao-init's own script, pointed at this OpenBao.
+    init = compose["openbao-init"]
+    run(*init["entrypoint"], *init["command"], env={
+        **os.environ, **init["environment"], "BAO_ADDR": bao.addr, "BAO_TOKEN": bao.root_token,
+        "PATH": f"{pathlib.Path(bao_binary()).parent}:{os.environ['PATH']}"})
+    assert bao.key_info(env["DROPVAULT_KMS_TRANSIT_KEY"])
+    # The addresses the containers would have.
     secret = tmp_path / "first-password"
     secret.write_text(PASSWORD + "\n")
     assert env["DROPVAULT_FIRST_USER"] == USER
