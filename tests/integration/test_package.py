@@ -173,6 +173,18 @@ def test_packaged_service_command_serves_ftp_and_sftp_as_its_user(package, tmp_p
     assert not find_marker(DATA)
 
 
+def test_reinstall_keeps_an_edited_configuration_and_the_data(package):
+    edited = CONFIG.read_text() + "# edited by the operator\n"
+    CONFIG.write_text(edited)
+    stored = sorted(p.relative_to(DATA) for p in DATA.rglob("*"))
+    run("dpkg", "-i", "--force-confold", str(package))
+    assert CONFIG.read_text() == edited
+    config = CONFIG.stat()
+    assert (config.st_gid, stat.S_IMODE(config.st_mode)) == \
+        (pwd.getpwnam("dropvault").pw_gid, 0o640)
+    assert sorted(p.relative_to(DATA) for p in DATA.rglob("*")) == stored
+
+
 def test_purge_removes_the_configuration_and_keeps_the_data(package):
     stored = sorted(p.relative_to(DATA) for p in DATA.rglob("*"))
     assert any(USER in p.parts for p in stored), "the previous test stored nothing"
