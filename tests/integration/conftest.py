@@ -106,6 +106,9 @@ class Server:
         self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
+        # What runs the server: the binary, or a wrapper that execs it (the
+        # container's entrypoint, the packaged unit's command as its user).
+        self.command = [BIN, "serve"]
         self.starts = 0
         self.stdout_lines: list[str] = []
         self.log_files: list[pathlib.Path] = []
@@ -156,7 +159,7 @@ class Server:
         self.log_files.append(log)
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
-                [BIN, "serve"], env=self.env(), stdin=subprocess.DEVNULL,
+                self.command, env=self.env(), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=err, preexec_fn=self._preexec,
             )
         lines: queue.Queue[str] = queue.Queue()
