@@ -1,6 +1,7 @@
 //! The `dropvault` command: configuration, wiring, and what an operator
 //! runs — the server, and user management for the `file` account backend.
 
+mod admin;
 mod config;
 mod logging;
 mod ops;
@@ -394,7 +395,7 @@ fn serve(config: Config) -> Result<(), AnyError> {
     }
     let vault = Arc::new(
         ops::vault(&config, true)?
-            .with_scanner(scanner)
+            .with_scanner(scanner.clone())
             .with_staging_limit(config.max_staging_bytes()?),
     );
     let events = Arc::new(dropvault_core::events::Hooks::start(
@@ -420,6 +421,16 @@ fn serve(config: Config) -> Result<(), AnyError> {
             ));
             Some(tls)
         }
+    };
+    let admin_listen = config.admin_listen()?;
+    let admin_token = match config.admin.token_file.trim() {
+        "" => None,
+        file => Some(admin::read_token(&config.path(file))?),
+    };
+    let probes = admin::Probes {
+        keyring: keyring.clone(),
+        vault: vault.clone(),
+        scanner,
     };
     let services = dropvault_core::session::Services {
         auth,
@@ -467,6 +478,19 @@ fn serve(config: Config) -> Result<(), AnyError> {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         tokio::spawn(expire_staging(gate.services().vault.clone()));
+        // Before the FTP ready line, which tells the server is up.
+        let admin = match admin_listen {
+            Some(addr) => {
+                let listener = admin::bind(addr, admin_token.is_some()).await?;
+                Some(tokio::spawn(admin::serve(
+                    listener,
+                    admin_token,
+                    probes,
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            None => None,
+        };
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -512,6 +536,9 @@ fn serve(config: Config) -> Result<(), AnyError> {
         dropvault_ftp::serve(ftp, gate, tls, listeners, stopped(stop_rx)).await?;
         if let Some(sftp) = sftp {
             sftp.await.map_err(std::io::Error::other)??;
+        }
+        if let Some(admin) = admin {
+            admin.await.map_err(std::io::Error::other)?;
         }
         Ok::<(), AnyError>(())
     })?;
