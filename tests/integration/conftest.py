@@ -68,6 +68,8 @@ READY = re.compile(
     r"(?: \(explicit FTPS available\))?"
     r"(?:, implicit FTPS on (?P<ihost>[0-9.]+):(?P<iport>\d+))?"
 )
+# Printed before the FTP line when [admin] listen is set.
+ADMIN_READY = re.compile(r"dropvault: admin on (?P<host>[0-9.]+):(?P<port>\d+)")
 # Printed after the FTP line when [sftp] listen is set.
 SFTP_READY = re.compile(
     r"dropvault: SFTP on (?:\[(?P<host6>[0-9a-f:]+)\]|(?P<host>[0-9.]+)):(?P<port>\d+)"
@@ -119,6 +121,8 @@ class Server:
         # None when the server has no SFTP listener.
         self.sftp_port: int | None = None
         self.sftp_host_key: str | None = None
+        # The admin listener's port, None when it is off.
+        self.admin_port: int | None = None
         self.passive_ports = ""
         # (soft, hard) open-file limit the server starts with; None = ours.
         self.nofile: tuple[int, int] | None = None
@@ -137,6 +141,8 @@ class Server:
             # SFTP is on by default, on port 2222: each test server gets
             # its own port (sftp_listen="" turns it off).
             "DROPVAULT_SFTP_LISTEN": "127.0.0.1:0",
+            # The admin listener too (admin_listen="" turns it off).
+            "DROPVAULT_ADMIN_LISTEN": "127.0.0.1:0",
             "DROPVAULT_FTP_PASSIVE_PORTS": self.passive_ports,
             "DROPVAULT_FTP_DRAIN_GRACE_SECS": "5",
             "DROPVAULT_LOG_FORMAT": "json",
@@ -175,7 +181,7 @@ class Server:
         # The SFTP line is waited for only when SFTP is configured; without
         # it, one already printed with the FTP line is still taken.
         want_sftp = bool(self.env().get("DROPVAULT_SFTP_LISTEN"))
-        self.sftp_port = self.sftp_host_key = None
+        self.sftp_port = self.sftp_host_key = self.admin_port = None
         ftp_ready = False
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -205,6 +211,10 @@ class Server:
                 self.port = int(m["port"])
                 self.implicit_port = int(m["iport"]) if m["iport"] else None
                 ftp_ready = True
+                continue
+            m = ADMIN_READY.search(line)
+            if m:
+                self.admin_port = int(m["port"])
                 continue
             m = SFTP_READY.search(line)
             if m:

@@ -167,6 +167,7 @@ def test_a_server_that_is_not_root_cannot_be_dumped_and_runs_hooks_as_itself(
     env = base_env()
     env.update({
         "DROPVAULT_DATA_DIR": str(data), "DROPVAULT_FTP_LISTEN": "127.0.0.1:0",
+        "DROPVAULT_ADMIN_LISTEN": "",
         "DROPVAULT_FTP_PASSIVE_PORTS": passive_ports(), "DROPVAULT_LOG_FORMAT": "json",
         "DROPVAULT_SCAN_COMMAND": json.dumps([str(script), "scan"]),
     })

@@ -273,6 +273,7 @@ impl Hooks {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(event)) => {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                crate::metrics::metrics().event_dropped();
                 // The first few, then ever more rarely: a flood of dropped
                 // events does not flood the log too.
                 if total < 10 || total.is_power_of_two() || total.is_multiple_of(1000) {

@@ -33,6 +33,10 @@
 //!
 //! - [`events`]: login, upload, download and the like, delivered to a
 //!   webhook and a command through a bounded queue, off the hot path.
+//!
+//! - [`metrics`]: the process's Prometheus families — sessions, logins,
+//!   transfers, scans, key provider calls, storage errors — counted where
+//!   each happens.
 
 pub mod accounts;
 pub mod events;
@@ -42,6 +46,7 @@ mod hookproc;
 mod http;
 pub mod keys;
 pub mod ls;
+pub mod metrics;
 pub mod s3;
 pub mod scan;
 pub mod secret;

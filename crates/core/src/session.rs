@@ -18,6 +18,7 @@ use crate::accounts::{Account, AuthError, Authenticator, Password};
 use crate::events::{Event, Hooks};
 use crate::guard::{Attempt, ClientId, Failure, Guard, GuardConfig};
 use crate::keys::{KeyError, Keyring};
+use crate::metrics::{metrics, LoginOutcome};
 use crate::vault::{Upload, UserVault, VPath, Vault, VaultError};
 
 /// What front ends run on: accounts, keys, storage, events.
@@ -290,6 +291,7 @@ impl Gate {
             Err(refused) => {
                 tracing::warn!(event = "login_refused", protocol, user = %name, peer = %addr,
                     reason = %refused);
+                metrics().login(peer.protocol, LoginOutcome::Banned);
                 return Err(LoginError::Banned);
             }
         };
@@ -334,6 +336,8 @@ impl Gate {
                         events: self.services.events.clone(),
                     }));
                     audit.emit(Event::new("login"));
+                    metrics().login(peer.protocol, LoginOutcome::Ok);
+                    metrics().session_began(peer.protocol);
                     Ok(LoggedIn { vault, audit })
                 }
                 Err(e) => {
@@ -353,6 +357,7 @@ impl Gate {
                     // A key that is not the user's: no guess was made.
                     drop(attempt);
                     tracing::info!(event = "login_key_refused", protocol, user = %name, peer = %addr);
+                    metrics().login(peer.protocol, LoginOutcome::Failed);
                     Err(LoginError::Wrong)
                 }
             }
@@ -394,8 +399,10 @@ impl Gate {
         if verdict == Failure::Banned {
             tracing::warn!(event = "banned", protocol = peer.protocol.as_str(), peer = %peer.addr,
                 client = %peer.client, "too many failed logins");
+            metrics().login(peer.protocol, LoginOutcome::Banned);
             return Err(LoginError::Banned);
         }
+        metrics().login(peer.protocol, LoginOutcome::Failed);
         Err(LoginError::Wrong)
     }
 }
@@ -415,6 +422,7 @@ impl Drop for LoggedIn {
         let a = &self.audit.0;
         tracing::info!(event = "logout", protocol = a.peer.protocol.as_str(), user = %a.user,
             peer = %a.peer.addr);
+        metrics().session_ended(a.peer.protocol);
         self.audit.emit(Event::new("logout"));
     }
 }
@@ -527,6 +535,7 @@ impl Audit {
             Ok(size) => {
                 tracing::info!(event = "upload", protocol, user = %a.user, peer = %a.peer.addr,
                     path = %p, bytes = received, size, secs);
+                metrics().uploaded(a.peer.protocol, received, secs);
                 self.emit(Event::new("upload").path(p).size(size));
                 Ok(size)
             }
@@ -551,6 +560,7 @@ impl Audit {
         let a = &self.0;
         tracing::info!(event = "download", protocol = a.peer.protocol.as_str(), user = %a.user,
             peer = %a.peer.addr, path = %p, bytes, secs);
+        metrics().downloaded(a.peer.protocol, bytes);
         self.emit(Event::new("download").path(p).size(bytes));
     }
 

@@ -918,6 +918,14 @@ impl Config {
         }
     }
 
+    /// `admin.listen` parsed; `None` when empty (no admin listener).
+    pub(crate) fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.admin.listen.trim() {
+            "" => Ok(None),
+            s => s.parse().map(Some).map_err(|e| invalid("admin.listen", e)),
+        }
+    }
+
     /// The SSH front end's settings.
     pub(crate) fn ssh_config(&self) -> Result<dropvault_sftp::SshConfig, ConfigError> {
         if self.sftp.max_auth_attempts == 0 {

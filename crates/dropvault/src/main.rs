@@ -1,6 +1,7 @@
 //! The `dropvault` command: configuration, wiring, and what an operator
 //! runs — the server, and user management for the `file` account backend.
 
+mod admin;
 mod config;
 mod logging;
 mod ops;
@@ -423,6 +424,15 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         vault: vault.clone(),
         events: events.clone(),
     };
+    let admin_listen = config.admin_listen()?;
+    let admin_token = match config.admin.token_file.trim() {
+        "" => None,
+        file => Some(admin::read_token(&config.path(file))?),
+    };
+    let probes = admin::Probes {
+        keyring: keyring.clone(),
+        vault: vault.clone(),
+    };
     let services = dropvault_core::session::Services {
         auth,
         keyring,
@@ -471,6 +481,19 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         };
         tokio::spawn(expire_staging(gate.services().vault.clone()));
         tokio::spawn(reload_on_hangup(reload, hangup));
+        // Before the FTP ready line, which tells the server is up.
+        let admin = match admin_listen {
+            Some(addr) => {
+                let listener = admin::bind(addr, admin_token.is_some()).await?;
+                Some(tokio::spawn(admin::serve(
+                    listener,
+                    admin_token,
+                    probes,
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            None => None,
+        };
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -516,6 +539,9 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         dropvault_ftp::serve(ftp, gate, tls, listeners, stopped(stop_rx)).await?;
         if let Some(sftp) = sftp {
             sftp.await.map_err(std::io::Error::other)??;
+        }
+        if let Some(admin) = admin {
+            admin.await.map_err(std::io::Error::other)?;
         }
         Ok::<(), AnyError>(())
     })?;

@@ -137,10 +137,12 @@ pub struct RotateReport {
 }
 
 impl Keyring {
-    /// A keyring over `provider` and the key files in `store`.
+    /// A keyring over `provider` and the key files in `store`. Every call
+    /// to the provider, through the keyring or [`provider`](Self::provider),
+    /// is counted in the process's metrics.
     pub fn new(provider: Arc<dyn KeyProvider>, store: Arc<dyn KeyStore>) -> Self {
         Self {
-            provider,
+            provider: Arc::new(super::metered::Metered(provider)),
             store,
             recovery: None,
             slots: Mutex::new(HashMap::new()),

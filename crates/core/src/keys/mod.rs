@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod keyring;
 mod local;
+mod metered;
 pub mod pkcs11;
 mod recovery;
 mod rsa;

@@ -131,6 +131,20 @@ fn parse_answer(text: &str, addr: &str) -> Verdict {
     failed(format!("clamd at {addr}: {body}"))
 }
 
+/// Whether clamd at `addr` answers `zPING` with `PONG` within `timeout`
+/// for each wait. Blocks.
+pub(super) fn ping(addr: &ClamdAddr, timeout: Duration) -> io::Result<()> {
+    let mut s = connect(addr, timeout)?;
+    s.write_all(b"zPING\0")?;
+    let mut answer = Vec::new();
+    s.take(MAX_ANSWER).read_to_end(&mut answer)?;
+    if answer.strip_suffix(b"\0").unwrap_or(&answer) == b"PONG" {
+        Ok(())
+    } else {
+        Err(io::Error::other("clamd did not answer PONG"))
+    }
+}
+
 fn connect(addr: &ClamdAddr, timeout: Duration) -> io::Result<Box<dyn Stream>> {
     match addr {
         ClamdAddr::Unix(path) => {

@@ -19,6 +19,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use crate::metrics::{metrics, ScanOutcome};
+
 pub use clamd::ClamdAddr;
 
 /// What to do when a scanner cannot give a verdict (unreachable, too slow,
@@ -110,6 +112,15 @@ impl Scanner {
     /// What a failed scan means.
     pub fn on_error(&self) -> OnError {
         self.settings.on_error
+    }
+
+    /// Whether clamd, if configured, answers a `PING` (each wait bounded
+    /// by the scan timeout). A scan command has nothing to ask. Blocks.
+    pub fn ping(&self) -> std::io::Result<()> {
+        match &self.settings.clamd {
+            Some(addr) => clamd::ping(addr, self.settings.timeout),
+            None => Ok(()),
+        }
     }
 
     /// Whether rejected uploads are kept in quarantine.
@@ -233,17 +244,25 @@ impl ScanJob {
 
     /// The end of the upload: every scanner's verdict, combined.
     pub fn finish(mut self) -> Verdict {
+        let started = std::time::Instant::now();
         let sent = self
             .tx
             .take()
             .is_some_and(|tx| tx.send(Feed::Finish).is_ok());
         let verdict = self.worker.take().and_then(|w| w.join().ok()).flatten();
-        match verdict {
+        let verdict = match verdict {
             Some(v) if sent => v,
             _ => Verdict::Failed {
                 reason: "the scan thread stopped".into(),
             },
-        }
+        };
+        let outcome = match verdict {
+            Verdict::Clean => ScanOutcome::Clean,
+            Verdict::Rejected { .. } => ScanOutcome::Infected,
+            Verdict::Failed { .. } => ScanOutcome::Error,
+        };
+        metrics().scanned(outcome, started.elapsed());
+        verdict
     }
 }
 

@@ -164,8 +164,14 @@ impl From<StorageError> for VaultError {
             StorageError::NotEmpty => Self::NotEmpty,
             StorageError::Refused => Self::PermissionDenied,
             StorageError::Busy => Self::Busy,
-            StorageError::Unavailable(reason) => Self::Unavailable { reason },
-            StorageError::Io(e) => map_io(e),
+            StorageError::Unavailable(reason) => {
+                crate::metrics::metrics().storage_error();
+                Self::Unavailable { reason }
+            }
+            StorageError::Io(e) => {
+                crate::metrics::metrics().storage_error();
+                map_io(e)
+            }
         }
     }
 }
@@ -235,10 +241,23 @@ impl Vault {
         Ok(())
     }
 
+    /// Whether the storage answers: lists the first entry of its top
+    /// folder (a directory read, or one listing request to the bucket).
+    /// Blocks.
+    pub fn probe(&self) -> Result<(), VaultError> {
+        self.storage.list("")?.next_batch(1)?;
+        Ok(())
+    }
+
     /// Scans every upload with `scanner` before it is committed.
     pub fn with_scanner(self, scanner: Option<Arc<Scanner>>) -> Self {
         self.set_scanner(scanner);
         self
+    }
+
+    /// The scanner uploads starting now would use.
+    pub fn scanner(&self) -> Option<Arc<Scanner>> {
+        self.scanner.current()
     }
 
     /// Scans uploads that start from now on with `scanner` (none: not
