@@ -46,6 +46,7 @@ pub mod s3;
 pub mod scan;
 pub mod secret;
 pub mod session;
+pub mod size;
 pub mod storage;
 pub mod vault;
 

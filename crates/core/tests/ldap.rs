@@ -299,9 +299,7 @@ fn directory_down_is_unavailable_then_logins_work_again() {
     assert_eq!(login(&auth, "alice", "wrong"), None);
     assert_eq!(
         auth.authenticate_key("alice", &alice).expect("answered"),
-        Some(Account {
-            name: "alice".into()
-        })
+        Some(Account::new("alice"))
     );
 }
 
