@@ -1055,6 +1055,44 @@ mod tests {
     }
 
     #[test]
+    fn a_users_own_quota_is_set_read_cleared_and_checked() {
+        let (_dir, users) = users_with_alice();
+        assert_eq!(users.quota("alice").expect("quota"), Quota::default());
+        let mine = Quota {
+            bytes: Some(5 << 30),
+            files: Some(100),
+        };
+        users.set_quota("alice", mine, false).expect("set");
+        assert_eq!(users.quota("alice").expect("quota"), mine);
+        let pw = Password::new("alice-pw".into());
+        users.set_password("alice", &pw).expect("password");
+        let account = users.authenticate("alice", &pw).expect("answered");
+        assert_eq!(account.map(|a| a.quota), Some(mine));
+        // One limit given: the other stays.
+        let files = Quota {
+            bytes: None,
+            files: Some(0),
+        };
+        users.set_quota("alice", files, false).expect("set");
+        assert_eq!(users.quota("alice").expect("quota").bytes, Some(5 << 30));
+        users.set_quota("alice", files, true).expect("clear");
+        assert_eq!(users.quota("alice").expect("quota"), files);
+        assert!(matches!(
+            users.set_quota("bob", mine, false),
+            Err(AuthError::NoSuchUser { .. })
+        ));
+        // A size by hand: "5GiB" reads, "5 gigs" makes the file bad.
+        let text = format!("[users.alice]\npassword = \"{HASH}\"\nquota_bytes = \"5GiB\"\n");
+        let content = parse(Path::new("u.toml"), &text).expect("size");
+        assert_eq!(content.users["alice"].quota().bytes, Some(5 << 30));
+        let bad = text.replace("5GiB", "5 gigs");
+        assert!(parse(Path::new("u.toml"), &bad)
+            .expect_err("not a size")
+            .to_string()
+            .contains("quota_bytes"));
+    }
+
+    #[test]
     fn files_without_keys_still_read_and_bad_keys_are_refused() {
         let old =
             format!("# managed by `dropvault user ...`\n[users.alice]\npassword = \"{HASH}\"\n");
