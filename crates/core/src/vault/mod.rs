@@ -835,9 +835,10 @@ impl UserVault {
                 return Err(VaultError::InvalidPath("cannot move a folder into itself"));
             }
             // A file the rename replaces is freed.
-            let replaced = match to == from {
-                true => None,
-                false => me.counted_size(&me.name(&to))?,
+            let replaced = if to == from {
+                None
+            } else {
+                me.counted_size(&me.name(&to))?
             };
             me.storage()
                 .rename(&me.name(&from), &me.name(&to), Commit::Replace)?;
