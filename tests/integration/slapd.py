@@ -15,7 +15,8 @@ stops it for good. slapd gets SIGTERM when the process that started it
 dies.
 
 The directory (suffix dc=example,dc=test):
-- ou=people: alice (alicepw, sshPublicKey), bob (bobpw), carol (carolpw)
+- ou=people: alice (alicepw, sshPublicKey, employeeType 5GiB), bob (bobpw,
+  employeeType "plenty"), carol (carolpw)
 - ou=services: cn=dropvault (the service account, servicepw)
 - ou=groups: cn=dropvault-users (groupOfNames), members alice and bob (not
   carol); cn=dropvault-unique (groupOfUniqueNames, no memberOf), alice only
@@ -330,6 +331,8 @@ access to * by users read by * none
                      f"userPassword: {password}\n")
             if name == "alice":
                 entry += f"sshPublicKey: {alice_pub}\n"
+            # What a quota_attribute may hold: alice a size, bob no size.
+            entry += {"alice": "employeeType: 5GiB\n", "bob": "employeeType: plenty\n"}.get(name, "")
             entries.append(entry)
         return "\n".join(entries)
 

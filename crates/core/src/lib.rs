@@ -51,6 +51,7 @@ pub mod s3;
 pub mod scan;
 pub mod secret;
 pub mod session;
+pub mod size;
 pub mod storage;
 pub mod vault;
 

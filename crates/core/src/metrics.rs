@@ -108,7 +108,7 @@ pub struct Metrics {
     key_calls: Family<ByOperation, Counter>,
     key_errors: Family<ByKind, Counter>,
     storage_errors: Counter,
-    quota_refused: Family<ByProtocol, Counter>,
+    quota_refused: Counter,
     events_dropped: Counter,
 }
 
@@ -134,7 +134,7 @@ impl Metrics {
             key_calls: Family::default(),
             key_errors: Family::default(),
             storage_errors: Counter::default(),
-            quota_refused: Family::default(),
+            quota_refused: Counter::default(),
             events_dropped: Counter::default(),
         };
         m.register();
@@ -303,15 +303,10 @@ impl Metrics {
         self.storage_errors.inc();
     }
 
-    /// An upload through `protocol` was refused because it would take the
-    /// user past their quota. Call it where the refusal is decided, once per
-    /// refused upload.
-    pub fn quota_refused(&self, protocol: Protocol) {
-        self.quota_refused
-            .get_or_create(&ByProtocol {
-                protocol: protocol.as_str(),
-            })
-            .inc();
+    /// An upload was refused because it would take the user past their
+    /// quota (the vault decides, for every front end alike).
+    pub fn quota_refused(&self) {
+        self.quota_refused.inc();
     }
 
     /// An event was dropped because the hooks queue was full.

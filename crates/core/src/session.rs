@@ -315,7 +315,7 @@ impl Gate {
             };
             match services.keyring.unlock(&account.name) {
                 Ok(key) => {
-                    let vault = services.vault.for_user(key);
+                    let vault = services.vault.for_account(key, account.quota);
                     Checked::In(account, vault)
                 }
                 Err(e) => Checked::KeyFault(e),

@@ -51,9 +51,7 @@ fn users_file_end_to_end() {
 
     assert_eq!(
         login(&users, "alice", "alice's secret"),
-        Some(Account {
-            name: "alice".into()
-        })
+        Some(Account::new("alice"))
     );
     assert_eq!(login(&users, "alice", "alice's secreT"), None);
     assert_eq!(login(&users, "alice", ""), None);
@@ -472,9 +470,7 @@ fn pam_authenticates_a_real_system_user() {
     let user = TempSystemUser::create("Corr3ct horse");
     assert_eq!(
         login(&pam, &user.name, "Corr3ct horse"),
-        Some(Account {
-            name: user.name.clone()
-        })
+        Some(Account::new(user.name.clone()))
     );
     assert_eq!(login(&pam, &user.name, "wrong horse"), None);
     assert_eq!(login(&pam, &user.name, ""), None);

@@ -1,8 +1,8 @@
 //! LDAP accounts against a real OpenLDAP slapd (Debian's `slapd`, started
 //! per test by `tests/integration/slapd.py`): ldaps and StartTLS,
 //! search-then-bind, the group requirement, canonical names, SSH keys from
-//! `sshPublicKey`, a directory that goes away and comes back, the login
-//! cache.
+//! `sshPublicKey`, a user's quota from an attribute, a directory that goes
+//! away and comes back, the login cache.
 //!
 //! Run: `cargo test -p dropvault-core --test ldap` (needs `slapd`,
 //! `ldap-utils`, `openssl` and `ssh-keygen`; scripts/test installs them).
@@ -19,6 +19,7 @@ use dropvault_core::accounts::{
     Account, AuthError, Authenticator, LdapAuthenticator, LdapConfig, Password,
 };
 use dropvault_core::secret::Secret;
+use dropvault_core::vault::Quota;
 
 #[derive(Clone, Copy)]
 enum Tls {
@@ -255,6 +256,32 @@ fn ssh_keys_from_the_directory() {
     );
 }
 
+/// `quota_attribute`: its one value, a size, is the user's own bytes
+/// quota; a value that is not a size is ignored (the server's applies).
+#[test]
+fn quota_from_the_directory() {
+    let slapd = Slapd::start();
+    let quota_of = |attribute: &str, name: &str| {
+        let auth = authenticator(&LdapConfig {
+            quota_attribute: attribute.into(),
+            ..config(&slapd, Tls::Ldaps)
+        });
+        auth.authenticate(name, &Password::new(slapd.password(name).into()))
+            .expect("answered")
+            .expect("logged in")
+            .quota
+    };
+    assert_eq!(
+        quota_of("employeeType", "alice"),
+        Quota {
+            bytes: Some(5 << 30),
+            files: None
+        }
+    );
+    assert_eq!(quota_of("employeeType", "bob"), Quota::default());
+    assert_eq!(quota_of("", "alice"), Quota::default());
+}
+
 #[test]
 fn plain_ldap_only_when_allowed() {
     let slapd = Slapd::start();
@@ -299,9 +326,7 @@ fn directory_down_is_unavailable_then_logins_work_again() {
     assert_eq!(login(&auth, "alice", "wrong"), None);
     assert_eq!(
         auth.authenticate_key("alice", &alice).expect("answered"),
-        Some(Account {
-            name: "alice".into()
-        })
+        Some(Account::new("alice"))
     );
 }
 

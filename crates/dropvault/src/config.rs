@@ -12,6 +12,8 @@ use dropvault_core::accounts::AuthConfig;
 use dropvault_core::keys::{KmsConfig, KmsProvider};
 use dropvault_core::scan::OnError;
 use dropvault_core::secret::Secret;
+use dropvault_core::size::parse_size;
+use dropvault_core::vault::Quota;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
@@ -468,36 +470,6 @@ impl Default for Log {
     }
 }
 
-/// A size setting in bytes: a whole number, alone (bytes) or followed by
-/// one of the units B, KiB, MiB, GiB, TiB (powers of 1024; a space before
-/// the unit is allowed). Decimal units (KB, MB …) and fractions are refused
-/// rather than guessed at.
-fn parse_size(text: &str) -> Result<u64, String> {
-    const UNITS: [(&str, u32); 5] = [("B", 0), ("KiB", 10), ("MiB", 20), ("GiB", 30), ("TiB", 40)];
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let unit = unit.trim_start();
-    let wrong = || {
-        format!("\"{text}\" is not a size: use a whole number of bytes, or one followed by B, KiB, MiB, GiB or TiB (e.g. \"10GiB\")")
-    };
-    let number: u64 = number.parse().map_err(|_| wrong())?;
-    let shift = if unit.is_empty() {
-        0
-    } else {
-        UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|&(_, shift)| shift)
-            .ok_or_else(wrong)?
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("\"{text}\" is too large"))
-}
-
 fn invalid(origin: impl Into<String>, message: impl ToString) -> ConfigError {
     ConfigError::Invalid {
         origin: origin.into(),
@@ -755,6 +727,7 @@ impl Config {
             self.validate_transit()?;
         }
         self.max_staging_bytes()?;
+        self.quota()?;
         self.scan_settings()?;
         if !(1..=1_000_000).contains(&self.hooks.queue_size) {
             return Err(invalid("hooks.queue_size", "must be 1 to 1000000"));
@@ -850,6 +823,17 @@ impl Config {
         let bytes = parse_size(&self.storage.max_staging_bytes_per_user)
             .map_err(|e| invalid("storage.max_staging_bytes_per_user", e))?;
         Ok(Some(bytes).filter(|&b| b > 0))
+    }
+
+    /// `limits.quota_bytes` and `limits.quota_files`: every user's quota
+    /// unless their own says otherwise.
+    pub(crate) fn quota(&self) -> Result<Quota, ConfigError> {
+        let bytes =
+            parse_size(&self.limits.quota_bytes).map_err(|e| invalid("limits.quota_bytes", e))?;
+        Ok(Quota {
+            bytes: Some(bytes),
+            files: Some(self.limits.quota_files),
+        })
     }
 
     /// The scanner settings, checked.
@@ -996,7 +980,9 @@ impl Config {
         }
     }
 
-    fn max_listing_entries(&self) -> Result<usize, ConfigError> {
+    /// `ftp.max_listing_entries`: also the most files and folders counted
+    /// for a user's quota.
+    pub(crate) fn max_listing_entries(&self) -> Result<usize, ConfigError> {
         match self.ftp.max_listing_entries {
             0 => Err(invalid("ftp.max_listing_entries", "must be at least 1")),
             n => Ok(n),

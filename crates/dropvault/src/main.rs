@@ -16,6 +16,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use dropvault_core::accounts::sshkey::{SshPublicKey, MAX_KEYS_PER_USER, MAX_KEY_LINE_LEN};
 use dropvault_core::accounts::{AuthBackend, Password, UserFile};
+use dropvault_core::vault::Quota;
 use dropvault_core::vault::Vault;
 
 use config::Config;
@@ -186,6 +187,26 @@ enum UserAction {
         /// leaves the system account alone.
         #[arg(long)]
         shred: bool,
+    },
+    /// Set a user's own quota, over `[limits]` quota_bytes and
+    /// quota_files (the users file; auth.backend = "file").
+    SetQuota {
+        /// User name.
+        name: String,
+        /// Plaintext bytes of stored files, e.g. 5GiB; 0 = no limit.
+        #[arg(long)]
+        bytes: Option<String>,
+        /// Number of stored files; 0 = no limit.
+        #[arg(long)]
+        files: Option<u64>,
+        /// Drop the user's own quota first (back to `[limits]`).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Show what a user's stored files take, and their quota.
+    Usage {
+        /// User name.
+        name: String,
     },
     /// A user's SSH public keys, for logging in with a key instead of the
     /// password.
@@ -783,6 +804,9 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
+    if let UserAction::Usage { name } = &action {
+        return user_usage(config, name);
+    }
     if let UserAction::Delete { name, shred: true } = &action {
         data_dir(config)?;
         // With the file backend the account must exist: a typo must not
@@ -859,9 +883,64 @@ fn user(config: &Config, action: UserAction) -> Result<(), AnyError> {
             users.delete(&name)?;
             println_safe(&format!("deleted {name}"));
         }
+        UserAction::SetQuota {
+            name,
+            bytes,
+            files,
+            clear,
+        } => {
+            let bytes = bytes
+                .map(|b| dropvault_core::size::parse_size(&b))
+                .transpose()?;
+            users.set_quota(&name, Quota { bytes, files }, clear)?;
+            let quota = users.quota(&name)?.or(config.quota()?);
+            println_safe(&format!("quota of {name}: {}", quota_text(quota)));
+        }
+        // Answered above, for every backend.
+        UserAction::Usage { .. } => {}
         UserAction::Key { action } => user_key(&users, action)?,
     }
     Ok(())
+}
+
+/// `dropvault user usage NAME`: counts the user's files now.
+fn user_usage(config: &Config, name: &str) -> Result<(), AnyError> {
+    let own = match known_user(config, name)? {
+        Some(users) => users.quota(name)?,
+        None => Quota::default(),
+    };
+    let quota = own.or(config.quota()?);
+    match ops::vault(config, false)?.usage(name)? {
+        Some(used) => println_safe(&format!(
+            "{name}: {} bytes in {} files; quota {}",
+            used.bytes,
+            used.files,
+            quota_text(quota)
+        )),
+        None => println_safe(&format!(
+            "{name}: more than {} files and folders (ftp.max_listing_entries): not counted; \
+             quota {}",
+            config.max_listing_entries()?,
+            quota_text(quota)
+        )),
+    }
+    if config.auth.backend == AuthBackend::Ldap {
+        println_safe("(a quota in the user's directory entry, if any, is not shown)");
+    }
+    Ok(())
+}
+
+/// A quota as `user` commands print it.
+fn quota_text(quota: Quota) -> String {
+    let part = |limit: Option<u64>, unit: &str| match limit.unwrap_or(0) {
+        0 => format!("no limit on {unit}"),
+        n => format!("{n} {unit}"),
+    };
+    format!(
+        "{}, {}",
+        part(quota.bytes, "bytes"),
+        part(quota.files, "files")
+    )
 }
 
 /// `dropvault user key ...`.

@@ -21,13 +21,14 @@ use crate::{println_safe, AnyError};
 /// The vault of the configuration: on the local folder (created, with
 /// `create`, if missing; else as it is) or in the S3 bucket.
 pub(crate) fn vault(config: &Config, create: bool) -> Result<Vault, AnyError> {
-    Ok(match config.storage.backend {
+    let vault = match config.storage.backend {
         StorageBackend::S3 => {
             Vault::with_storage(Arc::new(s3_storage(config)?), config.data_dir.clone())?
         }
         StorageBackend::Local if create => Vault::create(config.path(&config.storage.root))?,
         StorageBackend::Local => Vault::open(config.path(&config.storage.root)),
-    })
+    };
+    Ok(vault.with_quota(config.quota()?, config.max_listing_entries()?))
 }
 
 /// The S3 client of `[storage.s3]`.

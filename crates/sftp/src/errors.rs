@@ -99,6 +99,10 @@ pub(crate) fn vault_status(e: &VaultError) -> Status {
             tracing::error!(error = %reason, "malware scan failed; upload refused");
             Status::failure("Upload not stored: the malware scan is unavailable; try again later")
         }
+        VaultError::QuotaExceeded { .. } => Status::failure(
+            "Quota exceeded: the upload would take you past your storage quota; nothing of it \
+             was kept. Delete files to make room",
+        ),
         VaultError::StagingFull { limit } => {
             tracing::warn!(limit, "upload refused: the user's staging bound is reached");
             Status::failure(

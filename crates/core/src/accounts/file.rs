@@ -13,7 +13,9 @@
 //!
 //! `keys` (SSH public keys, `.pub` lines) is optional, so files written
 //! before keys existed read as they are, and a user without keys is
-//! written without it.
+//! written without it. So are `quota_bytes` (a size, `"5GiB"`) and
+//! `quota_files`, the user's own quota (`dropvault user set-quota`); "0"
+//! and 0 are no limit, and a missing one is the server's.
 //!
 //! Writers (the CLI) take an exclusive lock on a sibling lock file, read the
 //! file afresh, and replace it atomically (a temporary in the same folder,
@@ -39,6 +41,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::sshkey::{SshPublicKey, MAX_KEYS_PER_USER};
 use super::{validate_user_name, Account, AuthError, Authenticator, Password};
+use crate::size::parse_size;
+use crate::vault::Quota;
 
 /// Largest users file read: about 5000 users; a larger one is refused
 /// rather than parsed at every change.
@@ -75,6 +79,23 @@ struct Entry {
     /// SSH public keys, at most [`MAX_KEYS_PER_USER`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keys: Vec<StoredKey>,
+    /// The user's own limit on bytes (a size); none = the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_bytes: Option<String>,
+    /// The user's own limit on files; none = the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_files: Option<u64>,
+}
+
+impl Entry {
+    /// The user's own quota. The file was checked when read, so the size
+    /// parses.
+    fn quota(&self) -> Quota {
+        Quota {
+            bytes: self.quota_bytes.as_deref().and_then(|s| parse_size(s).ok()),
+            files: self.quota_files,
+        }
+    }
 }
 
 /// One SSH public key of a user.
@@ -202,6 +223,8 @@ impl UserFile {
                 Entry {
                     password: hash,
                     keys: Vec::new(),
+                    quota_bytes: None,
+                    quota_files: None,
                 },
             );
             Ok(())
@@ -355,6 +378,44 @@ impl UserFile {
         Ok(key)
     }
 
+    /// Sets user `name`'s own quota: each limit given replaces theirs
+    /// (`Some(0)` = no limit); `clear` first drops both (back to the
+    /// server's). Fails with [`AuthError::NoSuchUser`].
+    pub fn set_quota(&self, name: &str, quota: Quota, clear: bool) -> Result<(), AuthError> {
+        validate_user_name(name)?;
+        self.modify(|content| {
+            let entry = content
+                .users
+                .get_mut(name)
+                .ok_or_else(|| AuthError::NoSuchUser {
+                    name: name.to_owned(),
+                })?;
+            if clear {
+                entry.quota_bytes = None;
+                entry.quota_files = None;
+            }
+            if let Some(bytes) = quota.bytes {
+                entry.quota_bytes = Some(bytes.to_string());
+            }
+            entry.quota_files = quota.files.or(entry.quota_files);
+            Ok(())
+        })?;
+        tracing::info!(user = name, path = %self.path.display(), ?quota, clear, "quota set");
+        Ok(())
+    }
+
+    /// User `name`'s own quota. Fails with [`AuthError::NoSuchUser`].
+    pub fn quota(&self, name: &str) -> Result<Quota, AuthError> {
+        let content = self.current()?;
+        let entry = content
+            .users
+            .get(name)
+            .ok_or_else(|| AuthError::NoSuchUser {
+                name: name.to_owned(),
+            })?;
+        Ok(entry.quota())
+    }
+
     /// The user names in the file, sorted.
     pub fn list(&self) -> Result<Vec<String>, AuthError> {
         // BTreeMap keys come out sorted.
@@ -460,6 +521,7 @@ impl Authenticator for UserFile {
             .any(|k| k.blob() == key_blob);
         Ok(found.then(|| Account {
             name: name.to_owned(),
+            quota: entry.quota(),
         }))
     }
 
@@ -490,6 +552,7 @@ impl Authenticator for UserFile {
         if known {
             return Ok(Some(Account {
                 name: name.to_owned(),
+                quota: entry.quota(),
             }));
         }
         match self.memory.verify(password.expose().as_bytes(), &hash) {
@@ -502,6 +565,7 @@ impl Authenticator for UserFile {
                     .insert(name.to_owned(), tag);
                 Ok(Some(Account {
                     name: name.to_owned(),
+                    quota: entry.quota(),
                 }))
             }
             Ok(false) => Ok(None),
@@ -692,6 +756,9 @@ fn parse(path: &Path, text: &str) -> Result<Content, AuthError> {
     for (name, entry) in &content.users {
         validate_user_name(name).map_err(|e| bad(e.to_string()))?;
         check_hash(&entry.password).map_err(|reason| bad(format!("user {name:?}: {reason}")))?;
+        if let Some(size) = &entry.quota_bytes {
+            parse_size(size).map_err(|e| bad(format!("user {name:?}: quota_bytes: {e}")))?;
+        }
         if entry.keys.len() > MAX_KEYS_PER_USER {
             return Err(bad(format!(
                 "user {name:?}: more than {MAX_KEYS_PER_USER} SSH keys"
@@ -985,6 +1052,44 @@ mod tests {
             .expect_err("101 keys")
             .to_string()
             .contains("more than 100"));
+    }
+
+    #[test]
+    fn a_users_own_quota_is_set_read_cleared_and_checked() {
+        let (_dir, users) = users_with_alice();
+        assert_eq!(users.quota("alice").expect("quota"), Quota::default());
+        let mine = Quota {
+            bytes: Some(5 << 30),
+            files: Some(100),
+        };
+        users.set_quota("alice", mine, false).expect("set");
+        assert_eq!(users.quota("alice").expect("quota"), mine);
+        let pw = Password::new("alice-pw".into());
+        users.set_password("alice", &pw).expect("password");
+        let account = users.authenticate("alice", &pw).expect("answered");
+        assert_eq!(account.map(|a| a.quota), Some(mine));
+        // One limit given: the other stays.
+        let files = Quota {
+            bytes: None,
+            files: Some(0),
+        };
+        users.set_quota("alice", files, false).expect("set");
+        assert_eq!(users.quota("alice").expect("quota").bytes, Some(5 << 30));
+        users.set_quota("alice", files, true).expect("clear");
+        assert_eq!(users.quota("alice").expect("quota"), files);
+        assert!(matches!(
+            users.set_quota("bob", mine, false),
+            Err(AuthError::NoSuchUser { .. })
+        ));
+        // A size by hand: "5GiB" reads, "5 gigs" makes the file bad.
+        let text = format!("[users.alice]\npassword = \"{HASH}\"\nquota_bytes = \"5GiB\"\n");
+        let content = parse(Path::new("u.toml"), &text).expect("size");
+        assert_eq!(content.users["alice"].quota().bytes, Some(5 << 30));
+        let bad = text.replace("5GiB", "5 gigs");
+        assert!(parse(Path::new("u.toml"), &bad)
+            .expect_err("not a size")
+            .to_string()
+            .contains("quota_bytes"));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use zeroize::Zeroizing;
 use super::sshkey::{SshPublicKey, MAX_KEYS_PER_USER};
 use super::{validate_user_name, Account, AuthError, Authenticator, Password};
 use crate::secret::Secret;
+use crate::size::parse_size;
+use crate::vault::Quota;
 use cache::LoginCache;
 use pool::{fault, Connector, Fault, Pool};
 
@@ -54,6 +56,9 @@ pub struct LdapConfig {
     pub require_group: String,
     /// Attribute holding SSH public keys (openssh-lpk); empty = none.
     pub ssh_key_attribute: String,
+    /// Attribute holding the user's own `limits.quota_bytes` (a size,
+    /// "5GiB"; "0" = no limit); empty = none.
+    pub quota_attribute: String,
     /// Seconds one connection, bind or search may take.
     pub timeout_secs: u64,
     /// Seconds a successful login is remembered; 0 = off.
@@ -89,6 +94,7 @@ impl Default for LdapConfig {
             name_case: NameCase::Lower,
             require_group: String::new(),
             ssh_key_attribute: "sshPublicKey".into(),
+            quota_attribute: String::new(),
             timeout_secs: 10,
             cache_secs: 60,
             pool_size: 4,
@@ -139,6 +145,7 @@ pub struct LdapAuthenticator {
     name_case: NameCase,
     require_group: String,
     ssh_key_attribute: String,
+    quota_attribute: String,
     cache: Option<LoginCache>,
 }
 
@@ -158,6 +165,7 @@ struct UserEntry {
     names: Vec<String>,
     groups: Vec<String>,
     ssh_keys: Vec<String>,
+    quotas: Vec<String>,
 }
 
 impl LdapAuthenticator {
@@ -230,6 +238,7 @@ impl LdapAuthenticator {
             name_case: config.name_case,
             require_group: config.require_group.clone(),
             ssh_key_attribute: config.ssh_key_attribute.clone(),
+            quota_attribute: config.quota_attribute.clone(),
             cache,
         };
         if let Err(e) = this.pool.warm_up() {
@@ -250,6 +259,9 @@ impl LdapAuthenticator {
         let mut attrs = vec![self.name_attribute.as_str(), "memberOf"];
         if !self.ssh_key_attribute.is_empty() {
             attrs.push(&self.ssh_key_attribute);
+        }
+        if !self.quota_attribute.is_empty() {
+            attrs.push(&self.quota_attribute);
         }
         let found = conn
             .with_search_options(SearchOptions::new().sizelimit(2))
@@ -280,7 +292,14 @@ impl LdapAuthenticator {
             tracing::debug!(user = ?name, "LDAP login refused: no entry, or more than one");
             return Ok(None);
         };
-        let entry = parse_entry(entry.0, &self.name_attribute, &self.ssh_key_attribute);
+        let entry = parse_entry(
+            entry.0,
+            [
+                &self.name_attribute,
+                &self.ssh_key_attribute,
+                &self.quota_attribute,
+            ],
+        );
         if entry.is_none() {
             tracing::warn!(user = ?name, "LDAP login refused: the directory sent a malformed entry");
         }
@@ -397,7 +416,36 @@ impl LdapAuthenticator {
         if !self.in_group(conn, &entry)? {
             return Ok(None);
         }
-        Ok(Some((entry, Account { name: canonical })))
+        let quota = self.quota(&entry);
+        Ok(Some((
+            entry,
+            Account {
+                name: canonical,
+                quota,
+            },
+        )))
+    }
+
+    /// The user's own quota from `quota_attribute`: one value, a size. Any
+    /// other value is logged and leaves the server's.
+    fn quota(&self, entry: &UserEntry) -> Quota {
+        let bytes = match entry.quotas.as_slice() {
+            [] => None,
+            [value] => match parse_size(value) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    tracing::warn!(dn = %entry.dn, attribute = %self.quota_attribute, error = %e,
+                        "LDAP quota attribute ignored: not a size");
+                    None
+                }
+            },
+            _ => {
+                tracing::warn!(dn = %entry.dn, attribute = %self.quota_attribute,
+                    "LDAP quota attribute ignored: more than one value");
+                None
+            }
+        };
+        Quota { bytes, files: None }
     }
 }
 
@@ -569,11 +617,10 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, Au
 /// The parts of a search result entry that logins use, read without
 /// trusting its shape (ldap3's `SearchEntry::construct` panics on a
 /// malformed one). Attribute names are compared ignoring case.
-fn parse_entry(
-    tag: StructureTag,
-    name_attribute: &str,
-    ssh_key_attribute: &str,
-) -> Option<UserEntry> {
+/// `attributes`: the name, SSH key and quota attributes (the last two may
+/// be empty: not read).
+fn parse_entry(tag: StructureTag, attributes: [&str; 3]) -> Option<UserEntry> {
+    let [name_attribute, ssh_key_attribute, quota_attribute] = attributes;
     let mut parts = tag.match_id(4)?.expect_constructed()?.into_iter();
     let dn = String::from_utf8(parts.next()?.expect_primitive()?).ok()?;
     if dn.is_empty() {
@@ -585,6 +632,7 @@ fn parse_entry(
         names: Vec::new(),
         groups: Vec::new(),
         ssh_keys: Vec::new(),
+        quotas: Vec::new(),
     };
     for attribute in parts.next()?.expect_constructed()? {
         let mut attribute = attribute.expect_constructed()?.into_iter();
@@ -595,6 +643,8 @@ fn parse_entry(
             &mut entry.groups
         } else if !ssh_key_attribute.is_empty() && kind.eq_ignore_ascii_case(ssh_key_attribute) {
             &mut entry.ssh_keys
+        } else if !quota_attribute.is_empty() && kind.eq_ignore_ascii_case(quota_attribute) {
+            &mut entry.quotas
         } else {
             continue;
         };

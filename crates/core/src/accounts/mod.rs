@@ -25,6 +25,8 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
+use crate::vault::Quota;
+
 /// Longest user name accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_USER_NAME_LEN: usize = 64;
 
@@ -33,6 +35,19 @@ pub const MAX_USER_NAME_LEN: usize = 64;
 pub struct Account {
     /// The user name, valid per [`validate_user_name`].
     pub name: String,
+    /// The user's own quota (users file, directory attribute); what it
+    /// leaves unset is the server's.
+    pub quota: Quota,
+}
+
+impl Account {
+    /// `name`, with the server's quota.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            quota: Quota::default(),
+        }
+    }
 }
 
 /// A password in memory: zeroized on drop, `Debug` prints `[redacted]`.

@@ -62,9 +62,7 @@ impl Authenticator for PamAuthenticator {
             Err(e) => return Err(AuthError::Pam(format!("looking up user {name:?}: {e}"))),
         }
         match dropvault_pam::authenticate(&self.service, name, password.expose()) {
-            Ok(()) => Ok(Some(Account {
-                name: name.to_owned(),
-            })),
+            Ok(()) => Ok(Some(Account::new(name.to_owned()))),
             Err(PamError::AuthFailed) => Ok(None),
             Err(PamError::AccountRefused(reason)) => Err(refused(&reason)),
             Err(PamError::Unavailable(why)) => Err(AuthError::PamUnavailable(why)),

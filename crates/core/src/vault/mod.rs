@@ -16,6 +16,7 @@ mod path;
 mod quota;
 mod read;
 mod upload;
+mod usage;
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub use offline::{Oddity, Quarantined, StoredFile};
 pub use path::VPath;
 pub use read::ReadFile;
 pub use upload::{Upload, UploadExited};
+pub use usage::{Quota, Usage};
 
 use crate::hex;
 use crate::keys::UserKey;
@@ -42,6 +44,7 @@ use crate::storage::{
     StorageError,
 };
 use quota::StagingQuota;
+use usage::{Ledger, Quotas};
 
 /// Name of the staging folder inside the storage root. User names cannot
 /// start with a dot, so it never collides with a user's folder.
@@ -113,6 +116,17 @@ pub enum VaultError {
     ScanFailed {
         /// Why.
         reason: String,
+    },
+    /// The upload would take the user past their quota
+    /// (`limits.quota_bytes` / `quota_files`, or their own); it was
+    /// refused and left nothing in staging.
+    #[error("over the user's quota of {limit} {}", if *files { "files" } else { "bytes" })]
+    QuotaExceeded {
+        /// Whether the limit on the number of files was reached (else the
+        /// one on bytes).
+        files: bool,
+        /// The limit.
+        limit: u64,
     },
     /// The upload would take the user's staging files (unfinished uploads,
     /// re-sealed copies) past `storage.max_staging_bytes_per_user`; it
@@ -193,7 +207,12 @@ pub struct Vault {
     root: PathBuf,
     scanner: ScannerSlot,
     quota: Arc<StagingQuota>,
+    quotas: Arc<Quotas>,
 }
+
+/// Most files and folders counted for a user's quota unless
+/// [`Vault::with_quota`] says otherwise.
+const DEFAULT_MAX_COUNTED: usize = 100_000;
 
 impl Vault {
     /// The vault in the local folder `root`, as it is: nothing is created,
@@ -228,6 +247,7 @@ impl Vault {
             root,
             scanner: ScannerSlot::default(),
             quota: Arc::new(StagingQuota::new(None)),
+            quotas: Arc::new(Quotas::new(Quota::default(), DEFAULT_MAX_COUNTED)),
         }
     }
 
@@ -279,6 +299,26 @@ impl Vault {
         self
     }
 
+    /// Limits every user's committed files to `default` (a user's own
+    /// limits, given at login, go first); counting a user's files at login
+    /// reads at most `max_entries` files and folders (a user with more can
+    /// upload nothing while a limit applies to them). Uploads that would go
+    /// past a limit fail with [`VaultError::QuotaExceeded`].
+    pub fn with_quota(mut self, default: Quota, max_entries: usize) -> Self {
+        self.quotas = Arc::new(Quotas::new(default, max_entries));
+        self
+    }
+
+    /// What `user`'s committed files take, counted now (blocking); `None`
+    /// if they have more files and folders than a count reads.
+    pub fn usage(&self, user: &str) -> Result<Option<Usage>, VaultError> {
+        let home = self.home(user)?;
+        match usage::count(&*self.storage, &home, self.quotas.max_entries()) {
+            Err(VaultError::NotFound) => Ok(Some(Usage::default())),
+            other => other,
+        }
+    }
+
     /// Removes staging files (interrupted uploads) untouched for longer
     /// than `ttl`, except those an upload holds right now; returns how many
     /// went. The server runs this at start and then periodically.
@@ -301,8 +341,16 @@ impl Vault {
     }
 
     /// The vault of the user who holds `key` (their folder is created on
-    /// first use). Holding the returned value is being logged in.
+    /// first use), under the server's quota. Holding the returned value is
+    /// being logged in.
     pub fn for_user(&self, key: Arc<UserKey>) -> Result<UserVault, VaultError> {
+        self.for_account(key, Quota::default())
+    }
+
+    /// [`Vault::for_user`] with the user's own limits `quota` over the
+    /// server's (the account's). When a limit applies, the user's files are
+    /// counted now (blocking).
+    pub fn for_account(&self, key: Arc<UserKey>, quota: Quota) -> Result<UserVault, VaultError> {
         let home = self.home(key.user())?;
         match self.storage.stat(&home) {
             Ok(Meta {
@@ -315,8 +363,12 @@ impl Vault {
             },
             Err(e) => return Err(e.into()),
         }
+        let ledger = self.quotas.open(key.user(), quota, || {
+            usage::count(&*self.storage, &home, self.quotas.max_entries())
+        })?;
         Ok(UserVault {
             inner: Arc::new(Inner {
+                ledger,
                 home,
                 storage: self.storage.clone(),
                 scanner: self.scanner.clone(),
@@ -435,6 +487,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     scanner: ScannerSlot,
     quota: Arc<StagingQuota>,
+    /// The user's quota count; `None` when no limit applies to them.
+    ledger: Option<Arc<Ledger>>,
     key: Arc<UserKey>,
     /// Authenticates the records storage keeps of the user's staged uploads.
     record_key: Arc<dyn RecordKey>,
@@ -543,6 +597,18 @@ impl UserVault {
     /// returns); a re-seal of kept data is the upload's worker's first job,
     /// which stops early if the upload is dropped meanwhile.
     pub async fn upload(&self, p: &VPath, mode: UploadMode) -> Result<Upload, VaultError> {
+        self.upload_sized(p, mode, None).await
+    }
+
+    /// [`UserVault::upload`] of a file the client says will have `size`
+    /// plaintext bytes (FTP `ALLO`): refused at once if that is over the
+    /// user's quota.
+    pub async fn upload_sized(
+        &self,
+        p: &VPath,
+        mode: UploadMode,
+        size: Option<u64>,
+    ) -> Result<Upload, VaultError> {
         let (me, p) = (self.clone(), p.clone());
         let plan = self
             .inner
@@ -554,7 +620,7 @@ impl UserVault {
                 path: p.to_string(),
                 prefix: staging_prefix(self.user()),
             });
-        let (begin, target) = blocking(move || me.open_upload(&p, mode)).await?;
+        let (begin, target) = blocking(move || me.open_upload(&p, mode, size)).await?;
         Ok(Upload::start(begin, target, plan))
     }
 
@@ -564,6 +630,7 @@ impl UserVault {
         &self,
         p: &VPath,
         mode: UploadMode,
+        size: Option<u64>,
     ) -> Result<(upload::Begin, upload::Target), VaultError> {
         use upload::{Begin, Source};
         if p.is_root() {
@@ -680,6 +747,15 @@ impl UserVault {
                 return Err(e);
             }
         };
+        let claim = match self.claim(committed, begin.offset().max(size.unwrap_or(0))) {
+            Ok(claim) => claim,
+            Err(e) => {
+                if staged_len == 0 {
+                    let _ = staged.discard();
+                }
+                return Err(e);
+            }
+        };
         // What the staging files will hold once the re-seal is done: the
         // copy replaces the staging file's content, or (kept data of the
         // staging file itself) sits next to it until it takes its place.
@@ -710,6 +786,7 @@ impl UserVault {
                 replace: mode != UploadMode::Create,
                 key: self.inner.key.clone(),
                 charge,
+                claim,
                 record_key: self.inner.record_key.clone(),
             },
         ))
@@ -729,7 +806,46 @@ impl UserVault {
     /// Deletes file `p`.
     pub async fn remove(&self, p: &VPath) -> Result<(), VaultError> {
         let (me, p) = (self.clone(), p.clone());
-        blocking(move || Ok(me.storage().remove(&me.name(&p))?)).await
+        blocking(move || {
+            let name = me.name(&p);
+            let size = me.counted_size(&name)?;
+            me.storage().remove(&name)?;
+            me.forget(size);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The quota's view of an upload to a file of `old` plaintext bytes
+    /// (`None`: a new file) that holds `len` bytes so far; `None` when no
+    /// limit applies.
+    fn claim(&self, old: Option<u64>, len: u64) -> Result<Option<usage::Claim>, VaultError> {
+        self.inner
+            .ledger
+            .as_ref()
+            .map(|l| l.claim(old, len))
+            .transpose()
+    }
+
+    /// The plaintext size of the file stored as `name`, when the quota
+    /// counts it: `None` for no file (or a folder), or no limit. Blocking.
+    fn counted_size(&self, name: &str) -> Result<Option<u64>, VaultError> {
+        if self.inner.ledger.is_none() {
+            return Ok(None);
+        }
+        match self.storage().stat(name) {
+            Ok(m) if m.kind == Kind::File => Ok(Some(plaintext_len(m.len).unwrap_or(0))),
+            Ok(_) | Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes a file of `size` bytes that this vault removed off the quota's
+    /// count.
+    fn forget(&self, size: Option<u64>) {
+        if let (Some(ledger), Some(size)) = (&self.inner.ledger, size) {
+            ledger.removed(size);
+        }
     }
 
     /// Creates folder `p`.
@@ -766,9 +882,16 @@ impl UserVault {
             if to.parts().starts_with(from.parts()) && to != from {
                 return Err(VaultError::InvalidPath("cannot move a folder into itself"));
             }
-            Ok(me
-                .storage()
-                .rename(&me.name(&from), &me.name(&to), Commit::Replace)?)
+            // A file the rename replaces is freed.
+            let replaced = if to == from {
+                None
+            } else {
+                me.counted_size(&me.name(&to))?
+            };
+            me.storage()
+                .rename(&me.name(&from), &me.name(&to), Commit::Replace)?;
+            me.forget(replaced);
+            Ok(())
         })
         .await
     }

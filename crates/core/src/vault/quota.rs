@@ -102,6 +102,11 @@ impl Charge {
         Ok(())
     }
 
+    /// The staging bytes this upload is charged for.
+    pub(crate) fn held(&self) -> u64 {
+        self.held
+    }
+
     /// [`Charge::set`] for a size that can only have shrunk (or stayed).
     pub(crate) fn settle(&mut self, bytes: u64) {
         if bytes <= self.held {

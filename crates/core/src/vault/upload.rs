@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use super::quota::Charge;
+use super::usage::Claim;
 use super::{map_io, sealed_len, Sealer, VaultError, CHUNK, QUARANTINE};
 use crate::keys::UserKey;
 use crate::scan::{OnError, ScanJob, Scanner, Verdict};
@@ -87,6 +88,8 @@ pub(super) struct Target {
     pub(super) key: Arc<UserKey>,
     /// The staging bytes the upload takes, counted against its user's bound.
     pub(super) charge: Charge,
+    /// What the upload adds to its user's quota count (`None`: no limit).
+    pub(super) claim: Option<Claim>,
     /// Authenticates the storage's record of the upload.
     pub(super) record_key: Arc<dyn crate::storage::RecordKey>,
 }
@@ -97,6 +100,31 @@ impl Target {
         self.staged.discard()?;
         self.charge.settle(0);
         Ok(())
+    }
+
+    /// Charges an upload that will hold `len` plaintext bytes against the
+    /// staging bound and the quota (nothing is charged if either refuses).
+    fn charge_for(&mut self, len: u64) -> Result<(), VaultError> {
+        let held = self.charge.held();
+        self.charge.set(sealed_len(len))?;
+        let claimed = self.claim.as_mut().map_or(Ok(()), |claim| claim.grow(len));
+        if claimed.is_err() {
+            self.charge.settle(held);
+        }
+        claimed
+    }
+
+    /// The plaintext size of the committed file the upload replaces
+    /// (`None`: none), when a quota counts it.
+    fn replaced_size(&self) -> Result<Option<u64>, VaultError> {
+        if self.claim.is_none() {
+            return Ok(None);
+        }
+        match self.storage.stat(&self.target) {
+            Ok(m) => Ok(Some(dropvault_format::plaintext_len(m.len).unwrap_or(0))),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Charges what the staging name holds now.
@@ -130,7 +158,7 @@ pub(super) enum Source {
 
 impl Begin {
     /// Plaintext offset the upload starts at.
-    fn offset(&self) -> u64 {
+    pub(super) fn offset(&self) -> u64 {
         match self {
             Self::Ready { writer, .. } => writer.plaintext_len(),
             Self::Reseal { len, .. } => *len,
@@ -406,10 +434,11 @@ fn write_worker(
         match msg {
             Msg::Data(mut chunk) => {
                 if failed.is_none() {
-                    // Charged before it is written: past the bound, the
-                    // upload ends here and its staging file goes.
+                    // Charged before it is written: past the staging
+                    // bound or the quota, the upload ends here and its
+                    // staging file goes.
                     let after = writer.plaintext_len() + chunk.len() as u64;
-                    if let Err(e) = target.charge.set(sealed_len(after)) {
+                    if let Err(e) = target.charge_for(after) {
                         drop(writer);
                         let _ = target.unlink();
                         return Err(e);
@@ -561,6 +590,7 @@ fn commit(
     } else {
         Commit::NoReplace
     };
+    let replaced = t.replaced_size()?;
     if let Err(e) = t.staged.commit(&t.target, how) {
         // The name was taken meanwhile: this upload has nowhere to go.
         if matches!(e, StorageError::AlreadyExists) {
@@ -569,5 +599,8 @@ fn commit(
         return Err(e.into());
     }
     t.charge.settle(0);
+    if let Some(claim) = t.claim.take() {
+        claim.committed(replaced, len);
+    }
     Ok(len)
 }

@@ -108,8 +108,9 @@ pub enum Command {
     Stat(Option<String>),
     /// HELP: help, optionally on one command.
     Help(Option<String>),
-    /// ALLO: reserve space; accepted and ignored.
-    Allo,
+    /// ALLO: the size of the file the next STOR, APPE or STOU sends
+    /// (checked against the user's quota when it starts).
+    Allo(u64),
     /// AUTH: start TLS on the control connection (RFC 4217).
     Auth(Auth),
     /// PBSZ: protection buffer size (RFC 4217), always 0 for TLS.
@@ -345,10 +346,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         b"ABOR" => Command::Abor,
         b"STAT" => Command::Stat(optional_path(arg)?),
         b"HELP" => Command::Help(optional_path(arg)?),
-        b"ALLO" => {
-            parse_allo(arg)?;
-            Command::Allo
-        }
+        b"ALLO" => Command::Allo(parse_allo(arg)?),
         b"AUTH" => Command::Auth(parse_auth(arg)?),
         b"PBSZ" => {
             Command::Pbsz(decimal(trim(arg)).ok_or(CommandError::Syntax("PBSZ needs a number."))?)
@@ -401,7 +399,7 @@ impl Command {
             Command::Abor => "ABOR",
             Command::Stat(_) => "STAT",
             Command::Help(_) => "HELP",
-            Command::Allo => "ALLO",
+            Command::Allo(_) => "ALLO",
             Command::Auth(_) => "AUTH",
             Command::Pbsz(_) => "PBSZ",
             Command::Prot(_) => "PROT",
@@ -442,7 +440,7 @@ impl Command {
             Command::Type(Type::Image) => "I".to_owned(),
             Command::Mode => "S".to_owned(),
             Command::Stru => "F".to_owned(),
-            Command::Rest(n) | Command::Pbsz(n) => n.to_string(),
+            Command::Rest(n) | Command::Pbsz(n) | Command::Allo(n) => n.to_string(),
             Command::Epsv(Epsv::Unspecified) => String::new(),
             Command::Epsv(Epsv::Ipv4) => "1".to_owned(),
             Command::Epsv(Epsv::Ipv6) => "2".to_owned(),
@@ -459,8 +457,7 @@ impl Command {
             | Command::Pwd
             | Command::Cdup
             | Command::Pasv
-            | Command::Abor
-            | Command::Allo => String::new(),
+            | Command::Abor => String::new(),
         };
         if arg.is_empty() {
             verb.to_owned()
@@ -672,22 +669,19 @@ fn parse_eprt(arg: &[u8]) -> Result<SocketAddr, CommandError> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// `ALLO n [R m]`: checked for form, then ignored.
-fn parse_allo(arg: &[u8]) -> Result<(), CommandError> {
+/// `ALLO n [R m]`: the size `n` (a record size `m` is checked for form,
+/// then ignored).
+fn parse_allo(arg: &[u8]) -> Result<u64, CommandError> {
     let words: Vec<&[u8]> = trim(arg)
         .split(|&b| b == b' ')
         .filter(|w| !w.is_empty())
         .collect();
-    let ok = match words.as_slice() {
-        [n] => decimal(n).is_some(),
-        [n, r, m] => decimal(n).is_some() && r.eq_ignore_ascii_case(b"R") && decimal(m).is_some(),
-        _ => false,
+    let size = match words.as_slice() {
+        [n] => decimal(n),
+        [n, r, m] if r.eq_ignore_ascii_case(b"R") && decimal(m).is_some() => decimal(n),
+        _ => None,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(CommandError::Syntax("ALLO needs a size."))
-    }
+    size.ok_or(CommandError::Syntax("ALLO needs a size."))
 }
 
 fn parse_auth(arg: &[u8]) -> Result<Auth, CommandError> {
@@ -829,7 +823,7 @@ mod tests {
             ("STAT f", Command::Stat(Some(s("f")))),
             ("HELP", Command::Help(None)),
             ("HELP RETR", Command::Help(Some(s("RETR")))),
-            ("ALLO 1000", Command::Allo),
+            ("ALLO 1000", Command::Allo(1000)),
             ("AUTH TLS", Command::Auth(Auth::Tls)),
             ("PBSZ 0", Command::Pbsz(0)),
             ("PROT P", Command::Prot(Prot::Private)),
@@ -1189,8 +1183,8 @@ mod tests {
 
     #[test]
     fn allo_auth_prot() {
-        assert_eq!(ok("ALLO 1000 R 512"), Command::Allo);
-        assert_eq!(ok("ALLO 0"), Command::Allo);
+        assert_eq!(ok("ALLO 1000 R 512"), Command::Allo(1000));
+        assert_eq!(ok("ALLO 0"), Command::Allo(0));
         syntax("ALLO");
         syntax("ALLO many");
         syntax("ALLO 1 X 2");

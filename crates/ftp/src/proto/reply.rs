@@ -109,7 +109,7 @@ impl Reply {
         Reply::new(200, text)
     }
 
-    /// 202: command accepted but has no effect here (ALLO, for example).
+    /// 202: command accepted, nothing to do (ALLO: no space is reserved).
     pub fn superfluous(text: impl Into<String>) -> Self {
         Reply::new(202, text)
     }

@@ -40,6 +40,11 @@ pub(crate) fn vault_reply(e: &VaultError) -> Reply {
                 "Upload not stored: the malware scan is unavailable. Try again later.",
             )
         }
+        VaultError::QuotaExceeded { .. } => Reply::new(
+            552,
+            "Quota exceeded: the upload would take you past your storage quota. Nothing of it \
+             was kept; delete files to make room.",
+        ),
         VaultError::StagingFull { limit } => {
             tracing::warn!(limit, "upload refused: the user's staging bound is reached");
             Reply::new(

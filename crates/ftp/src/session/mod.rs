@@ -82,6 +82,8 @@ struct Session {
     prot_private: bool,
     login: Login,
     rest: u64,
+    /// The size ALLO announced for the next upload.
+    allo: Option<u64>,
     rename_from: Option<VPath>,
     data: DataPlan,
     epsv_all: bool,
@@ -129,6 +131,7 @@ pub(crate) async fn run(
         prot_private: false,
         login: Login::None,
         rest: 0,
+        allo: None,
         rename_from: None,
         data: DataPlan::None,
         epsv_all: false,
@@ -355,7 +358,12 @@ impl Session {
             C::Type(t) => cmd::misc::type_(t),
             C::Mode => Reply::ok("Mode set to S."),
             C::Stru => Reply::ok("Structure set to F."),
-            C::Allo => Reply::superfluous("ALLO not needed."),
+            C::Allo(n) => {
+                self.allo = Some(n);
+                // 202 as before: nothing needs reserving; the size is
+                // checked against the quota when the upload starts.
+                Reply::superfluous(format!("Noted: {n} bytes. Send STOR, APPE or STOU."))
+            }
             C::Help(_) => cmd::misc::help(),
             C::Pwd => self.cmd_pwd(),
             C::Cwd(p) => self.cmd_cwd(&p).await,

@@ -120,7 +120,7 @@ mod tests {
     use super::*;
 
     fn account(name: &str) -> Account {
-        Account { name: name.into() }
+        Account::new(name)
     }
 
     #[test]

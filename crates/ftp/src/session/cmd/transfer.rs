@@ -117,6 +117,8 @@ impl Session {
         mode: UploadMode,
         opening: Reply,
     ) -> std::io::Result<Flow> {
+        // ALLO's size is for this upload only.
+        let size = self.allo.take();
         let (v, p) = match self.target(arg) {
             Ok(x) => x,
             Err(r) => return self.reply(r).await.map(|()| Flow::Continue),
@@ -125,7 +127,7 @@ impl Session {
         if let Some(refusal) = self.data_refusal() {
             return self.reply(refusal).await.map(|()| Flow::Continue);
         }
-        match v.upload(&p, mode).await {
+        match v.upload_sized(&p, mode, size).await {
             Ok(up) => self.run_transfer_with(Job::Store(up, p), opening).await,
             Err(e) => self.reply(vault_reply(&e)).await.map(|()| Flow::Continue),
         }
