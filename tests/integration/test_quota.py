@@ -9,6 +9,7 @@ from __future__ import annotations
 import ftplib
 import re
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -55,6 +56,10 @@ def test_curl_upload_over_the_quota_gets_552_and_leaves_nothing(dropvault, tmp_p
     assert staging(server) == []
     assert usage(server) == (2 * MIB, 1, "3145728 bytes, no limit on files")
     assert server.events("quota_refused", user=USER)
+    # Counted for the operator's metrics too.
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.admin_port}/metrics",
+                                     timeout=30).read().decode()
+    assert re.search(r"^dropvault_quota_refused_total 1$", metrics, re.M), metrics
 
 
 def test_allo_and_the_files_quota_refuse_at_the_start(dropvault):
