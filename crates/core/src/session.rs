@@ -18,6 +18,7 @@ use crate::accounts::{Account, AuthError, Authenticator, Password};
 use crate::events::{Event, Hooks};
 use crate::guard::{Attempt, ClientId, Failure, Guard, GuardConfig};
 use crate::keys::{KeyError, Keyring};
+use crate::throttle::{RateConfig, Rates, Throttle};
 use crate::vault::{Upload, UserVault, VPath, Vault, VaultError};
 
 /// What front ends run on: accounts, keys, storage, events.
@@ -144,6 +145,8 @@ pub struct GateConfig {
     pub max_sessions_per_client: usize,
     /// IPv6 clients are counted per prefix of this many bits.
     pub ban_ipv6_prefix: u8,
+    /// Bandwidth limits.
+    pub rates: RateConfig,
 }
 
 impl Default for GateConfig {
@@ -159,6 +162,7 @@ impl Default for GateConfig {
             max_sessions: 500,
             max_sessions_per_client: 20,
             ban_ipv6_prefix: 64,
+            rates: RateConfig::default(),
         }
     }
 }
@@ -171,6 +175,7 @@ pub struct Gate {
     config: GateConfig,
     guard: Arc<Guard>,
     sessions: Arc<Mutex<Sessions>>,
+    rates: Rates,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +228,7 @@ impl Gate {
     pub fn new(services: Services, config: GateConfig) -> Self {
         Self {
             guard: Arc::new(Guard::new(config.guard)),
+            rates: Rates::new(config.rates),
             services,
             config,
             sessions: Arc::default(),
@@ -334,7 +340,12 @@ impl Gate {
                         events: self.services.events.clone(),
                     }));
                     audit.emit(Event::new("login"));
-                    Ok(LoggedIn { vault, audit })
+                    let throttle = self.rates.session(audit.user());
+                    Ok(LoggedIn {
+                        vault,
+                        audit,
+                        throttle,
+                    })
                 }
                 Err(e) => {
                     tracing::error!(event = "login_refused", protocol, user = %account.name,
@@ -408,6 +419,7 @@ impl Gate {
 pub struct LoggedIn {
     vault: UserVault,
     audit: Audit,
+    throttle: Throttle,
 }
 
 impl Drop for LoggedIn {
@@ -433,6 +445,11 @@ impl LoggedIn {
     /// Who is logged in from where.
     pub fn peer(&self) -> &Peer {
         &self.audit.0.peer
+    }
+
+    /// The session's bandwidth limits, which every transfer's bytes pass.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// The session's record keeper, for work that outlives a borrow (an
