@@ -31,6 +31,9 @@
 //!   ranged reads, listings and multipart uploads, with retries — for the
 //!   S3 storage backend.
 //!
+//! - [`throttle`]: bandwidth limits — token buckets per session, per user
+//!   and for the whole server, upload and download apart.
+//!
 //! - [`events`]: login, upload, download and the like, delivered to a
 //!   webhook and a command through a bounded queue, off the hot path.
 //!
@@ -53,6 +56,7 @@ pub mod secret;
 pub mod session;
 pub mod size;
 pub mod storage;
+pub mod throttle;
 pub mod vault;
 
 pub use hookproc::{RunAs, RunAsError};

@@ -19,6 +19,7 @@ use crate::events::{Event, Hooks};
 use crate::guard::{Attempt, ClientId, Failure, Guard, GuardConfig};
 use crate::keys::{KeyError, Keyring};
 use crate::metrics::{metrics, LoginOutcome};
+use crate::throttle::{RateConfig, Rates, Throttle};
 use crate::vault::{Upload, UserVault, VPath, Vault, VaultError};
 
 /// What front ends run on: accounts, keys, storage, events.
@@ -145,6 +146,8 @@ pub struct GateConfig {
     pub max_sessions_per_client: usize,
     /// IPv6 clients are counted per prefix of this many bits.
     pub ban_ipv6_prefix: u8,
+    /// Bandwidth limits.
+    pub rates: RateConfig,
 }
 
 impl Default for GateConfig {
@@ -160,6 +163,7 @@ impl Default for GateConfig {
             max_sessions: 500,
             max_sessions_per_client: 20,
             ban_ipv6_prefix: 64,
+            rates: RateConfig::default(),
         }
     }
 }
@@ -172,6 +176,7 @@ pub struct Gate {
     config: GateConfig,
     guard: Arc<Guard>,
     sessions: Arc<Mutex<Sessions>>,
+    rates: Rates,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +229,7 @@ impl Gate {
     pub fn new(services: Services, config: GateConfig) -> Self {
         Self {
             guard: Arc::new(Guard::new(config.guard)),
+            rates: Rates::new(config.rates),
             services,
             config,
             sessions: Arc::default(),
@@ -338,7 +344,12 @@ impl Gate {
                     audit.emit(Event::new("login"));
                     metrics().login(peer.protocol, LoginOutcome::Ok);
                     metrics().session_began(peer.protocol);
-                    Ok(LoggedIn { vault, audit })
+                    let throttle = self.rates.session(audit.user());
+                    Ok(LoggedIn {
+                        vault,
+                        audit,
+                        throttle,
+                    })
                 }
                 Err(e) => {
                     tracing::error!(event = "login_refused", protocol, user = %account.name,
@@ -415,6 +426,7 @@ impl Gate {
 pub struct LoggedIn {
     vault: UserVault,
     audit: Audit,
+    throttle: Throttle,
 }
 
 impl Drop for LoggedIn {
@@ -441,6 +453,11 @@ impl LoggedIn {
     /// Who is logged in from where.
     pub fn peer(&self) -> &Peer {
         &self.audit.0.peer
+    }
+
+    /// The session's bandwidth limits, which every transfer's bytes pass.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// The session's record keeper, for work that outlives a borrow (an

@@ -728,6 +728,7 @@ impl Config {
         }
         self.max_staging_bytes()?;
         self.quota()?;
+        self.rates()?;
         self.scan_settings()?;
         if !(1..=1_000_000).contains(&self.hooks.queue_size) {
             return Err(invalid("hooks.queue_size", "must be 1 to 1000000"));
@@ -833,6 +834,27 @@ impl Config {
         Ok(Quota {
             bytes: Some(bytes),
             files: Some(self.limits.quota_files),
+        })
+    }
+
+    /// The bandwidth limits of `[limits]`, bytes per second (0 = none).
+    pub(crate) fn rates(&self) -> Result<dropvault_core::throttle::RateConfig, ConfigError> {
+        use dropvault_core::throttle::{Rate, RateConfig};
+        let l = &self.limits;
+        let rate = |key: &str, text: &str| {
+            parse_size(text).map_err(|e| invalid(format!("limits.{key}"), e))
+        };
+        Ok(RateConfig {
+            upload: Rate {
+                session: rate("upload_rate", &l.upload_rate)?,
+                user: rate("user_upload_rate", &l.user_upload_rate)?,
+                total: rate("total_upload_rate", &l.total_upload_rate)?,
+            },
+            download: Rate {
+                session: rate("download_rate", &l.download_rate)?,
+                user: rate("user_download_rate", &l.user_download_rate)?,
+                total: rate("total_download_rate", &l.total_download_rate)?,
+            },
         })
     }
 
@@ -1001,6 +1023,7 @@ impl Config {
             max_sessions: self.ftp.max_sessions,
             max_sessions_per_client: self.ftp.max_sessions_per_ip,
             ban_ipv6_prefix: self.ban_ipv6_prefix()?,
+            rates: self.rates()?,
             ..dropvault_core::session::GateConfig::default()
         })
     }
@@ -1044,6 +1067,7 @@ mod tests {
         assert_eq!(f.passive_ports, (50000, 50100));
         let g = c.gate_config().expect("gate");
         assert_eq!((g.max_sessions, g.max_sessions_per_client), (500, 20));
+        assert_eq!(g.rates, dropvault_core::throttle::RateConfig::default());
         assert!(f.tls_session_reuse_required);
         assert_eq!(f.max_listing_entries, 100_000);
     }
@@ -1145,6 +1169,22 @@ mod tests {
     #[test]
     fn typos_and_bad_values_are_errors() {
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_LISTN", "x")])).is_err());
+        for (var, bad, key) in [
+            ("DROPVAULT_LIMITS_UPLOAD_RATE", "10MB", "limits.upload_rate"),
+            (
+                "DROPVAULT_LIMITS_USER_DOWNLOAD_RATE",
+                "1.5MiB",
+                "limits.user_download_rate",
+            ),
+            (
+                "DROPVAULT_LIMITS_TOTAL_UPLOAD_RATE",
+                "-1",
+                "limits.total_upload_rate",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, bad)])).expect_err(var);
+            assert!(e.to_string().contains(key), "{e}");
+        }
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_MAX_SESSIONS", "many")])).is_err());
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_TLS", "maybe")])).is_err());
         assert!(Config::load(None, env(&[("DROPVAULT_FTP_PASSIVE_PORTS", "10-5")])).is_err());

@@ -739,10 +739,12 @@ impl Session {
             return Ok(Some(eof(id)));
         }
         let len = len.min(MAX_READ_LEN) as usize;
+        let throttle = self.user.throttle().clone();
         self.tasks.spawn(async move {
             match h.source.read_at(offset, len).await {
                 Ok(data) if data.is_empty() => eof(id),
                 Ok(data) => {
+                    throttle.download(data.len()).await;
                     h.served.fetch_add(data.len() as u64, Ordering::Relaxed);
                     reply::data(id, &data)
                 }
@@ -868,6 +870,9 @@ impl Session {
             Some(_) => return Err(Status::failure("Not open for writing")),
             None => return Err(bad_handle()),
         };
+        // Paid before the write, so a limited client waits with its data
+        // unread (SFTP's own flow control) rather than held here.
+        self.user.throttle().upload(data.len()).await;
         w.write(&self.user, &self.settings, room, offset, data)
             .await?;
         Ok(ok(id))

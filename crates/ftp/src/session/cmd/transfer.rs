@@ -8,7 +8,8 @@
 //!    NOOP, STAT, QUIT; anything else waits);
 //! 2. [`move_bytes`] opens the data connection and streams: socket →
 //!    encryptor → staging file on the way in ([`receive`]), file →
-//!    decryptor → socket on the way out ([`send_file`]). ABOR or a vanished
+//!    decryptor → socket on the way out ([`send_file`]), at the pace of
+//!    the session's bandwidth limits (its `Throttle`). ABOR or a vanished
 //!    client stops it here; an upload's sealed data stays for a resume;
 //! 3. an upload that reached its end of data is committed by a task of its
 //!    own ([`commit_upload`]): scan, rename, its `upload` or
@@ -19,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use dropvault_core::session::Audit;
+use dropvault_core::throttle::Throttle;
 use dropvault_core::vault::{Download, Upload, UploadExited, UploadMode, VPath};
 use tokio::io::AsyncWriteExt;
 
@@ -159,7 +161,10 @@ impl Session {
             self.reply(refusal).await?;
             return Ok(Flow::Continue);
         }
-        let Some(audit) = self.user().map(|u| u.user.audit()) else {
+        let Some((audit, throttle)) = self
+            .user()
+            .map(|u| (u.user.audit(), u.user.throttle().clone()))
+        else {
             self.reply(Reply::not_logged_in("Not logged in.")).await?;
             return Ok(Flow::Continue);
         };
@@ -186,7 +191,13 @@ impl Session {
             _ => None,
         };
         let mut quit = false;
-        let mut moving = Box::pin(move_bytes(plan, self.peer.ip(), (timeout, stall), tls, job));
+        let mut moving = Box::pin(move_bytes(
+            plan,
+            self.peer.ip(),
+            (timeout, stall),
+            tls,
+            (job, throttle),
+        ));
         let watched = self.watch(&mut moving, &mut quit).await;
         drop(moving);
         if let Watched::Done(Ok(Moved::Received {
@@ -346,13 +357,14 @@ impl Session {
 }
 
 /// Phase 2: opens the data connection (within `timeout`) and moves the
-/// job's bytes; a connection on which nothing moves for `stall` is given up.
+/// job's bytes, a file's at the pace of the session's `throttle`; a
+/// connection on which nothing moves for `stall` is given up.
 async fn move_bytes(
     plan: DataPlan,
     peer_ip: std::net::IpAddr,
     (timeout, stall): (Duration, Duration),
     tls: Option<DataTls>,
-    job: Job,
+    (job, throttle): (Job, Throttle),
 ) -> Result<Moved, Reply> {
     let stream = data::open(plan, peer_ip, timeout, tls)
         .await
@@ -364,11 +376,11 @@ async fn move_bytes(
             path: None,
         }),
         Job::Retr(download, path) => Ok(Moved::Sent {
-            bytes: send_file(&mut stream, download).await?,
+            bytes: send_file(&mut stream, download, &throttle).await?,
             path: Some(path),
         }),
         Job::Store(mut upload, path) => {
-            let bytes = receive(&mut stream, &mut upload).await?;
+            let bytes = receive(&mut stream, &mut upload, &throttle).await?;
             // Answer the client's close_notify with ours (ftplib's
             // unwrap() waits for it); the data is all in by now.
             let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
@@ -381,14 +393,20 @@ async fn move_bytes(
     }
 }
 
-/// Streams a file to the client in the decryptor's chunks; the bytes sent.
-async fn send_file(stream: &mut Stalling<Stream>, mut download: Download) -> Result<u64, Reply> {
+/// Streams a file to the client in the decryptor's chunks, each once the
+/// throttle lets it go; the bytes sent.
+async fn send_file(
+    stream: &mut Stalling<Stream>,
+    mut download: Download,
+    throttle: &Throttle,
+) -> Result<u64, Reply> {
     let mut sent = 0u64;
     while let Some(chunk) = download
         .next_chunk()
         .await
         .map_err(|e| transfer_reply(&e))?
     {
+        throttle.download(chunk.len()).await;
         stream
             .write_all(&chunk)
             .await
@@ -400,19 +418,27 @@ async fn send_file(stream: &mut Stalling<Stream>, mut download: Download) -> Res
     Ok(sent)
 }
 
-/// Reads the client's data into the upload until its end; the bytes read.
+/// Reads the client's data into the upload until its end, each read
+/// paid to the throttle before the next; the bytes read.
 ///
 /// Over TLS the end must be a close_notify: a bare TCP close may be a cut
 /// by someone on the path, so an upload that ends that way is not
 /// committed (its sealed data stays for a resume). The one exception is an
 /// upload with no data at all, which some clients (Node's TLS sockets, so
 /// basic-ftp) end without close_notify: there is nothing to cut short.
-async fn receive(stream: &mut Stalling<Stream>, upload: &mut Upload) -> Result<u64, Reply> {
+async fn receive(
+    stream: &mut Stalling<Stream>,
+    upload: &mut Upload,
+    throttle: &Throttle,
+) -> Result<u64, Reply> {
     let mut received = 0u64;
     loop {
         match upload.read_from(stream).await {
             Ok(0) => return Ok(received),
-            Ok(n) => received += n as u64,
+            Ok(n) => {
+                received += n as u64;
+                throttle.upload(n).await;
+            }
             Err(e)
                 if e.kind() == std::io::ErrorKind::UnexpectedEof && stream.get_ref().is_tls() =>
             {
