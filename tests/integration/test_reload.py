@@ -51,25 +51,37 @@ def test_sighup_rereads_certificate_scan_and_hooks_and_sessions_go_on(dropvault,
 
     with ftp_plain(server) as before:
         stor(before, "before.bin", data)
+        assert [e["rate_limited"] for e in server.events("login")] == [False, False]
         # A new certificate and key at the same paths, a scanner that
-        # rejects everything, and an event hook.
+        # rejects everything, an event hook, bandwidth limits and a quota.
         make_certificate(cert, key)
         settings["scan"] = {"command": [str(reject)]}
         settings["hooks"] = {"command": [str(hook)]}
+        settings["limits"] = {"download_rate": "1GiB", "total_upload_rate": "1GiB",
+                              "quota_bytes": "100KiB"}
         config.write_text(toml(settings))
         reload(server, 1)
         assert server.events("reloaded"), server.log_text()[-2000:]
-        # The session logged in before the reload goes on.
+        # The session logged in before the reload goes on, with the limits
+        # it began with.
         assert retr(before, "before.bin") == data
         assert before.nlst() == ["before.bin"]
     second = pem_der(cert)
     assert second != first
     assert served_cert(server) == second
+    # Sessions that log in after the reload get the new limits.
+    assert server.events("login")[-1]["rate_limited"] is True
     with ftp_plain(server) as ftp:
         with pytest.raises(ftplib.error_perm) as err:
             stor(ftp, "after.bin", data)
         assert str(err.value).startswith("550") and "Test.Reload" in str(err.value)
     wait_until(lambda: events.exists() and "upload_rejected" in events.read_text())
+    # And the new quota: 50,000 bytes stored, 60,000 more announced.
+    with ftp_plain(server) as ftp:
+        ftp.sendcmd("ALLO 60000")
+        with pytest.raises(ftplib.error_perm) as err:
+            stor(ftp, "big.bin", payload(60_000))
+        assert str(err.value).startswith("552"), err.value
 
     # A configuration that does not load: refused, everything stays.
     config.write_text("[ftp\nthis is not TOML\n")

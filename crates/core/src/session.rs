@@ -176,7 +176,8 @@ pub struct Gate {
     config: GateConfig,
     guard: Arc<Guard>,
     sessions: Arc<Mutex<Sessions>>,
-    rates: Rates,
+    /// The bandwidth limits new sessions get (replaced by a reload).
+    rates: std::sync::RwLock<Arc<Rates>>,
 }
 
 #[derive(Debug, Default)]
@@ -229,11 +230,19 @@ impl Gate {
     pub fn new(services: Services, config: GateConfig) -> Self {
         Self {
             guard: Arc::new(Guard::new(config.guard)),
-            rates: Rates::new(config.rates),
+            rates: std::sync::RwLock::new(Arc::new(Rates::new(config.rates))),
             services,
             config,
             sessions: Arc::default(),
         }
+    }
+
+    /// Sessions that log in from now on get the bandwidth limits of
+    /// `rates` (a reload), with buckets of their own: those already
+    /// logged in keep the limits, and the user and server buckets, they
+    /// began with.
+    pub fn set_rates(&self, rates: RateConfig) {
+        *self.rates.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Rates::new(rates));
     }
 
     /// The services behind the gate.
@@ -334,8 +343,13 @@ impl Gate {
             Checked::In(account, vault) => match vault {
                 Ok(vault) => {
                     attempt.succeeded(name);
+                    let throttle = self
+                        .rates
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .session(&account.name);
                     tracing::info!(event = "login", protocol, user = %account.name, peer = %addr,
-                        encrypted = peer.encrypted);
+                        encrypted = peer.encrypted, rate_limited = !throttle.is_unlimited());
                     let audit = Audit(Arc::new(AuditInner {
                         user: account.name,
                         peer: *peer,
@@ -344,7 +358,6 @@ impl Gate {
                     audit.emit(Event::new("login"));
                     metrics().login(peer.protocol, LoginOutcome::Ok);
                     metrics().session_began(peer.protocol);
-                    let throttle = self.rates.session(audit.user());
                     Ok(LoggedIn {
                         vault,
                         audit,

@@ -438,13 +438,6 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
             (Some(tls), Some(server_cert))
         }
     };
-    let reload = Reload {
-        file: config_file,
-        running: config.clone(),
-        server_cert,
-        vault: vault.clone(),
-        events: events.clone(),
-    };
     let admin_listen = config.admin_listen()?;
     let admin_token = match config.admin.token_file.trim() {
         "" => None,
@@ -464,6 +457,14 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         services,
         config.gate_config()?,
     ));
+    let reload = Reload {
+        file: config_file,
+        running: config.clone(),
+        server_cert,
+        vault: gate.services().vault.clone(),
+        events: gate.services().events.clone(),
+        gate: gate.clone(),
+    };
     // Every transfer holds a blocking thread (a large download two) for
     // its file I/O and cipher work; the rest of the pool serves logins,
     // listings and the like, so transfers at the session limit never queue
@@ -595,10 +596,12 @@ struct Reload {
     server_cert: Option<Arc<dropvault_ftp::tls::ServerCert>>,
     vault: Arc<dropvault_core::vault::Vault>,
     events: Arc<dropvault_core::events::Hooks>,
+    gate: Arc<dropvault_core::session::Gate>,
 }
 
 /// Rereads the configuration on each SIGHUP: the TLS certificate and key,
-/// the scan and hook settings. A configuration that does not load, or
+/// the scan and hook settings, the bandwidth limits and quotas (for
+/// sessions that log in afterwards). A configuration that does not load, or
 /// whose new parts cannot be used, is refused with a log line and the
 /// running one stays; sessions are not touched either way. (The users
 /// file is reread by itself when it changes.)
@@ -634,6 +637,8 @@ impl Reload {
         let scanner = dropvault_core::scan::Scanner::new(new.scan_settings()?)?.map(Arc::new);
         let hooks = new.hook_settings()?;
         hooks.check()?;
+        let rates = new.rates()?;
+        let quota = new.quota()?;
         if let Some(cert) = &self.server_cert {
             let files = cert_files(&new);
             dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
@@ -641,6 +646,8 @@ impl Reload {
             announce_cert(&files)?;
         }
         self.vault.set_scanner(scanner);
+        self.gate.set_rates(rates);
+        self.vault.set_quota(quota);
         self.events.reconfigure(hooks)?;
         hook_accounts(&new);
         for (section, changed) in self.restart_only_changes(&new) {

@@ -309,6 +309,13 @@ impl Vault {
         self
     }
 
+    /// Sessions that log in from now on get `default` where the user has
+    /// no quota of their own (a reload); sessions already logged in keep
+    /// the quota they began with.
+    pub fn set_quota(&self, default: Quota) {
+        self.quotas.set_default(default);
+    }
+
     /// What `user`'s committed files take, counted now (blocking); `None`
     /// if they have more files and folders than a count reads.
     pub fn usage(&self, user: &str) -> Result<Option<Usage>, VaultError> {

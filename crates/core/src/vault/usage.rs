@@ -104,7 +104,8 @@ pub(crate) fn count(
 /// upload open.
 #[derive(Debug)]
 pub(crate) struct Quotas {
-    default: Quota,
+    /// The server's limits (replaced by a reload).
+    default: Mutex<Quota>,
     /// Most files and folders a count reads.
     max_entries: usize,
     users: Mutex<HashMap<String, Book>>,
@@ -126,10 +127,16 @@ struct Book {
 impl Quotas {
     pub(crate) fn new(default: Quota, max_entries: usize) -> Self {
         Self {
-            default,
+            default: Mutex::new(default),
             max_entries,
             users: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Logins from now on get `default` where the user has no limit of
+    /// their own; ledgers already open keep the limits they opened with.
+    pub(crate) fn set_default(&self, default: Quota) {
+        *self.default.lock().unwrap_or_else(PoisonError::into_inner) = default;
     }
 
     /// Most files and folders a count reads.
@@ -150,7 +157,7 @@ impl Quotas {
         own: Quota,
         count: impl FnOnce() -> Result<Option<Usage>, VaultError>,
     ) -> Result<Option<Arc<Ledger>>, VaultError> {
-        let quota = own.or(self.default);
+        let quota = own.or(*self.default.lock().unwrap_or_else(PoisonError::into_inner));
         if quota.is_off() {
             return Ok(None);
         }
