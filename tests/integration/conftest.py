@@ -41,8 +41,10 @@ import time
 
 import pytest
 
+from clamd import Clamd
 from dvclients import BIN, PASSWORD, STORAGE_ENV, USER, base_env, find_marker, run_cli
 from garage import GarageCluster
+from openbao import OpenBao
 from procs import die_with_parent
 from slapd import Slapd
 
@@ -503,6 +505,23 @@ def slapd(tmp_path) -> Slapd:
     ldaps:// on loopback ports, a test CA. `slapd.stop()` and
     `slapd.start()` take it away and bring it back on the same ports."""
     server = Slapd(tmp_path / "slapd")
+    server.start()
+    yield server
+    server.close()
+
+
+# A clamd and an OpenBao per test module that asks for them (each takes a
+# few seconds to start; clamd loads its signature database).
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory):
+    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
+    yield daemon
+    daemon.close()
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory):
+    server = OpenBao(tmp_path_factory.mktemp("openbao"))
     server.start()
     yield server
     server.close()

@@ -14,29 +14,13 @@ import urllib.request
 
 import pytest
 
-from clamd import EICAR, Clamd
+from clamd import EICAR
 from dvclients import PASSWORD, USER, curl, ftp_plain, ftp_url, paramiko_sftp, payload, retr, \
     stor, wait_until
-from openbao import OpenBao
 from test_transit import transit
 
 TOKEN = "admin-token-5521"
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-
-
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory):
-    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
-    yield daemon
-    daemon.close()
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory):
-    server = OpenBao(tmp_path_factory.mktemp("openbao"))
-    server.start()
-    yield server
-    server.close()
 
 
 def get(server, path: str, token: str | None = TOKEN) -> tuple[int, str]:

@@ -23,13 +23,6 @@ from dvclients import USER, ftp_plain, payload, retr, run_cli, stor, wait_until
 pytestmark = pytest.mark.both_backends
 
 
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory):
-    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
-    yield daemon
-    daemon.close()
-
-
 def with_eicar(size: int, at: int) -> bytes:
     data = bytearray(payload(size))
     data[at:at + len(EICAR)] = EICAR

@@ -24,14 +24,6 @@ from test_keys_cli import openssl_recovery_pair
 PASSWORDS = {"alice": "alice-Pw-7731", "bob": "bob-Pw-8842", "carol": "carol-Pw-9953"}
 
 
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory):
-    server = OpenBao(tmp_path_factory.mktemp("openbao"))
-    server.start()
-    yield server
-    server.close()
-
-
 def transit(bao: OpenBao, key: str, **extra) -> dict:
     """Server settings for the transit provider with the root token."""
     settings = {

@@ -70,6 +70,17 @@ struct Content {
     users: BTreeMap<String, Entry>,
 }
 
+impl Content {
+    /// User `name`'s entry, or [`AuthError::NoSuchUser`].
+    fn entry(&mut self, name: &str) -> Result<&mut Entry, AuthError> {
+        self.users
+            .get_mut(name)
+            .ok_or_else(|| AuthError::NoSuchUser {
+                name: name.to_owned(),
+            })
+    }
+}
+
 /// One user's entry.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,14 +249,9 @@ impl UserFile {
     pub fn set_password(&self, name: &str, password: &Password) -> Result<(), AuthError> {
         validate_user_name(name)?;
         let hash = hash_password(password)?;
-        self.modify(|content| match content.users.get_mut(name) {
-            Some(entry) => {
-                entry.password = hash;
-                Ok(())
-            }
-            None => Err(AuthError::NoSuchUser {
-                name: name.to_owned(),
-            }),
+        self.modify(|content| {
+            content.entry(name)?.password = hash;
+            Ok(())
         })?;
         tracing::info!(user = name, path = %self.path.display(), "password changed");
         Ok(())
@@ -276,12 +282,7 @@ impl UserFile {
         let added = utc_now();
         let mut result = Vec::with_capacity(keys.len());
         self.modify(|content| {
-            let entry = content
-                .users
-                .get_mut(name)
-                .ok_or_else(|| AuthError::NoSuchUser {
-                    name: name.to_owned(),
-                })?;
+            let entry = content.entry(name)?;
             let mut have: Vec<Vec<u8>> = entry
                 .keys
                 .iter()
@@ -349,12 +350,7 @@ impl UserFile {
         let wanted = wanted.strip_prefix("SHA256:").unwrap_or(wanted);
         let mut removed = None;
         self.modify(|content| {
-            let entry = content
-                .users
-                .get_mut(name)
-                .ok_or_else(|| AuthError::NoSuchUser {
-                    name: name.to_owned(),
-                })?;
+            let entry = content.entry(name)?;
             let at = entry.keys.iter().position(|k| {
                 SshPublicKey::parse_line(&k.key)
                     .is_ok_and(|p| p.fingerprint().strip_prefix("SHA256:") == Some(wanted))
@@ -384,12 +380,7 @@ impl UserFile {
     pub fn set_quota(&self, name: &str, quota: Quota, clear: bool) -> Result<(), AuthError> {
         validate_user_name(name)?;
         self.modify(|content| {
-            let entry = content
-                .users
-                .get_mut(name)
-                .ok_or_else(|| AuthError::NoSuchUser {
-                    name: name.to_owned(),
-                })?;
+            let entry = content.entry(name)?;
             if clear {
                 entry.quota_bytes = None;
                 entry.quota_files = None;
