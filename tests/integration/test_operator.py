@@ -113,7 +113,7 @@ def test_certificate_is_renewed_on_start_near_its_end_with_the_same_key(server):
 
 
 def test_configured_certificate_fingerprint_is_shown(dropvault, tmp_path):
-    from test_ftplib_tls import make_certificate
+    from dvclients import make_certificate
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     make_certificate(cert, key)
     before = cert.read_bytes()

@@ -21,7 +21,7 @@ from dvclients import (PASSWORD, USER, curl, find_marker, ftp_plain, ftp_url, pa
                        payload, rclone_s3, reset_close, reset_ftp, retr, run_cli, sftp_batch,
                        ssh_keygen, stor, wait_until)
 from garage import GarageCluster
-from test_transit import bao, transit  # noqa: F401 - the module's OpenBao fixture
+from test_transit import transit
 
 MIB = 1024 * 1024
 AUTH = ("--user", f"{USER}:{PASSWORD}")
