@@ -12,6 +12,7 @@ import datetime
 import ftplib
 import hashlib
 import ipaddress
+import json
 import os
 import pathlib
 import re
@@ -693,3 +694,12 @@ def make_certificate(cert_path, key_path) -> None:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
+
+
+def key_files(server) -> dict[str, dict]:
+    """The server's key files (local storage), by user."""
+    out = {}
+    for path in (server.data_dir / "keys").glob("*.json"):
+        kf = json.loads(path.read_text())
+        out[kf["user"]] = kf
+    return out

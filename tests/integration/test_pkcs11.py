@@ -10,13 +10,12 @@ its configuration from SOFTHSM2_CONF, set in the server's environment."""
 from __future__ import annotations
 
 import ftplib
-import json
 import time
 
 import pytest
 
 import softhsm
-from dvclients import find_marker, ftp_plain, payload, retr, run_cli, stor
+from dvclients import find_marker, ftp_plain, key_files, payload, retr, run_cli, stor
 
 PASSWORDS = {"alice": "alice-Pw-7731", "bob": "bob-Pw-8842", "carol": "carol-Pw-9953"}
 KEK = "dropvault-kek"
@@ -58,14 +57,6 @@ def start(dropvault, hsm: dict, key: str = KEK):
 
 def login(server, user: str) -> ftplib.FTP:
     return ftp_plain(server, user=user, password=PASSWORDS[user])
-
-
-def key_files(server) -> dict[str, dict]:
-    out = {}
-    for path in (server.data_dir / "keys").glob("*.json"):
-        kf = json.loads(path.read_text())
-        out[kf["user"]] = kf
-    return out
 
 
 def test_upload_and_download_across_a_restart_with_nothing_plain_at_rest(dropvault, hsm):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from dvclients import PASSWORD, USER, ftp_plain, payload, retr, run_cli, stor
+from dvclients import PASSWORD, USER, ftp_plain, key_files, payload, retr, run_cli, stor
 from openbao import OpenBao
 from test_keys_cli import openssl_recovery_pair
 
@@ -39,14 +39,6 @@ def transit(bao: OpenBao, key: str, **extra) -> dict:
 def env_of(settings: dict) -> dict[str, str]:
     """The same settings as environment variables, for `dropvault` commands."""
     return {"DROPVAULT_" + k.upper(): str(v) for k, v in settings.items() if v is not None}
-
-
-def key_files(server) -> dict[str, dict]:
-    out = {}
-    for path in (server.data_dir / "keys").glob("*.json"):
-        kf = json.loads(path.read_text())
-        out[kf["user"]] = kf
-    return out
 
 
 def login(server, user: str) -> ftplib.FTP:

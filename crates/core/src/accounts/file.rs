@@ -72,12 +72,19 @@ struct Content {
 
 impl Content {
     /// User `name`'s entry, or [`AuthError::NoSuchUser`].
+    fn user(&self, name: &str) -> Result<&Entry, AuthError> {
+        self.users.get(name).ok_or_else(|| no_such_user(name))
+    }
+
+    /// User `name`'s entry to change, or [`AuthError::NoSuchUser`].
     fn entry(&mut self, name: &str) -> Result<&mut Entry, AuthError> {
-        self.users
-            .get_mut(name)
-            .ok_or_else(|| AuthError::NoSuchUser {
-                name: name.to_owned(),
-            })
+        self.users.get_mut(name).ok_or_else(|| no_such_user(name))
+    }
+}
+
+fn no_such_user(name: &str) -> AuthError {
+    AuthError::NoSuchUser {
+        name: name.to_owned(),
     }
 }
 
@@ -261,11 +268,12 @@ impl UserFile {
     /// Fails with [`AuthError::NoSuchUser`] if there is no such user.
     pub fn delete(&self, name: &str) -> Result<(), AuthError> {
         validate_user_name(name)?;
-        self.modify(|content| match content.users.remove(name) {
-            Some(_) => Ok(()),
-            None => Err(AuthError::NoSuchUser {
-                name: name.to_owned(),
-            }),
+        self.modify(|content| {
+            content
+                .users
+                .remove(name)
+                .map(drop)
+                .ok_or_else(|| no_such_user(name))
         })?;
         tracing::info!(user = name, path = %self.path.display(), "user deleted");
         Ok(())
@@ -323,12 +331,7 @@ impl UserFile {
     pub fn keys(&self, name: &str) -> Result<Vec<UserKey>, AuthError> {
         validate_user_name(name)?;
         let content = self.current()?;
-        let entry = content
-            .users
-            .get(name)
-            .ok_or_else(|| AuthError::NoSuchUser {
-                name: name.to_owned(),
-            })?;
+        let entry = content.user(name)?;
         entry
             .keys
             .iter()
@@ -398,12 +401,7 @@ impl UserFile {
     /// User `name`'s own quota. Fails with [`AuthError::NoSuchUser`].
     pub fn quota(&self, name: &str) -> Result<Quota, AuthError> {
         let content = self.current()?;
-        let entry = content
-            .users
-            .get(name)
-            .ok_or_else(|| AuthError::NoSuchUser {
-                name: name.to_owned(),
-            })?;
+        let entry = content.user(name)?;
         Ok(entry.quota())
     }
 
