@@ -76,7 +76,7 @@ pub(crate) fn create(config: &Config, c: Create) -> Result<(), AnyError> {
         password: c.password,
     })?;
     tracing::info!(event = "link_created", link = %link.id, user = %link.user,
-        folder = %link.folder, expires = ?link.expires.map(time));
+        folder = %link.folder, expires = %link.expires.map_or("never".to_owned(), time));
     println_safe(&format!(
         "link {} for {}: uploads into {}, {}",
         link.id,
@@ -160,8 +160,14 @@ mod tests {
     #[test]
     fn lifetimes() {
         assert_eq!(lifetime("0").expect("test"), None);
-        assert_eq!(lifetime("7d").expect("test"), Some(Duration::from_secs(604_800)));
-        assert_eq!(lifetime("90m").expect("test"), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            lifetime("7d").expect("test"),
+            Some(Duration::from_secs(604_800))
+        );
+        assert_eq!(
+            lifetime("90m").expect("test"),
+            Some(Duration::from_secs(5400))
+        );
         assert_eq!(lifetime("1s").expect("test"), Some(Duration::from_secs(1)));
         assert_eq!(
             lifetime("2w").expect("test"),

@@ -470,6 +470,7 @@ impl Uploads {
         length: u64,
         link: Option<&str>,
     ) -> Result<Record, HttpError> {
+        session.vault().check_quota(path, length).await?;
         let id = dropvault_core::random_hex(16).map_err(|_| HttpError::Internal)?;
         let now = epoch(SystemTime::now());
         let record = Record {
@@ -645,7 +646,6 @@ impl Uploads {
             }
             None => stream_into(&mut upload, &mut body, room, session).await?,
         };
-        let received = upload.plaintext_len() - offset;
         match end {
             BodyEnd::Complete => {}
             BodyEnd::Cut => {
@@ -666,6 +666,8 @@ impl Uploads {
             taken.keep = Some(upload);
             return Ok(now);
         }
+        // What this vault upload took in (kept open across chunks).
+        let received = now - upload.start_offset();
         let secs = started.elapsed().as_secs_f64();
         match session.audit().commit(&path, upload, received, secs).await {
             Ok(_) => {

@@ -571,6 +571,18 @@ impl UserVault {
         Ok(Some(whole_segments(len) * SEGMENT_LEN as u64))
     }
 
+    /// Whether a file of `len` bytes at `p` fits the user's quota now
+    /// (an upload is checked again when it starts and as it grows):
+    /// [`VaultError::QuotaExceeded`] when not.
+    pub async fn check_quota(&self, p: &VPath, len: u64) -> Result<(), VaultError> {
+        let (me, p) = (self.clone(), p.clone());
+        blocking(move || {
+            let old = me.counted_size(&me.name(&p))?;
+            me.claim(old, len).map(drop)
+        })
+        .await
+    }
+
     /// Drops what an interrupted upload to `p` left in staging (a
     /// terminated HTTPS upload). Nothing there is not an error;
     /// [`VaultError::Busy`] while an upload holds it.
