@@ -198,6 +198,10 @@ def test_drop_page_uploads_several_files_at_once(dropvault, tab, tmp_path):
                       "Quarterly notes\nline two: ünïcode ✓\n".encode())
     open_drop(tab, drop_url(server, token))
     page = tab.page
+    # The page runs under the strict policy the CSP check below relies on.
+    csp = page.evaluate("async () => (await fetch(location.href)).headers.get("
+                        "'content-security-policy')")
+    assert "script-src 'self'" in csp and "style-src 'self'" in csp, csp
     assert page.locator("#fact-folder").inner_text() == "/incoming"
     assert page.locator("#fact-expires").inner_text() not in ("", "Never")
     assert page.locator("#file-input").get_attribute("multiple") is not None
@@ -334,7 +338,7 @@ def test_expired_revoked_used_up_and_password_links(dropvault, tab, tmp_path):
     pick(tab, small)
     assert wait_uploads(tab) == "failed"
     assert files_shown(tab)["small.txt"]["status"] == INVALID
-    assert tab.page.get_by_text(INVALID).is_visible()
+    assert tab.page.get_by_text(INVALID, exact=True).is_visible()
     assert_refused(tab, drop_url(server, token))
     assert ftp_names(server, "/revoked") == []
 
