@@ -76,6 +76,19 @@ class Tab:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # File choosers the page opens. Listening from the start makes
+        # Chromium hand every one to Playwright (expect_file_chooser, which
+        # starts listening just before the action, misses some).
+        self.choosers: list = []
+        self.page.on("filechooser", lambda c: self.choosers.append(c))
+
+    def wait_chooser(self, timeout: float = 20):
+        """The next file chooser the page opened."""
+        deadline = time.monotonic() + timeout
+        while not self.choosers and time.monotonic() < deadline:
+            self.page.wait_for_timeout(50)  # lets Playwright deliver events
+        assert self.choosers, "the page opened no file chooser"
+        return self.choosers.pop(0)
 
     def close(self) -> None:
         self.context.close()
@@ -208,7 +221,12 @@ def test_drop_page_uploads_several_files_at_once(dropvault, tab, tmp_path):
     assert page.locator("label[for=file-input]").count() >= 1
     assert page.locator("#dropzone").get_attribute("tabindex") == "0"
 
-    pick(tab, empty, big, text)
+    # The drop zone is keyboard-usable: Enter opens the file chooser.
+    page.focus("#dropzone")
+    page.keyboard.press("Enter")
+    chooser = tab.wait_chooser()
+    assert chooser.is_multiple()
+    chooser.set_files([str(empty), str(big), str(text)])
     assert wait_uploads(tab) == "done"
     shown = files_shown(tab)
     assert set(shown) == {"big.bin", "empty.txt", text.name}, shown
@@ -373,6 +391,16 @@ def test_expired_revoked_used_up_and_password_links(dropvault, tab, tmp_path):
     page.get_by_role("button", name="Unlock").click()
     page.wait_for_selector("body[data-link=ready]", state="attached")
     assert page.locator("#dropzone").is_visible()
+    # A file dragged onto the drop zone.
+    dropped = "dropped on the zone ✓\n"
+    transfer = page.evaluate_handle(
+        "text => { const dt = new DataTransfer();"
+        " dt.items.add(new File([text], 'dropped.txt', {type: 'text/plain'}));"
+        " return dt; }", dropped)
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    assert wait_uploads(tab) == "done"
+    assert ftp_read(server, "/locked/dropped.txt") == dropped.encode()
     pick(tab, small)
     assert wait_uploads(tab) == "done"
     assert ftp_read(server, "/locked/small.txt") == small.read_bytes()
