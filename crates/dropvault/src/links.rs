@@ -64,8 +64,12 @@ pub(crate) fn create(config: &Config, c: Create) -> Result<(), AnyError> {
     if c.max_uploads == Some(0) || max_bytes == Some(0) {
         return Err("--max-uploads and --max-bytes must be at least 1".into());
     }
-    VPath::resolve(&VPath::root(), &c.folder).map_err(|e| format!("--folder: {e}"))?;
+    let folder = VPath::resolve(&VPath::root(), &c.folder).map_err(|e| format!("--folder: {e}"))?;
     let vault = ops::vault(config, true)?;
+    // There from the start, so the user sees where drops will land.
+    vault
+        .make_folders(&c.user, &folder)
+        .map_err(|e| format!("--folder {}: {e}", c.folder))?;
     let links = Links::new(vault.storage().clone());
     let (link, token) = links.create(NewLink {
         user: c.user,
