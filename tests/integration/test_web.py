@@ -189,6 +189,19 @@ def tus_head(url: str) -> int | None:
         return None
 
 
+def throttle(tab: Tab, rate: int | None, cdp=None):
+    """Holds the page's uploads to `rate` bytes a second with Chromium's
+    network emulation (None lifts it), so that an upload is still under way
+    when the test acts; returns the DevTools session."""
+    if cdp is None:
+        cdp = tab.context.new_cdp_session(tab.page)
+        cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": -1 if rate is None else rate})
+    return cdp
+
+
 def write_file(path: pathlib.Path, data: bytes) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -269,13 +282,7 @@ def test_drop_upload_resumes_after_the_server_restarts(dropvault, tab, tmp_path)
     data = payload(40 * MIB)
     big = write_file(tmp_path / "in" / "resume.bin", data)
 
-    # About 8 MiB/s: past a quarter in a few seconds, never done before
-    # the kill.
-    cdp = tab.context.new_cdp_session(tab.page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1,
-        "uploadThroughput": 8 * MIB})
+    cdp = throttle(tab, 8 * MIB)
     open_drop(tab, url)
     pick(tab, big)
     assert wait_until(lambda: progress_of(tab, big.name) > 0.25, timeout=60)
@@ -286,14 +293,14 @@ def test_drop_upload_resumes_after_the_server_restarts(dropvault, tab, tmp_path)
     assert wait_until(lambda: (tus_head(upload_url) or 0) > 4 * MIB, timeout=60)
 
     server.kill()
+    tab.page.get_by_text("Waiting to resume…").wait_for()
     tab.page.goto("about:blank")  # the page stops; its upload URL stays stored
     server.start()
     assert server.https_port == port
     offset = tus_head(upload_url)
     assert offset is not None and 0 < offset < len(data), offset
 
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    throttle(tab, None, cdp)
     open_drop(tab, url)
     pick(tab, big)
     assert wait_uploads(tab) == "done"
@@ -301,6 +308,33 @@ def test_drop_upload_resumes_after_the_server_restarts(dropvault, tab, tmp_path)
     assert row["status"] == "Uploaded" and row["value"] == row["max"], row
     # It continued where the server was, not from the start.
     assert int(row["resumedFrom"]) == offset, row
+    assert ftp_read(server, f"/incoming/{big.name}") == data
+    assert ftp_names(server, "/incoming") == [big.name]
+    tab.assert_clean()
+
+
+def test_drop_upload_continues_by_itself_when_the_server_is_back(dropvault, tab, tmp_path):
+    """The page stays open while the server is killed mid-upload: it says
+    "Waiting to resume…", tries again with backoff, and when the server is
+    back asks where the upload stands and finishes it from there."""
+    port = free_port()
+    server = dropvault(http_listen=f"127.0.0.1:{port}")
+    _, token = create_link(server)
+    data = payload(24 * MIB + 5)
+    big = write_file(tmp_path / "in" / "continued.bin", data)
+    throttle(tab, 8 * MIB)
+    open_drop(tab, drop_url(server, token))
+    pick(tab, big)
+    assert wait_until(lambda: progress_of(tab, big.name) > 0.25, timeout=60)
+    server.kill()
+    tab.page.get_by_text("Waiting to resume…").wait_for()
+    assert tab.page.locator("body[data-uploads=running]").count() == 1
+    server.start()
+    assert server.https_port == port
+    assert wait_uploads(tab) == "done"
+    row = files_shown(tab)[big.name]
+    assert row["status"] == "Uploaded" and int(row["resumedFrom"]) > 0, row
+    assert tab.page.locator("#all-done").is_visible()
     assert ftp_read(server, f"/incoming/{big.name}") == data
     assert ftp_names(server, "/incoming") == [big.name]
     tab.assert_clean()
