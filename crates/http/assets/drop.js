@@ -600,6 +600,7 @@
     var input = byId("file-input");
     var zone = byId("dropzone");
 
+    var refreshing = null;
     var list = new UploadList(function (file) {
       return {
         endpoint: linkBase + "/uploads",
@@ -610,6 +611,18 @@
           unauthorized: "This link needs its password: reload the page"
         }
       };
+    }, function () {
+      // What is left of the link's limits after this file.
+      if (!refreshing) {
+        refreshing = window.setTimeout(function () {
+          refreshing = null;
+          jsonRequest("GET", linkBase + "/info").then(function (r) {
+            if (r.status === 200 && r.data) {
+              showFacts(r.data);
+            }
+          });
+        }, 300);
+      }
     });
 
     function invalidLink() {
@@ -634,7 +647,8 @@
       if (info.bytes_left !== null && info.bytes_left !== undefined) {
         limits.push(formatBytes(info.bytes_left) + " left");
       }
-      byId("fact-limits").textContent = limits.join(" · ");
+      var text = limits.join(" · ");
+      byId("fact-limits").textContent = text.charAt(0).toUpperCase() + text.slice(1);
       show(byId("fact-limits-row"), limits.length > 0);
       show(facts, true);
     }
