@@ -4,8 +4,11 @@ driven by Playwright, against `dropvault serve`'s HTTPS listener.
 The drop page (/d/TOKEN, crates/http/assets/drop.html and drop.js) uploads
 several files at once with its own tus client, shows a progress bar per file
 and overall, and says what became of each file: uploaded, rejected by the
-malware scan, link no longer valid. Uploads continue after the server is
-killed and started again and the page reloaded. Expired, revoked, used-up
+malware scan, link no longer valid. The drop zone opens the file chooser
+from the keyboard and takes dragged files. An upload cut off by a killed
+server continues when the server is back, whether the page stayed open or
+was opened again (Chromium's network emulation holds uploads back so that
+they are under way when the server dies). Expired, revoked, used-up
 and password links are refused as they should be. The account page (/)
 logs in with the FTP credentials, lists, downloads and uploads. Every file
 is read back over FTP byte-exact, and no page breaks its Content Security
