@@ -42,11 +42,10 @@ HTTP_TIMEOUT = 60
 
 def https_url(server, timeout: float = 20) -> str:
     """"https://127.0.0.1:PORT" of the server's HTTPS listener: the
-    conftest's `server.https_url`, else the port of the HTTPS ready line
+    conftest's `server.https_port`, else the port of the HTTPS ready line
     on its stdout (of the latest start)."""
-    url = getattr(server, "https_url", None)
-    if url:
-        return url
+    if getattr(server, "https_port", None):
+        return f"https://127.0.0.1:{server.https_port}"
 
     def port() -> int | None:
         lines = server.stdout_lines

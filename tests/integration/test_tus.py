@@ -181,16 +181,31 @@ def test_resume_after_a_server_restart(web, request):
 # -- refusals ---------------------------------------------------------------------
 
 def test_wrong_offset_is_409(web):
+    """A PATCH from anywhere but the upload's offset is refused with 409
+    (and the offset it can continue from), before and after a chunk."""
     server, link = web()
     data = payload(100_000)
     r = tus_create(uploads_url(server, link.token), len(data), "off.bin")
     url = location(server, r)
-    assert tus_patch(url, 5, data[5:]).status_code == 409
+    r = tus_patch(url, 5, data[5:])
+    assert r.status_code == 409 and r.headers.get("Upload-Offset") == "0", r.status_code
     assert tus_patch(url, 0, data[:50_000]).status_code == 204
-    assert tus_patch(url, 0, data).status_code == 409
+    assert tus_patch(url, 60_000, data[60_000:]).status_code == 409
     assert tus_head(url).headers["Upload-Offset"] == "50000"
     assert tus_patch(url, 50_000, data[50_000:]).status_code == 204
     assert ftp_read(server, "/incoming/off.bin") == data
+
+
+def test_a_rewound_offset_is_409(web):
+    """HEAD says 50000 after a chunk; a PATCH from 0 must then be 409 too
+    (tus 1.0: the offset must match the resource's)."""
+    server, link = web()
+    data = payload(100_000)
+    url = location(server, tus_create(uploads_url(server, link.token), len(data), "rew.bin"))
+    assert tus_patch(url, 0, data[:50_000]).status_code == 204
+    assert tus_head(url).headers["Upload-Offset"] == "50000"
+    r = tus_patch(url, 0, data)
+    assert r.status_code == 409, (r.status_code, r.text)
 
 
 def test_checksums_right_and_wrong(web):
@@ -228,8 +243,10 @@ def test_protocol_refusals(web):
                                     "Upload-Metadata": metadata(filename="x.bin")},
                       verify=False, timeout=30)
     assert r.status_code == 412, (r.status_code, r.text)
-    assert tus_create(url, 0, "x.bin", headers={"Upload-Length": "",
-                                                "Upload-Defer-Length": "1"}).status_code == 400
+    r = requests.post(url, headers={**TUS, "Upload-Defer-Length": "1",
+                                    "Upload-Metadata": metadata(filename="x.bin")},
+                      verify=False, timeout=30)
+    assert r.status_code == 400, (r.status_code, r.text)
 
     r = tus_create(url, 100, "x.bin")
     assert r.status_code == 201
