@@ -72,6 +72,7 @@ READY = re.compile(
 )
 # Printed before the FTP line when [admin] listen is set.
 ADMIN_READY = re.compile(r"dropvault: admin on (?P<host>[0-9.]+):(?P<port>\d+)")
+HTTPS_READY = re.compile(r"dropvault: HTTPS on (?P<host>[0-9.]+):(?P<port>\d+)")
 # Printed after the FTP line when [sftp] listen is set.
 SFTP_READY = re.compile(
     r"dropvault: SFTP on (?:\[(?P<host6>[0-9a-f:]+)\]|(?P<host>[0-9.]+)):(?P<port>\d+)"
@@ -125,6 +126,8 @@ class Server:
         self.sftp_host_key: str | None = None
         # The admin listener's port, None when it is off.
         self.admin_port: int | None = None
+        # The HTTPS (web drop) listener's port, None when it is off.
+        self.https_port: int | None = None
         self.passive_ports = ""
         # (soft, hard) open-file limit the server starts with; None = ours.
         self.nofile: tuple[int, int] | None = None
@@ -145,6 +148,8 @@ class Server:
             "DROPVAULT_SFTP_LISTEN": "127.0.0.1:0",
             # The admin listener too (admin_listen="" turns it off).
             "DROPVAULT_ADMIN_LISTEN": "127.0.0.1:0",
+            # The HTTPS listener too (http_listen="" turns it off).
+            "DROPVAULT_HTTP_LISTEN": "127.0.0.1:0",
             "DROPVAULT_FTP_PASSIVE_PORTS": self.passive_ports,
             "DROPVAULT_FTP_DRAIN_GRACE_SECS": "5",
             "DROPVAULT_LOG_FORMAT": "json",
@@ -183,7 +188,7 @@ class Server:
         # The SFTP line is waited for only when SFTP is configured; without
         # it, one already printed with the FTP line is still taken.
         want_sftp = bool(self.env().get("DROPVAULT_SFTP_LISTEN"))
-        self.sftp_port = self.sftp_host_key = self.admin_port = None
+        self.sftp_port = self.sftp_host_key = self.admin_port = self.https_port = None
         ftp_ready = False
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -217,6 +222,10 @@ class Server:
             m = ADMIN_READY.search(line)
             if m:
                 self.admin_port = int(m["port"])
+                continue
+            m = HTTPS_READY.search(line)
+            if m:
+                self.https_port = int(m["port"])
                 continue
             m = SFTP_READY.search(line)
             if m:
@@ -292,6 +301,12 @@ class Server:
             time.sleep(0.1)
 
     # -- on disk ---------------------------------------------------------
+
+    @property
+    def https_url(self) -> str:
+        """Base URL of the HTTPS listener (its certificate is self-signed)."""
+        assert self.https_port is not None, "the HTTPS listener is off"
+        return f"https://127.0.0.1:{self.https_port}"
 
     def user_dir(self, user: str = USER) -> pathlib.Path:
         return self.data_dir / "files" / user

@@ -48,6 +48,7 @@ pub mod guard;
 mod hookproc;
 mod http;
 pub mod keys;
+pub mod links;
 pub mod ls;
 pub mod metrics;
 pub mod s3;

@@ -42,6 +42,8 @@ pub enum Protocol {
     Ftp,
     /// SFTP over SSH.
     Sftp,
+    /// HTTPS: drop links and the account page.
+    Https,
 }
 
 impl Protocol {
@@ -50,6 +52,7 @@ impl Protocol {
         match self {
             Protocol::Ftp => "ftp",
             Protocol::Sftp => "sftp",
+            Protocol::Https => "https",
         }
     }
 }
@@ -85,6 +88,10 @@ pub enum Credential {
     /// has verified: it proves possession, so a key that is not the user's
     /// is not a guess and is not counted as a failed login.
     PublicKey(Vec<u8>),
+    /// A drop link of the user's, which the front end has checked: the
+    /// session acts for the link's owner, who must still have an account
+    /// ([`Authenticator::lookup`]). Not a guess either.
+    Link,
 }
 
 impl fmt::Debug for Credential {
@@ -93,6 +100,7 @@ impl fmt::Debug for Credential {
             Credential::Password(_) => "Password",
             Credential::Unusable => "Unusable",
             Credential::PublicKey(_) => "PublicKey",
+            Credential::Link => "Link",
         })
     }
 }
@@ -310,7 +318,7 @@ impl Gate {
                 return Err(LoginError::Banned);
             }
         };
-        let counted = !matches!(cred, Credential::PublicKey(_));
+        let counted = matches!(cred, Credential::Password(_) | Credential::Unusable);
         let services = self.services.clone();
         let user = name.to_owned();
         // Password checks and key unwrapping block (argon2id, PAM, RSA, a
@@ -321,6 +329,7 @@ impl Gate {
                 Credential::Password(p) => services.auth.authenticate(&user, &p),
                 Credential::Unusable => Ok(None),
                 Credential::PublicKey(blob) => services.auth.authenticate_key(&user, &blob),
+                Credential::Link => services.auth.lookup(&user),
             };
             let account = match account {
                 Ok(Some(account)) => account,

@@ -17,8 +17,8 @@ use dropvault_core::vault::Quota;
 use serde::{Deserialize, Serialize};
 
 /// Sections that environment variables may address.
-const SECTIONS: [&str; 10] = [
-    "ftp", "sftp", "auth", "kms", "storage", "scan", "hooks", "log", "admin", "limits",
+const SECTIONS: [&str; 11] = [
+    "ftp", "sftp", "http", "auth", "kms", "storage", "scan", "hooks", "log", "admin", "limits",
 ];
 
 /// Why the configuration cannot be used.
@@ -54,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) ftp: Ftp,
     /// SFTP front end.
     pub(crate) sftp: Sftp,
+    /// HTTPS front end: drop links and the account page.
+    pub(crate) http: Http,
     /// Accounts.
     pub(crate) auth: AuthConfig,
     /// Key service.
@@ -70,6 +72,30 @@ pub(crate) struct Config {
     pub(crate) admin: Admin,
     /// Quotas and bandwidth limits.
     pub(crate) limits: Limits,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Http {
+    /// HTTPS listener (drop links, the account page); empty = off.
+    pub(crate) listen: String,
+    /// Base of the links `dropvault link create` prints
+    /// ("https://drop.example.com"); empty = `https://<listen>`.
+    pub(crate) public_url: String,
+    /// Largest file one upload may have, in bytes; 0 = no limit beyond
+    /// quotas.
+    pub(crate) max_upload_bytes: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            public_url: String::new(),
+            max_upload_bytes: 0,
+        }
+    }
 }
 
 /// `[admin]`
@@ -410,6 +436,7 @@ impl Default for Config {
             data_dir: PathBuf::from("dropvault-data"),
             ftp: Ftp::default(),
             sftp: Sftp::default(),
+            http: Http::default(),
             auth: AuthConfig::default(),
             kms: KmsConfig::default(),
             storage: Storage::default(),
@@ -921,6 +948,31 @@ impl Config {
         match self.sftp.listen.trim() {
             "" => Ok(None),
             s => s.parse().map(Some).map_err(|e| invalid("sftp.listen", e)),
+        }
+    }
+
+    /// `http.listen` parsed; `None` when empty (no HTTPS listener).
+    pub(crate) fn http_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.http.listen.trim() {
+            "" => Ok(None),
+            s => s.parse().map(Some).map_err(|e| invalid("http.listen", e)),
+        }
+    }
+
+    /// `http.max_upload_bytes`; `None` when 0 (no limit).
+    pub(crate) fn max_upload_bytes(&self) -> Option<u64> {
+        Some(self.http.max_upload_bytes).filter(|n| *n > 0)
+    }
+
+    /// The base of printed links: `http.public_url` without a trailing
+    /// `/`, else `https://<listen>`; `None` with neither.
+    pub(crate) fn public_url(&self) -> Option<String> {
+        match self.http.public_url.trim().trim_end_matches('/') {
+            "" => match self.http.listen.trim() {
+                "" => None,
+                listen => Some(format!("https://{listen}")),
+            },
+            url => Some(url.to_owned()),
         }
     }
 

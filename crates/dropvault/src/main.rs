@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod links;
 mod logging;
 mod ops;
 mod progress;
@@ -80,6 +81,12 @@ enum Command {
         #[arg(long)]
         recovery_key: Option<PathBuf>,
     },
+    /// Drop links: URLs through which anyone who has one uploads new
+    /// files into one folder of a user's vault from a browser.
+    Link {
+        #[command(subcommand)]
+        action: LinkAction,
+    },
     /// The TLS certificate clients see.
     Tls {
         #[command(subcommand)]
@@ -103,6 +110,43 @@ enum Command {
         /// Folder in the vault to import into.
         #[arg(long, default_value = "/")]
         dest: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LinkAction {
+    /// Make a link and print its URL (shown once: only its hash is kept).
+    Create {
+        /// Whose vault uploads go to.
+        #[arg(long)]
+        user: String,
+        /// The folder they go in (created if missing).
+        #[arg(long, default_value = "/incoming")]
+        folder: String,
+        /// How long the link works: 90m, 12h, 7d, 2w; 0 = until revoked.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// Uploads it lets in, at most.
+        #[arg(long)]
+        max_uploads: Option<u64>,
+        /// Bytes it lets in, all uploads together, e.g. 2GiB.
+        #[arg(long)]
+        max_bytes: Option<String>,
+        /// Ask uploaders for a password, read from the first line of
+        /// standard input.
+        #[arg(long)]
+        password: bool,
+    },
+    /// The links: id, user, folder, expiry, limits and what they let in.
+    List {
+        /// As a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a link: its URL stops working at once.
+    Revoke {
+        /// The id `list` shows.
+        id: String,
     },
 }
 
@@ -278,6 +322,7 @@ fn main() -> ExitCode {
         Command::Verify { user, recovery_key } => {
             ops::verify(&config, user.as_deref(), recovery_key.as_deref())
         }
+        Command::Link { action } => link(&config, action),
         Command::Tls { action } => tls(&config, action),
         Command::Quarantine { action } => quarantine(&config, action),
         Command::Import { user, src, dest } => data_dir(&config)
@@ -427,16 +472,27 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
     }
     let auth = dropvault_core::accounts::from_config(&config.auth, &config.data_dir)?;
     let ftp = config.ftp_config()?;
-    let (tls, server_cert) = match ftp.tls {
-        dropvault_ftp::TlsMode::Off => (None, None),
-        _ => {
-            let files = cert_files(&config);
-            dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
-            let server_cert = dropvault_ftp::tls::ServerCert::load(&files)?;
-            let tls = dropvault_ftp::tls::server_config(server_cert.clone())?;
-            announce_cert(&files)?;
-            (Some(tls), Some(server_cert))
-        }
+    let http_listen = config.http_listen()?;
+    // One certificate for FTPS and HTTPS, loaded when either is on.
+    let server_cert = if ftp.tls != dropvault_ftp::TlsMode::Off || http_listen.is_some() {
+        let files = cert_files(&config);
+        dropvault_ftp::tls::cert::ensure_self_signed(&files)?;
+        let server_cert = dropvault_ftp::tls::ServerCert::load(&files)?;
+        announce_cert(&files)?;
+        Some(server_cert)
+    } else {
+        None
+    };
+    let server_tls = server_cert
+        .clone()
+        .map(dropvault_ftp::tls::server_config)
+        .transpose()?;
+    let tls = server_tls
+        .clone()
+        .filter(|_| ftp.tls != dropvault_ftp::TlsMode::Off);
+    let https_tls = server_tls.filter(|_| http_listen.is_some());
+    let http_config = dropvault_http::HttpConfig {
+        max_upload_bytes: config.max_upload_bytes(),
     };
     let admin_listen = config.admin_listen()?;
     let admin_token = match config.admin.token_file.trim() {
@@ -516,6 +572,22 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
             }
             None => None,
         };
+        let https = match (http_listen, https_tls) {
+            (Some(addr), Some(tls)) => {
+                let listener = dropvault_http::bind(addr).await?;
+                let addr = listener.local_addr()?;
+                tracing::info!(event = "listening", https = %addr);
+                println_safe(&format!("dropvault: HTTPS on {addr}"));
+                Some(tokio::spawn(dropvault_http::serve(
+                    listener,
+                    tls,
+                    gate.clone(),
+                    http_config,
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            _ => None,
+        };
         let control = tokio::net::TcpListener::bind(config.listen()?).await?;
         let implicit_tls = match config.implicit_listen()? {
             Some(addr) if tls.is_some() => Some(tokio::net::TcpListener::bind(addr).await?),
@@ -565,6 +637,9 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)?;
         }
+        if let Some(https) = https {
+            https.await.map_err(std::io::Error::other)?;
+        }
         Ok::<(), AnyError>(())
     })?;
     // Events still queued get a few seconds to go out.
@@ -592,7 +667,7 @@ struct Reload {
     file: Option<PathBuf>,
     /// The configuration in force.
     running: Config,
-    /// The TLS certificate and key, when FTPS is on.
+    /// The TLS certificate and key, when FTPS or HTTPS is on.
     server_cert: Option<Arc<dropvault_ftp::tls::ServerCert>>,
     vault: Arc<dropvault_core::vault::Vault>,
     events: Arc<dropvault_core::events::Hooks>,
@@ -1046,6 +1121,41 @@ fn read_key_lines(mut input: impl BufRead) -> Result<Vec<SshPublicKey>, AnyError
 }
 
 /// The password from stdin's first line, or a generated one.
+fn link(config: &Config, action: LinkAction) -> Result<bool, AnyError> {
+    match action {
+        LinkAction::Create {
+            user,
+            folder,
+            expires,
+            max_uploads,
+            max_bytes,
+            password,
+        } => {
+            data_dir(config)?;
+            known_user(config, &user)?;
+            let password = if password {
+                Some(password_from(true)?.0)
+            } else {
+                None
+            };
+            links::create(
+                config,
+                links::Create {
+                    user,
+                    folder,
+                    expires,
+                    max_uploads,
+                    max_bytes,
+                    password,
+                },
+            )?;
+        }
+        LinkAction::List { json } => links::list(config, json)?,
+        LinkAction::Revoke { id } => links::revoke(config, &id)?,
+    }
+    Ok(true)
+}
+
 fn password_from(stdin: bool) -> Result<(Password, bool), AnyError> {
     if !stdin {
         return Ok((Password::new(random_password()), true));

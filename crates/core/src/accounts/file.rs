@@ -514,6 +514,17 @@ impl Authenticator for UserFile {
         }))
     }
 
+    fn lookup(&self, name: &str) -> Result<Option<Account>, AuthError> {
+        if validate_user_name(name).is_err() {
+            return Ok(None);
+        }
+        let content = self.current()?;
+        Ok(content.users.get(name).map(|entry| Account {
+            name: name.to_owned(),
+            quota: entry.quota(),
+        }))
+    }
+
     fn authenticate(&self, name: &str, password: &Password) -> Result<Option<Account>, AuthError> {
         let (content, verified) = self.current_with_memo()?;
         let entry = match validate_user_name(name) {
@@ -683,8 +694,9 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::DEFAULT)
 }
 
-/// Hashes `password` with a fresh 128-bit salt into a PHC string.
-fn hash_password(password: &Password) -> Result<String, AuthError> {
+/// Hashes `password` with a fresh 128-bit salt into a PHC string
+/// (argon2id, as user passwords; drop links' passwords too).
+pub fn hash_password(password: &Password) -> Result<String, AuthError> {
     if password.expose().is_empty() {
         return Err(AuthError::EmptyPassword);
     }
@@ -863,6 +875,18 @@ fn write_replace(path: &Path, data: &[u8]) -> Result<(), AuthError> {
     }
     result?;
     crate::fsutil::sync_dir(dir).map_err(|e| AuthError::io(dir, e))
+}
+
+/// Whether `password` matches `phc`, a hash [`hash_password`] made (a
+/// hash with other algorithms or costs over ours never matches).
+pub fn verify_password(phc: &str, password: &Password) -> bool {
+    use argon2::PasswordVerifier;
+    check_hash(phc).is_ok()
+        && PasswordHash::new(phc).is_ok_and(|h| {
+            hasher()
+                .verify_password(password.expose().as_bytes(), &h)
+                .is_ok()
+        })
 }
 
 #[cfg(test)]

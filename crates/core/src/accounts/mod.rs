@@ -16,7 +16,7 @@ mod pam;
 pub mod sshkey;
 
 pub use config::{from_config, AuthBackend, AuthConfig};
-pub use file::{UserFile, UserKey};
+pub use file::{hash_password, verify_password, UserFile, UserKey};
 pub use ldap::{LdapAuthenticator, LdapConfig};
 pub use pam::{PamAuthenticator, DEFAULT_PAM_SERVICE};
 
@@ -96,6 +96,15 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     fn authenticate_key(&self, name: &str, key_blob: &[u8]) -> Result<Option<Account>, AuthError> {
         let _ = (name, key_blob);
         Ok(None)
+    }
+
+    /// The account `name`, without a credential: for a session a drop
+    /// link of the user's opens (the link was the proof). `Ok(None)` = no
+    /// such user (any more). Blocking. The default, for backends that
+    /// cannot look a user up without their password (PAM), trusts the
+    /// name and gives it the server's quota.
+    fn lookup(&self, name: &str) -> Result<Option<Account>, AuthError> {
+        Ok(validate_user_name(name).ok().map(|()| Account::new(name)))
     }
 }
 

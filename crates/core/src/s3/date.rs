@@ -78,6 +78,20 @@ pub(crate) fn amz_date(t: SystemTime) -> String {
     )
 }
 
+/// `t` in RFC 3339, UTC, to the second: `2026-12-06T14:03:32Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = amz_date(t);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15]
+    )
+}
+
 /// Exactly `n` ASCII digits as a number.
 fn digits(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {

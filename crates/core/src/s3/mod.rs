@@ -17,7 +17,7 @@
 //! connections). No answer is read without a limit, and no error text
 //! carries a secret, a signature or a response body (only S3's error code).
 
-mod date;
+pub(crate) mod date;
 mod sign;
 mod xml;
 

@@ -341,6 +341,12 @@ impl Vault {
         Ok(user.to_owned())
     }
 
+    /// The storage the vault keeps its files in, for records a front end
+    /// keeps next to them (drop links, resumable uploads).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
     /// The local storage folder (for the local backend; otherwise the
     /// folder given with the storage).
     pub fn root(&self) -> &Path {
@@ -471,6 +477,10 @@ pub enum UploadMode {
     /// is there when the upload starts, and never replaces one that
     /// appears meanwhile (FTP `STOU`, SFTP's exclusive-create flag).
     Create,
+    /// [`UploadMode::Create`] continued at this plaintext offset, from
+    /// what an interrupted upload to the name left (a resumable HTTPS
+    /// upload through a drop link, which must never replace a file).
+    CreateAt(u64),
 }
 
 /// The scanner uploads use, shared by the vault and every user's view of
@@ -540,19 +550,38 @@ impl UserVault {
         match self.stat(p).await {
             Ok(e) if e.kind == EntryKind::File => Ok(e.size),
             Ok(_) => Err(VaultError::IsADirectory),
-            Err(VaultError::NotFound) => {
-                let (me, staging) = (self.clone(), self.staging_name(p));
-                let len = blocking(move || Ok(me.storage().stat(&staging)?.len))
-                    .await
-                    .map_err(|_| VaultError::NotFound)?;
-                // Not even a header: an upload that never got going.
-                if len < HEADER_LEN as u64 {
-                    return Err(VaultError::NotFound);
-                }
-                Ok(whole_segments(len) * SEGMENT_LEN as u64)
-            }
+            Err(VaultError::NotFound) => self.staged_offset(p).await?.ok_or(VaultError::NotFound),
             Err(e) => Err(e),
         }
+    }
+
+    /// The plaintext offset at which an interrupted upload to `p` can be
+    /// continued: what its whole sealed segments in staging hold; `None`
+    /// when there is none (or not even its header got stored).
+    pub async fn staged_offset(&self, p: &VPath) -> Result<Option<u64>, VaultError> {
+        let (me, staging) = (self.clone(), self.staging_name(p));
+        let len = match blocking(move || Ok(me.storage().stat(&staging)?.len)).await {
+            Ok(len) => len,
+            Err(VaultError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if len < HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        Ok(Some(whole_segments(len) * SEGMENT_LEN as u64))
+    }
+
+    /// Drops what an interrupted upload to `p` left in staging (a
+    /// terminated HTTPS upload). Nothing there is not an error;
+    /// [`VaultError::Busy`] while an upload holds it.
+    pub async fn discard_staged(&self, p: &VPath) -> Result<(), VaultError> {
+        let (me, staging) = (self.clone(), self.staging_name(p));
+        blocking(move || {
+            let mut staged = me.storage().stage(&staging, &me.inner.record_key)?;
+            staged.discard()?;
+            Ok(())
+        })
+        .await
     }
 
     /// Opens folder `p` for listing. Its entries come a batch at a time
@@ -657,7 +686,7 @@ impl UserVault {
             Err(StorageError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        if mode == UploadMode::Create && committed.is_some() {
+        if matches!(mode, UploadMode::Create | UploadMode::CreateAt(_)) && committed.is_some() {
             return Err(VaultError::AlreadyExists);
         }
         // One upload per path at a time, across sessions and processes.
@@ -737,7 +766,20 @@ impl UserVault {
                         },
                     },
                 },
-                UploadMode::Replace | UploadMode::Resume(_) | UploadMode::Create => Begin::Ready {
+                UploadMode::CreateAt(offset) if offset > 0 => match resumable(&mut staged) {
+                    Some(w) if w.plaintext_len() == offset => continued(w),
+                    _ if staged_plain >= offset && readable => reseal_staged(offset),
+                    _ => {
+                        return Err(VaultError::BadOffset {
+                            requested: offset,
+                            available: staged_plain,
+                        });
+                    }
+                },
+                UploadMode::Replace
+                | UploadMode::Resume(_)
+                | UploadMode::Create
+                | UploadMode::CreateAt(_) => Begin::Ready {
                     writer: Box::new(fresh(&mut staged, key)?),
                     continued: false,
                 },
@@ -790,7 +832,7 @@ impl UserVault {
                 storage,
                 staging,
                 target,
-                replace: mode != UploadMode::Create,
+                replace: !matches!(mode, UploadMode::Create | UploadMode::CreateAt(_)),
                 key: self.inner.key.clone(),
                 charge,
                 claim,

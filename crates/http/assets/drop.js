@@ -1,0 +1,1 @@
+/* dropvault page script (placeholder) */
