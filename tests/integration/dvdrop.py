@@ -61,8 +61,12 @@ def https_url(server, timeout: float = 20) -> str:
 
 
 def session() -> requests.Session:
-    """A requests session for the self-signed certificate (keeps cookies)."""
+    """A requests session for the self-signed certificate (keeps cookies).
+    It ignores the environment: REQUESTS_CA_BUNDLE would otherwise turn
+    verification back on for a session (requests merges it over
+    `verify`), and no proxy is wanted for loopback."""
     s = requests.Session()
+    s.trust_env = False
     s.verify = False
     return s
 
