@@ -174,8 +174,13 @@ def test_a_link_never_lists_or_downloads(web):
         ("GET", drop_url(server, link.token, "/api/files"), {}),
     ]
     for method, url, headers in tries:
-        r = requests.request(method, url, headers=headers, data=b"x" if method == "PUT" else None,
-                             verify=False, timeout=30)
+        try:
+            r = session().request(method, url, headers=headers,
+                                  data=b"x" if method == "PUT" else None, timeout=30)
+        except requests.ConnectionError:
+            # A refusal sent before the body was read can reset the
+            # connection under it: refused all the same.
+            continue
         assert r.status_code != 200 or (b"private.bin" not in r.content
                                         and secret[:64] not in r.content), (method, url)
         assert r.status_code in (400, 401, 403, 404, 405), (method, url, r.status_code)
@@ -320,9 +325,13 @@ def test_account_login_listing_ranges_and_logout(web):
     base = https_url(server)
     s = session()
     # Not JSON: refused (a form post from another site cannot log in).
-    r = s.post(f"{base}/api/login", data=f"user={USER}&password={PASSWORD}",
-               headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
-    assert r.status_code != 204 and "dv_session" not in s.cookies
+    try:
+        r = s.post(f"{base}/api/login", data=f"user={USER}&password={PASSWORD}",
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+        assert r.status_code in (400, 415), r.status_code
+    except requests.ConnectionError:
+        pass  # refused before the body was read, and the connection reset under it
+    assert "dv_session" not in s.cookies
     r = s.post(f"{base}/api/login", json={"user": USER, "password": "wrong-Pw-1"}, timeout=30)
     assert r.status_code == 401 and r.json() == {"error": "login incorrect"}
     assert s.get(f"{base}/api/session", timeout=30).status_code == 401
