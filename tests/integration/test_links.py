@@ -76,6 +76,8 @@ def test_link_create_makes_the_folder(web):
 
 
 def test_link_list_counts_uploads(web):
+    """`link list` shows the link (text and --json) with its limits and what
+    it let in: one upload and its bytes after one tus upload."""
     server = web()
     link = create_link(server, "--max-uploads", "5", "--max-bytes", "1MiB")
     r = cli(server, "link", "list")
@@ -93,6 +95,8 @@ def test_link_list_counts_uploads(web):
 
 
 def test_revoked_link_is_gone_everywhere(web):
+    """After `link revoke` the page, /info, creation and an upload begun
+    before all answer 404; revoking an unknown id exits 1."""
     server = web()
     link = create_link(server)
     r = tus_create(uploads_url(server, link.token), 100_000, "pending.bin")
@@ -110,6 +114,8 @@ def test_revoked_link_is_gone_everywhere(web):
 
 
 def test_expired_link_is_refused(web):
+    """A link made with --expires 2s answers 404 (page, /info, creation)
+    once its time is up."""
     server = web()
     link = create_link(server, "--expires", "2s")
     assert info(server, link.token).status_code in (200, 404)
@@ -227,6 +233,10 @@ def test_a_link_uploads_into_its_folder_only(web):
 # -- password links ------------------------------------------------------------------
 
 def test_password_link_unlocks_with_the_right_password(web):
+    """A password link: tus without the unlock cookie 401 (tuspy too), a
+    wrong password 403, the right one a cookie (HttpOnly, Secure,
+    SameSite=Strict, Path=/d/TOKEN) with which tuspy uploads; the password
+    is stored only hashed."""
     server = web()
     link = create_link(server, password=LINK_PASSWORD)
     body = info(server, link.token).json()
@@ -299,6 +309,8 @@ def test_wrong_link_passwords_ban_the_address_for_ftp_too(web):
 # -- rate limits ----------------------------------------------------------------------
 
 def test_a_burst_from_one_address_gets_429(web):
+    """Many quick requests from one address: some get 429 with a
+    Retry-After (no timing asserted, only that the limit exists)."""
     server = web()
     link = create_link(server)
     s = session()
@@ -317,6 +329,9 @@ def test_a_burst_from_one_address_gets_429(web):
 # -- the account's JSON API -------------------------------------------------------------
 
 def test_account_login_listing_ranges_and_logout(web):
+    """The account API: a wrong password 401, a right one the session
+    cookie; the listing shows a file put there over FTP; downloads whole
+    and by range (206, 416); after logout 401 again."""
     server = web()
     data = payload(100_000)
     with ftp_plain(server) as ftp:
@@ -394,6 +409,7 @@ def test_account_tus_upload_replaces_like_ftp(web):
     "server gap: a download over HTTPS (GET /files/...) emits no \"download\" "
     "event, unlike FTP and SFTP downloads, so the audit log misses it"))
 def test_account_downloads_are_audited(web):
+    """A download over HTTPS is an audit event like an FTP/SFTP one."""
     server = web()
     with ftp_plain(server) as ftp:
         stor(ftp, "audited.bin", payload(5000))

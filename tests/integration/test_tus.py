@@ -122,6 +122,8 @@ def test_empty_file_is_committed_at_creation(web):
 
 
 def test_upload_expires_is_about_seven_days_ahead(web):
+    """The expiration extension: Upload-Expires about 7 days ahead, and
+    Location is the upload's absolute path under the link."""
     server, link = web()
     r = tus_create(uploads_url(server, link.token), 10, "later.bin")
     assert r.status_code == 201, (r.status_code, r.text)
@@ -317,6 +319,8 @@ def test_filenames_are_sanitised_and_never_collide(web):
 
 
 def test_max_upload_bytes_refuses_at_creation(web):
+    """http.max_upload_bytes: announced as Tus-Max-Size, a creation over it
+    is 413 at once, a file of exactly that size goes through."""
     server, link = web(http_max_upload_bytes=str(MIB))
     url = uploads_url(server, link.token)
     r = requests.options(url, verify=False, timeout=30)
