@@ -365,7 +365,8 @@ mod tests {
         assert!(found.expired(SystemTime::now() + Duration::from_secs(61)));
         // A token that shares the id prefix but not the hash finds nothing.
         assert!(links.find("not-the-token").expect("test").is_none());
-        let stored = std::fs::read(dir.path().join(format!(".links/{}.json", link.id))).expect("test");
+        let stored =
+            std::fs::read(dir.path().join(format!(".links/{}.json", link.id))).expect("test");
         assert!(!String::from_utf8_lossy(&stored).contains(&token));
     }
 

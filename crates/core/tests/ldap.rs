@@ -226,6 +226,24 @@ fn group_found_by_a_search_when_memberof_does_not_name_it() {
     assert_eq!(login(&auth, "carol", slapd.password("carol")), None);
 }
 
+/// A drop link's session looks its owner up without a password: found,
+/// canonically named and in the group, or not at all.
+#[test]
+fn lookup_without_a_password_follows_the_same_rules() {
+    let slapd = Slapd::start();
+    let unique = LdapConfig {
+        require_group: slapd.info.unique_group_dn.clone(),
+        ..config(&slapd, Tls::Ldaps)
+    };
+    let auth = authenticator(&unique);
+    let look = |name: &str| auth.lookup(name).expect("answered").map(|a| a.name);
+    assert_eq!(look("alice"), account("alice"));
+    assert_eq!(look("ALICE"), account("alice"));
+    assert_eq!(look("bob"), None, "not in the group");
+    assert_eq!(look("dave"), None, "no such entry");
+    assert_eq!(look("*"), None);
+}
+
 #[test]
 fn ssh_keys_from_the_directory() {
     let slapd = Slapd::start();

@@ -64,8 +64,12 @@ pub(crate) fn create(config: &Config, c: Create) -> Result<(), AnyError> {
     if c.max_uploads == Some(0) || max_bytes == Some(0) {
         return Err("--max-uploads and --max-bytes must be at least 1".into());
     }
-    VPath::resolve(&VPath::root(), &c.folder).map_err(|e| format!("--folder: {e}"))?;
+    let folder = VPath::resolve(&VPath::root(), &c.folder).map_err(|e| format!("--folder: {e}"))?;
     let vault = ops::vault(config, true)?;
+    // There from the start, so the user sees where drops will land.
+    vault
+        .make_folders(&c.user, &folder)
+        .map_err(|e| format!("--folder {}: {e}", c.folder))?;
     let links = Links::new(vault.storage().clone());
     let (link, token) = links.create(NewLink {
         user: c.user,
@@ -76,7 +80,7 @@ pub(crate) fn create(config: &Config, c: Create) -> Result<(), AnyError> {
         password: c.password,
     })?;
     tracing::info!(event = "link_created", link = %link.id, user = %link.user,
-        folder = %link.folder, expires = ?link.expires.map(time));
+        folder = %link.folder, expires = %link.expires.map_or("never".to_owned(), time));
     println_safe(&format!(
         "link {} for {}: uploads into {}, {}",
         link.id,
@@ -160,8 +164,14 @@ mod tests {
     #[test]
     fn lifetimes() {
         assert_eq!(lifetime("0").expect("test"), None);
-        assert_eq!(lifetime("7d").expect("test"), Some(Duration::from_secs(604_800)));
-        assert_eq!(lifetime("90m").expect("test"), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            lifetime("7d").expect("test"),
+            Some(Duration::from_secs(604_800))
+        );
+        assert_eq!(
+            lifetime("90m").expect("test"),
+            Some(Duration::from_secs(5400))
+        );
         assert_eq!(lifetime("1s").expect("test"), Some(Duration::from_secs(1)));
         assert_eq!(
             lifetime("2w").expect("test"),

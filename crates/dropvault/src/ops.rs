@@ -511,6 +511,11 @@ pub(crate) fn shred(config: &Config, user: &str) -> Result<(bool, u64), AnyError
     // follows is interrupted.
     let had_key = key_store(config)?.destroy(user)?;
     let vault = vault(config, false)?;
+    // No link may make them a new key and fill a new vault.
+    let links = dropvault_core::links::Links::new(vault.storage().clone());
+    for link in links.list()?.iter().filter(|l| l.user == user) {
+        links.revoke(&link.id)?;
+    }
     let removed = vault.remove_user_files(user)?;
     Ok((had_key, removed))
 }

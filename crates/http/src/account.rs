@@ -259,19 +259,21 @@ pub(crate) async fn download(
     let reader = user.vault().download(&p, first).await?;
     let started = Instant::now();
     let state = (reader.take(count), user.clone(), p.clone(), 0u64);
+    // The client has the whole range once its last byte is handed over
+    // (the stream is not asked again after Content-Length bytes).
     let stream = futures_util::stream::unfold(Some(state), move |state| async move {
         let (mut reader, user, p, sent) = state?;
         let mut buf = vec![0u8; DOWNLOAD_CHUNK];
         match reader.read(&mut buf).await {
-            Ok(0) => {
-                user.audit()
-                    .downloaded(&p, sent, started.elapsed().as_secs_f64());
-                None
-            }
+            Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
                 user.throttle().download(n).await;
                 let sent = sent + n as u64;
+                if sent == count {
+                    user.audit()
+                        .downloaded(&p, sent, started.elapsed().as_secs_f64());
+                }
                 Some((
                     Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
                     Some((reader, user, p, sent)),

@@ -65,6 +65,10 @@ const MAX_UNLOCKED: usize = 16384;
 const LINK_SESSION_IDLE: Duration = Duration::from_secs(60);
 /// Link sessions at once, at most.
 const MAX_LINK_SESSIONS: usize = 1024;
+/// How often idle sessions and open uploads are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Every how many sweeps upload records are (every 10 minutes).
+const RECORD_SWEEP_EVERY: u64 = 40;
 /// Requests per second per address, and the burst allowed.
 const ADDRESS_RATE: (u32, u32) = (50, 200);
 /// Requests per second per link, and the burst allowed.
@@ -180,8 +184,9 @@ impl App {
     }
 
     /// Drops idle sessions, unlocks, link sessions and open uploads, and
-    /// expired upload records (taking them off their links' counts).
-    async fn sweep(&self) {
+    /// with `records`, expired upload records (taking them off their
+    /// links' counts: reading every record is for now and then).
+    async fn sweep(&self, records: bool) {
         let now = Instant::now();
         let gone: Vec<WebSession> = {
             let mut s = lock(&self.sessions);
@@ -209,7 +214,7 @@ impl App {
         drop(gone);
         self.per_address.retain_recent();
         self.per_link.retain_recent();
-        for record in self.uploads.sweep().await {
+        for record in self.uploads.sweep(records).await {
             if let (Some(link), false) = (&record.link, record.done) {
                 let (links, link, id) = (self.links.clone(), link.clone(), record.id.clone());
                 let _ = tokio::task::spawn_blocking(move || links.uncount(&link, &id)).await;
@@ -236,9 +241,16 @@ pub async fn serve(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let storage = gate.services().vault.storage().clone();
+    // Reads the unfinished uploads' records (storage calls block).
+    let (records, max) = (storage.clone(), config.max_upload_bytes);
+    let Ok(uploads) = tokio::task::spawn_blocking(move || tus::Uploads::new(records, max)).await
+    else {
+        tracing::error!("https: the upload records could not be read");
+        return;
+    };
     let app = Arc::new(App {
-        links: Links::new(storage.clone()),
-        uploads: tus::Uploads::new(storage, config.max_upload_bytes),
+        links: Links::new(storage),
+        uploads,
         gate,
         sessions: Mutex::default(),
         unlocked: Mutex::default(),
@@ -250,10 +262,10 @@ pub async fn serve(
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(15));
-            loop {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            for n in 0u64.. {
                 tick.tick().await;
-                app.sweep().await;
+                app.sweep(n % RECORD_SWEEP_EVERY == 0).await;
             }
         })
     };

@@ -15,7 +15,7 @@ use dropvault_core::accounts::Password;
 use dropvault_core::guard::Failure;
 use dropvault_core::links::{rfc3339, Link};
 use dropvault_core::session::{Credential, LoggedIn, LoginError};
-use dropvault_core::vault::VaultError;
+use dropvault_core::vault::{VPath, VaultError};
 use serde::Deserialize;
 
 use crate::error::HttpError;
@@ -292,9 +292,7 @@ pub(crate) async fn tus_create(
     let wanted = tus::sanitize_name(meta.get("filename").map_or("", String::as_str));
     let session = app.link_session(&link, &conn).await?;
     let folder = link.folder_path();
-    if !tus::is_folder(&session, &folder).await? {
-        session.mkdir(&folder).await?;
-    }
+    make_folder(&session, &folder).await?;
     let path = app.uploads.free_name(&session, &folder, &wanted).await?;
     let mut record = app
         .uploads
@@ -307,6 +305,21 @@ pub(crate) async fn tus_create(
         .map_err(|e| HttpError::from(VaultError::from(e)))?;
     let location = format!("/d/{token}/uploads/{}", record.id);
     creation_body(&app, &session, &mut record, &headers, body, &location).await
+}
+
+/// Makes `folder` and the folders above it that are missing.
+async fn make_folder(session: &LoggedIn, folder: &VPath) -> Result<(), HttpError> {
+    let mut at = VPath::root();
+    for part in folder.parts() {
+        at = VPath::resolve(&at, part).map_err(HttpError::from)?;
+        if !tus::is_folder(session, &at).await? {
+            match session.mkdir(&at).await {
+                Ok(()) | Err(VaultError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `Upload-Length` of a creation, within `http.max_upload_bytes`.

@@ -470,6 +470,7 @@ impl Uploads {
         length: u64,
         link: Option<&str>,
     ) -> Result<Record, HttpError> {
+        session.vault().check_quota(path, length).await?;
         let id = dropvault_core::random_hex(16).map_err(|_| HttpError::Internal)?;
         let now = epoch(SystemTime::now());
         let record = Record {
@@ -524,7 +525,8 @@ impl Uploads {
     }
 
     /// Where upload `record` can continue: every byte received while it is
-    /// open here; else what staging holds.
+    /// open here; else what staging holds. (A `PATCH` must start there:
+    /// one that does not gets `409` and changes nothing.)
     pub(crate) async fn offset(
         &self,
         session: &LoggedIn,
@@ -602,10 +604,13 @@ impl Uploads {
         // one if that is.
         let mut upload = match open {
             Some(u) if u.plaintext_len() == offset => u,
-            other => {
-                if let Some(u) = other {
-                    Self::close(u).await;
-                }
+            // A stale or early PATCH: the open upload stays as it is.
+            Some(u) => {
+                let available = u.plaintext_len();
+                taken.keep = Some(u);
+                return Err(HttpError::Offset { available });
+            }
+            None => {
                 let durable = vault.staged_offset(&path).await?.unwrap_or(0);
                 if offset != durable {
                     return Err(HttpError::Offset { available: durable });
@@ -645,7 +650,6 @@ impl Uploads {
             }
             None => stream_into(&mut upload, &mut body, room, session).await?,
         };
-        let received = upload.plaintext_len() - offset;
         match end {
             BodyEnd::Complete => {}
             BodyEnd::Cut => {
@@ -666,6 +670,8 @@ impl Uploads {
             taken.keep = Some(upload);
             return Ok(now);
         }
+        // What this vault upload took in (kept open across chunks).
+        let received = now - upload.start_offset();
         let secs = started.elapsed().as_secs_f64();
         match session.audit().commit(&path, upload, received, secs).await {
             Ok(_) => {
@@ -722,9 +728,10 @@ impl Uploads {
     }
 
     /// Closes uploads left open longer than [`IDLE`] (their whole segments
-    /// stay in staging) and removes records past their expiry; returns the
-    /// expired records (for the links they count against).
-    pub(crate) async fn sweep(&self) -> Vec<Record> {
+    /// stay in staging) and, with `records`, removes records past their
+    /// expiry; returns the expired records (for the links they count
+    /// against).
+    pub(crate) async fn sweep(&self, records: bool) -> Vec<Record> {
         let stale: Vec<Upload> = {
             let mut slots = self.slots();
             let ids: Vec<String> = slots
@@ -743,6 +750,9 @@ impl Uploads {
         };
         for upload in stale {
             Self::close(upload).await;
+        }
+        if !records {
+            return Vec::new();
         }
         let storage = self.storage.clone();
         let uploads = Self::for_blocking(storage.clone());

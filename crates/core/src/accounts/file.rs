@@ -962,6 +962,15 @@ mod tests {
     }
 
     #[test]
+    fn lookup_finds_users_without_a_password() {
+        let (_dir, users) = users_with_alice();
+        let alice = users.lookup("alice").expect("lookup").expect("alice");
+        assert_eq!(alice.name, "alice");
+        assert!(users.lookup("bob").expect("lookup").is_none());
+        assert!(users.lookup("../alice").expect("lookup").is_none());
+    }
+
+    #[test]
     fn keys_are_added_listed_matched_and_deleted() {
         let (_dir, users) = users_with_alice();
         let ed = SshPublicKey::parse_line(ED).expect("ed");

@@ -503,6 +503,16 @@ impl Authenticator for LdapAuthenticator {
             Ok(found.then_some(account))
         })
     }
+
+    /// The user's entry, if found, named properly and in the group (a
+    /// drop link of theirs works only while all three hold).
+    fn lookup(&self, name: &str) -> Result<Option<Account>, AuthError> {
+        if name.is_empty() || name.len() > MAX_LOGIN_NAME_LEN {
+            return Ok(None);
+        }
+        self.pool
+            .run(|conn| Ok(self.eligible(conn, name)?.map(|(_, account)| account)))
+    }
 }
 
 /// Whether the URL asks for TLS (`ldaps://`, or `ldap://` with StartTLS);

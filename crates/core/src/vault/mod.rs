@@ -360,6 +360,31 @@ impl Vault {
         self.for_account(key, Quota::default())
     }
 
+    /// Makes folder `p` of `user` and the folders above it (the user's own
+    /// folder included) where they are missing, without the user's key (a
+    /// drop link's folder, made when the link is). Blocking.
+    pub fn make_folders(&self, user: &str, p: &VPath) -> Result<(), VaultError> {
+        let mut name = self.home(user)?;
+        let mut parts = p.parts().iter();
+        loop {
+            match self.storage.stat(&name) {
+                Ok(Meta {
+                    kind: Kind::Dir, ..
+                }) => {}
+                Ok(_) => return Err(VaultError::NotADirectory),
+                Err(StorageError::NotFound) => match self.storage.mkdir(&name) {
+                    Ok(()) | Err(StorageError::AlreadyExists) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+            match parts.next() {
+                Some(part) => name = storage::join(&name, part),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// [`Vault::for_user`] with the user's own limits `quota` over the
     /// server's (the account's). When a limit applies, the user's files are
     /// counted now (blocking).
@@ -569,6 +594,18 @@ impl UserVault {
             return Ok(None);
         }
         Ok(Some(whole_segments(len) * SEGMENT_LEN as u64))
+    }
+
+    /// Whether a file of `len` bytes at `p` fits the user's quota now
+    /// (an upload is checked again when it starts and as it grows):
+    /// [`VaultError::QuotaExceeded`] when not.
+    pub async fn check_quota(&self, p: &VPath, len: u64) -> Result<(), VaultError> {
+        let (me, p) = (self.clone(), p.clone());
+        blocking(move || {
+            let old = me.counted_size(&me.name(&p))?;
+            me.claim(old, len).map(drop)
+        })
+        .await
     }
 
     /// Drops what an interrupted upload to `p` left in staging (a
