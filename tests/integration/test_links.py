@@ -63,10 +63,6 @@ def test_link_create_prints_the_url_and_stores_only_a_hash(web):
     assert info(server, other.token).json()["expires"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server differs from the contract: `link create` does not create the link's "
-    "folder (crates/dropvault/src/links.rs only writes the record); the folder "
-    "appears with the link's first upload (tus_create's mkdir)"))
 def test_link_create_makes_the_folder(web):
     """The contract: the folder is created if missing, so the user sees
     where drops will land before the first one."""
@@ -405,9 +401,6 @@ def test_account_tus_upload_replaces_like_ftp(web):
     assert tus_create(f"{base}/uploads", 10, "x.bin").status_code == 401
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server gap: a download over HTTPS (GET /files/...) emits no \"download\" "
-    "event, unlike FTP and SFTP downloads, so the audit log misses it"))
 def test_account_downloads_are_audited(web):
     """A download over HTTPS is an audit event like an FTP/SFTP one."""
     server = web()

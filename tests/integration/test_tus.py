@@ -204,12 +204,6 @@ def test_wrong_offset_is_409(web):
     assert tus_patch(url, 0, b"").status_code == 409
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a PATCH whose Upload-Offset differs from the open upload's "
-    "closes that upload (Uploads::patch drops it and falls back to the durable, "
-    "whole-segment offset in staging), so a stale PATCH from 0 after a 50000-byte "
-    "chunk is accepted (204) instead of 409, and the upload's offset falls back "
-    "from 50000 to 0"))
 def test_a_refused_patch_leaves_the_upload_where_it_was(web):
     """After a chunk HEAD says 50000; a PATCH from 0 (a client's stale
     retry) or from 60000 must get 409 and leave the offset at 50000."""
