@@ -20,7 +20,7 @@ from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
 from dvclients import SEGMENT, USER, ftp_plain, payload, stor
 from dvdrop import (OCTETS, TUS, create_link, cut_patch, finish_after_cut, ftp_names,
-                    https_url, ftp_read, location, marker_hits, metadata, sha1_header,
+                    https_url, ftp_read, location, marker_hits, metadata, session, sha1_header,
                     tus_create, tus_head, tus_patch, tus_upload, uploads_url)
 
 # The server's certificate is self-signed on purpose.
@@ -187,14 +187,12 @@ def test_resume_after_a_server_restart(web, request):
 
 def test_wrong_offset_is_409(web):
     """A PATCH from anywhere but the upload's offset is refused with 409
-    and the offset it can continue from. (Refused PATCHes here carry no
-    body: the server answers before reading one and closes the connection,
-    which can reset it under a client still sending.)"""
+    and the offset it can continue from."""
     server, link = web()
     data = payload(100_000)
     r = tus_create(uploads_url(server, link.token), len(data), "off.bin")
     url = location(server, r)
-    r = tus_patch(url, 5, b"")
+    r = tus_patch(url, 5, data[5:])
     assert r.status_code == 409 and r.headers.get("Upload-Offset") == "0", r.status_code
     assert tus_patch(url, 0, data[:50_000]).status_code == 204
     assert tus_head(url).headers["Upload-Offset"] == "50000"
@@ -202,6 +200,31 @@ def test_wrong_offset_is_409(web):
     assert ftp_read(server, "/incoming/off.bin") == data
     # A finished upload takes no more.
     assert tus_patch(url, 0, b"").status_code == 409
+
+
+def test_refusals_before_the_body_is_read_reach_the_client(web):
+    """The server refuses some requests before reading their bodies (a
+    terminated upload, a missing Tus-Resumable, a wrong content type): it
+    reads and drops what is left of the body first, so the reply is not
+    lost to a connection reset under the sender, and the kept-alive
+    connection goes on serving."""
+    server, link = web()
+    # Under the 4 MiB the server reads off a refused body; reliably
+    # reset under the reply when it read none.
+    body = payload(3 * MIB)
+    url = location(server, tus_create(uploads_url(server, link.token), len(body), "r.bin"))
+    assert requests.delete(url, headers=TUS, verify=False, timeout=30).status_code == 204
+    live = location(server, tus_create(uploads_url(server, link.token), len(body), "l.bin"))
+    s = session()
+    for _ in range(3):
+        assert tus_patch(url, 0, body, sess=s).status_code == 404
+        r = s.patch(live, headers={"Upload-Offset": "0", "Content-Type": OCTETS},
+                    data=body, timeout=30)
+        assert r.status_code == 412, r.status_code
+        r = tus_patch(live, 0, body, headers={"Content-Type": "text/plain"}, sess=s)
+        assert r.status_code == 415, r.status_code
+    assert tus_head(live).headers["Upload-Offset"] == "0"
+    assert s.get(f"{https_url(server)}/assets/style.css", timeout=30).status_code == 200
 
 
 def test_a_refused_patch_leaves_the_upload_where_it_was(web):
@@ -263,12 +286,10 @@ def test_protocol_refusals(web):
     r = tus_create(url, 100, "x.bin")
     assert r.status_code == 201
     up = location(server, r)
-    # Refused before the body is read: no body, or the connection's reset
-    # could beat the reply (see test_wrong_offset_is_409).
     r = requests.patch(up, headers={"Upload-Offset": "0", "Content-Type": OCTETS},
-                       data=b"", verify=False, timeout=30)
+                       data=b"a" * 100, verify=False, timeout=30)
     assert r.status_code == 412, (r.status_code, r.text)
-    r = tus_patch(up, 0, b"", headers={"Content-Type": "application/octet-stream"})
+    r = tus_patch(up, 0, b"a" * 100, headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 415, (r.status_code, r.text)
     r = tus_patch(up, 0, b"a" * 200)
     assert r.status_code == 413, (r.status_code, r.text)

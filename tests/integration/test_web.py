@@ -495,3 +495,70 @@ def test_account_page_lists_downloads_and_uploads(dropvault, tab, tmp_path):
     page.wait_for_selector("body[data-session=out]", state="attached")
     assert find_marker(server.data_dir) == []
     tab.assert_clean()
+
+
+# -- tus-js-client, the tus project's own browser client ---------------------------
+
+TUS_JS = REPO / "tests" / "integration" / "node" / "node_modules" / "tus-js-client" / "dist" / "tus.min.js"
+# A page of the test's own, served by Playwright under the server's origin
+# (so tus-js-client's requests are same-origin) without the server's CSP,
+# which rightly refuses the inline script that drives it.
+TUS_JS_PAGE = """<!doctype html><html><body>
+<input type="file" id="f"><script src="/__test__/tus.min.js"></script>
+<script>
+window.runUpload = (endpoint, abortAt) => new Promise((resolve) => {
+  const file = document.getElementById("f").files[0];
+  const seen = {progress: [], error: null, url: null};
+  const upload = new tus.Upload(file, {
+    endpoint, chunkSize: Infinity, retryDelays: [0, 500, 1000],
+    metadata: {filename: file.name},
+    onProgress(sent, total) {
+      seen.progress.push(sent);
+      if (abortAt && sent >= abortAt * total) { upload.abort(); seen.url = upload.url; resolve(seen); }
+    },
+    onError(e) { seen.error = String(e); resolve(seen); },
+    onSuccess() { seen.url = upload.url; resolve(seen); },
+  });
+  upload.findPreviousUploads().then((previous) => {
+    if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+    upload.start();
+  });
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(not TUS_JS.exists(), reason="tus-js-client is not installed "
+                    "(scripts/test installs tests/integration/node's packages)")
+def test_tus_js_client_in_the_browser_uploads_and_resumes(dropvault, tab, tmp_path):
+    """tus-js-client 4 (what Uppy uploads with), in Chromium, against a drop
+    link: an upload aborted past a third of the way is found again in the
+    browser's storage by a new tus.Upload, which asks the server where it
+    stands and sends only the rest (its PATCH starts past 0); the file
+    reads back byte-exact over FTP, and one upload event says https."""
+    server = dropvault()
+    _, token = create_link(server)
+    endpoint = f"{drop_url(server, token)}/uploads"
+    data = payload(12 * MIB + 3)
+    src = write_file(tmp_path / "in" / "tusjs.bin", data)
+    page = tab.page
+    page.route(f"{server.https_url}/__test__/page.html",
+               lambda route: route.fulfill(status=200, content_type="text/html",
+                                           body=TUS_JS_PAGE))
+    page.route(f"{server.https_url}/__test__/tus.min.js",
+               lambda route: route.fulfill(status=200, content_type="text/javascript",
+                                           body=TUS_JS.read_text()))
+    patches: list[int] = []
+    page.on("request", lambda r: r.method == "PATCH" and patches.append(
+        int(r.headers.get("upload-offset", "-1"))))
+    cdp = throttle(tab, 4 * MIB)
+    page.goto(f"{server.https_url}/__test__/page.html")
+    page.set_input_files("#f", str(src))
+    first = page.evaluate("([e]) => runUpload(e, 0.34)", [endpoint])
+    assert first["error"] is None and first["url"], first
+    assert f"/d/{token}/uploads/" in first["url"], first
+    throttle(tab, None, cdp)
+    second = page.evaluate("([e]) => runUpload(e, 0)", [endpoint])
+    assert second["error"] is None and second["url"] == first["url"], second
+    assert patches[0] == 0 and patches[-1] > 0, patches
+    assert ftp_read(server, f"/incoming/{src.name}") == data
+    assert len(server.wait_for_event("upload", protocol="https")) == 1

@@ -372,6 +372,28 @@ async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
+    let (req, body) = match has_body(req.headers()) {
+        true => {
+            let (req, body) = shared_body(req);
+            (req, Some(body))
+        }
+        false => (req, None),
+    };
+    let mut response = answer(&app, req, next).await;
+    // A refusal sent before the body was read: what is left of the body
+    // is read and dropped (up to a bound), so closing or reusing the
+    // connection does not reset it under the reply.
+    if let Some(body) = body {
+        if !response.status().is_success() && !drain(&body).await {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+async fn answer(app: &App, req: Request, next: Next) -> Response {
     let Some(conn) = req.extensions().get::<Conn>().copied() else {
         return HttpError::Internal.into_response();
     };
@@ -390,6 +412,73 @@ async fn guard(
             Err(_) => HttpError::Unavailable.into_response(),
         }
     }
+}
+
+/// Most of a refused request's body read and dropped before the reply.
+const DRAIN_LIMIT: usize = 4 << 20;
+/// Time allowed for that.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A request body that the handler reads and, after the reply is made,
+/// [`drain`] can finish reading.
+type SharedBody = Arc<tokio::sync::Mutex<axum::body::Body>>;
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// `req` with its body read through a [`SharedBody`].
+fn shared_body(req: Request) -> (Request, SharedBody) {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let shared: SharedBody = Arc::new(tokio::sync::Mutex::new(body));
+    let stream = futures_util::stream::unfold(shared.clone(), |src| async move {
+        loop {
+            let next = src.lock().await.frame().await;
+            match next {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), src));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), src)),
+                None => return None,
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(stream);
+    (Request::from_parts(parts, body), shared)
+}
+
+/// Reads what is left of `body`, at most [`DRAIN_LIMIT`] bytes within
+/// [`DRAIN_TIME`]; whether it reached the end.
+async fn drain(body: &SharedBody) -> bool {
+    use http_body_util::BodyExt as _;
+    let Ok(mut body) = body.try_lock() else {
+        return false;
+    };
+    let mut left = DRAIN_LIMIT;
+    let read = async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len());
+                    match left.checked_sub(n) {
+                        Some(l) => left = l,
+                        None => return false,
+                    }
+                }
+                Some(Err(_)) => return false,
+                None => return true,
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN_TIME, read)
+        .await
+        .unwrap_or(false)
 }
 
 /// The headers every reply carries: a strict Content-Security-Policy (the
