@@ -51,6 +51,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 # How long the page may take for what a test waits for (ms).
 PAGE_TIMEOUT = 60_000
 SCREENSHOT = REPO / "docs" / "images" / "drop-page.png"
+# Where the tests leave what a person may want to look at (the page's
+# screenshot): $DROPVAULT_TEST_OUTPUT, else tests/integration/output.
+OUTPUT = pathlib.Path(os.environ.get("DROPVAULT_TEST_OUTPUT")
+                      or REPO / "tests" / "integration" / "output")
 LINK_PASSWORD = "drop-Pw-5521"
 INVALID = "This link is no longer valid"
 
@@ -262,7 +266,9 @@ def test_drop_page_uploads_several_files_at_once(dropvault, tab, tmp_path):
     events = server.wait_for_event("upload", count=3, protocol="https")
     assert len(events) == 3, server.events("upload")
 
-    page.screenshot(path=str(tmp_path / "drop-page.png"), full_page=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "drop-page.png"), full_page=True)
+    assert (OUTPUT / "drop-page.png").stat().st_size > 10_000
     if os.environ.get("DROPVAULT_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
