@@ -574,7 +574,7 @@ fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), AnyError> {
         };
         let https = match (http_listen, https_tls) {
             (Some(addr), Some(tls)) => {
-                let listener = dropvault_http::bind(addr).await?;
+                let listener = tokio::net::TcpListener::bind(addr).await?;
                 let addr = listener.local_addr()?;
                 tracing::info!(event = "listening", https = %addr);
                 println_safe(&format!("dropvault: HTTPS on {addr}"));

@@ -329,11 +329,6 @@ fn percent(s: &str) -> String {
     })
 }
 
-/// `OPTIONS /uploads[/<id>]`.
-pub(crate) async fn tus_options(State(app): State<Arc<App>>) -> Response {
-    tus::options(app.uploads.max_file)
-}
-
 /// `POST /uploads`: an upload to `folder` (metadata; default `/`) under
 /// `filename` made plain; it replaces a file of that name, as FTP's
 /// `STOR` does.

@@ -223,11 +223,6 @@ impl App {
     }
 }
 
-/// Binds the HTTPS listener and prints its ready line.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serves HTTPS on `listener` with `tls` (its ALPN set here to HTTP/1.1)
 /// until `stop` completes.
 pub async fn serve(
@@ -329,7 +324,7 @@ fn router(app: Arc<App>) -> Router {
         head(links::tus_head)
             .patch(links::tus_patch)
             .delete(links::tus_delete)
-            .options(links::tus_options)
+            .options(tus_options)
     };
     Router::new()
         .route("/", get(account::page))
@@ -340,7 +335,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/d/{token}/unlock", post(links::unlock))
         .route(
             "/d/{token}/uploads",
-            post(links::tus_create).options(links::tus_options),
+            post(links::tus_create).options(tus_options),
         )
         .route("/d/{token}/uploads/{id}", uploads_one())
         .route("/api/login", post(account::login))
@@ -348,21 +343,23 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/session", get(account::session))
         .route("/api/files", get(account::files))
         .route("/files/{*path}", get(account::download))
-        .route(
-            "/uploads",
-            post(account::tus_create).options(account::tus_options),
-        )
+        .route("/uploads", post(account::tus_create).options(tus_options))
         .route(
             "/uploads/{id}",
             head(account::tus_head)
                 .patch(account::tus_patch)
                 .delete(account::tus_delete)
-                .options(account::tus_options),
+                .options(tus_options),
         )
         .fallback(|| async { HttpError::NotFound })
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .layer(middleware::from_fn(security_headers))
         .with_state(app)
+}
+
+/// `OPTIONS` of every tus endpoint: what the server supports.
+async fn tus_options(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
+    tus::options(app.uploads.max_file)
 }
 
 /// Rate limits and bans on every request; a deadline on those without a

@@ -263,11 +263,6 @@ pub(crate) async fn unlock(
     Ok(r)
 }
 
-/// `OPTIONS /d/<token>/uploads[/<id>]`.
-pub(crate) async fn tus_options(State(app): State<Arc<App>>) -> Response {
-    tus::options(app.uploads.max_file)
-}
-
 /// `POST /d/<token>/uploads`: a new upload into the link's folder, under
 /// the client's file name made plain and free.
 pub(crate) async fn tus_create(
