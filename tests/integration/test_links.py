@@ -297,6 +297,30 @@ def test_wrong_link_passwords_ban_the_address_for_ftp_too(web):
         raw.close()
 
 
+def test_a_link_session_does_not_forgive_failed_passwords(web):
+    """Uploading through a link opens a session for its owner, but proves
+    nothing about their password: wrong FTP passwords for the owner before
+    it still count, and the next one bans the address."""
+    server = web(ftp_ban_after_failures="3")
+    link = create_link(server)
+
+    def wrong_ftp_login() -> int:
+        raw = Raw(server.host, server.port)
+        try:
+            code, text = raw.reply()
+            assert code == 220, (code, text)
+            raw.cmd(f"USER {USER}")
+            return raw.cmd("PASS not-the-password")[0]
+        finally:
+            raw.close()
+
+    assert [wrong_ftp_login(), wrong_ftp_login()] == [530, 530]
+    tus_upload(uploads_url(server, link.token), payload(70_000), "between.bin")
+    assert server.wait_for_event("upload", protocol="https", path="/incoming/between.bin")
+    assert wrong_ftp_login() in (421, 530)
+    assert server.wait_for_event("banned", protocol="ftp"), server.events("login_failed")
+
+
 # -- rate limits ----------------------------------------------------------------------
 
 def test_a_burst_from_one_address_gets_429(web):

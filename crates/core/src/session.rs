@@ -319,6 +319,9 @@ impl Gate {
             }
         };
         let counted = matches!(cred, Credential::Password(_) | Credential::Unusable);
+        // A drop link proves nothing about the account's password: its
+        // session must not forgive the client's failed guesses at it.
+        let proves_identity = !matches!(cred, Credential::Link);
         let services = self.services.clone();
         let user = name.to_owned();
         // Password checks and key unwrapping block (argon2id, PAM, RSA, a
@@ -351,7 +354,11 @@ impl Gate {
         match checked {
             Checked::In(account, vault) => match vault {
                 Ok(vault) => {
-                    attempt.succeeded(name);
+                    if proves_identity {
+                        attempt.succeeded(name);
+                    } else {
+                        drop(attempt);
+                    }
                     let throttle = self
                         .rates
                         .read()
