@@ -17,6 +17,7 @@ import pytest
 from clamd import EICAR
 from dvclients import PASSWORD, USER, curl, ftp_plain, ftp_url, paramiko_sftp, payload, retr, \
     stor, wait_until
+from dvdrop import create_link, tus_upload, uploads_url
 from test_transit import transit
 
 TOKEN = "admin-token-5521"
@@ -54,6 +55,8 @@ def delta(before: dict, after: dict, name: str, **labels) -> float:
     return after[key] - before.get(key, 0.0)
 
 
+# The drop link's upload goes to the self-signed HTTPS listener.
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_metrics_count_logins_transfers_and_scans(dropvault, clamd, tmp_path):
     token_file = tmp_path / "admin-token"
     token_file.write_text(TOKEN + "\n")
@@ -87,6 +90,9 @@ def test_metrics_count_logins_transfers_and_scans(dropvault, clamd, tmp_path):
         assert out.getvalue() == data[:70_000]
     finally:
         client.close()
+    # Through a drop link: counted as https (its session is the owner's).
+    link = create_link(server)
+    tus_upload(uploads_url(server, link.token), data[:50_000], "link.bin")
     # Sessions end (and their gauge goes down) once the server sees the close.
     def idle():
         now = samples(server)
@@ -112,9 +118,14 @@ def test_metrics_count_logins_transfers_and_scans(dropvault, clamd, tmp_path):
                      protocol=proto, direction="out") == size * downloads
         assert delta(before, after, "dropvault_upload_duration_seconds_count",
                      protocol=proto) == 1
-    assert delta(before, after, "dropvault_scans_total", verdict="clean") == 2
+    assert delta(before, after, "dropvault_logins_total", protocol="https", outcome="ok") == 1
+    assert delta(before, after, "dropvault_transfer_files_total",
+                 protocol="https", direction="in") == 1
+    assert delta(before, after, "dropvault_transfer_bytes_total",
+                 protocol="https", direction="in") == 50_000
+    assert delta(before, after, "dropvault_scans_total", verdict="clean") == 3
     assert delta(before, after, "dropvault_scans_total", verdict="infected") == 1
-    assert delta(before, after, "dropvault_scan_wait_seconds_count") == 3
+    assert delta(before, after, "dropvault_scan_wait_seconds_count") == 4
     # The local provider unwrapped the user's key at least once.
     assert delta(before, after, "dropvault_key_calls_total", operation="unwrap") >= 1
     assert after[("dropvault_storage_errors_total", frozenset())] == 0

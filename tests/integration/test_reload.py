@@ -1,4 +1,5 @@
-"""Live reload (issue 16): SIGHUP rereads the TLS certificate and key and the
+"""Live reload (issue 16): SIGHUP rereads the TLS certificate and key (FTPS's
+and the HTTPS listener's) and the
 scan and hook settings from the configuration file; logged-in sessions go
 on; a configuration that does not load is refused with a log line and the
 running one stays."""
@@ -17,6 +18,11 @@ from dvclients import (PASSWORD, USER, ftp_plain, ftp_tls, make_certificate, pay
 def served_cert(server) -> bytes:
     with ftp_tls(server) as ftp:
         return ftp.sock.getpeercert(binary_form=True)
+
+
+def https_cert(server) -> bytes:
+    """The certificate the HTTPS listener (the web drop) presents."""
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", server.https_port)))
 
 
 def pem_der(path) -> bytes:
@@ -40,6 +46,7 @@ def test_sighup_rereads_certificate_scan_and_hooks_and_sessions_go_on(dropvault,
     server = dropvault(env={"DROPVAULT_CONFIG": str(config)})
     first = pem_der(cert)
     assert served_cert(server) == first
+    assert https_cert(server) == first
     reject = hook_dir / "reject.sh"
     reject.write_text("#!/bin/sh\necho Test.Reload >&2\nexit 3\n")
     reject.chmod(0o755)
@@ -69,6 +76,7 @@ def test_sighup_rereads_certificate_scan_and_hooks_and_sessions_go_on(dropvault,
     second = pem_der(cert)
     assert second != first
     assert served_cert(server) == second
+    assert https_cert(server) == second
     # Sessions that log in after the reload get the new limits.
     assert server.events("login")[-1]["rate_limited"] is True
     with ftp_plain(server) as ftp:
