@@ -109,6 +109,19 @@ def test_revoked_link_is_gone_everywhere(web):
     assert ftp_names(server, "/incoming") == []
 
 
+def test_a_link_dies_with_its_owner(web):
+    """A link of a user who was deleted (their files kept) lets nothing in:
+    its session finds no account to act for."""
+    server = web()
+    assert cli(server, "user", "add", "bob", "--password-stdin",
+               stdin="bob-Pw-77311\n").returncode == 0
+    link = create_link(server, user="bob")
+    assert tus_create(uploads_url(server, link.token), 10, "first.bin").status_code == 201
+    assert cli(server, "user", "delete", "bob").returncode == 0
+    assert tus_create(uploads_url(server, link.token), 10, "late.bin").status_code == 404
+    assert server.wait_for_event("link_owner_unknown", protocol="https", user="bob")
+
+
 def test_expired_link_is_refused(web):
     """A link made with --expires 2s answers 404 (page, /info, creation)
     once its time is up."""

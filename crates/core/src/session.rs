@@ -394,9 +394,15 @@ impl Gate {
                 if counted {
                     self.failed(peer, name, attempt).await
                 } else {
-                    // A key that is not the user's: no guess was made.
+                    // A key that is not the user's, or a link whose owner
+                    // is gone: no guess was made.
                     drop(attempt);
-                    tracing::info!(event = "login_key_refused", protocol, user = %name, peer = %addr);
+                    let event = if proves_identity {
+                        "login_key_refused"
+                    } else {
+                        "link_owner_unknown"
+                    };
+                    tracing::info!(event, protocol, user = %name, peer = %addr);
                     metrics().login(peer.protocol, LoginOutcome::Failed);
                     Err(LoginError::Wrong)
                 }

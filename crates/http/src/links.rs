@@ -100,15 +100,23 @@ impl App {
         Ok(link)
     }
 
-    /// A session for `link`'s owner, as seen from `conn`: reused while it
-    /// is in use, opened through the gate otherwise (the owner must still
-    /// have an account, and their key must unlock).
-    async fn link_session(&self, link: &Link, conn: &Conn) -> Result<Arc<LoggedIn>, HttpError> {
+    /// A session for `link`'s owner, as seen from `conn`: with `fresh`
+    /// (a new upload) opened through the gate, which checks that the owner
+    /// still has an account and unlocks their key; otherwise the one in use
+    /// is reused while it is.
+    async fn link_session(
+        &self,
+        link: &Link,
+        conn: &Conn,
+        fresh: bool,
+    ) -> Result<Arc<LoggedIn>, HttpError> {
         let key = (link.id.clone(), conn.client);
-        if let Some((session, at)) = lock(&self.link_sessions).get_mut(&key) {
-            if at.elapsed() < LINK_SESSION_IDLE {
-                *at = Instant::now();
-                return Ok(session.clone());
+        if !fresh {
+            if let Some((session, at)) = lock(&self.link_sessions).get_mut(&key) {
+                if at.elapsed() < LINK_SESSION_IDLE {
+                    *at = Instant::now();
+                    return Ok(session.clone());
+                }
             }
         }
         let session = match self
@@ -118,7 +126,11 @@ impl App {
         {
             Ok(s) => Arc::new(s),
             // The owner has no account any more: the link is dead.
-            Err(LoginError::Wrong) => return Err(HttpError::NotFound),
+            Err(LoginError::Wrong) => {
+                let gone = lock(&self.link_sessions).remove(&key);
+                drop(gone);
+                return Err(HttpError::NotFound);
+            }
             Err(e) => return Err(e.into()),
         };
         let mut sessions = lock(&self.link_sessions);
@@ -285,7 +297,7 @@ pub(crate) async fn tus_create(
     }
     let meta = tus::metadata(&headers)?;
     let wanted = tus::sanitize_name(meta.get("filename").map_or("", String::as_str));
-    let session = app.link_session(&link, &conn).await?;
+    let session = app.link_session(&link, &conn, true).await?;
     let folder = link.folder_path();
     make_folder(&session, &folder).await?;
     let path = app.uploads.free_name(&session, &folder, &wanted).await?;
@@ -378,7 +390,7 @@ pub(crate) async fn tus_head(
 ) -> Result<Response, HttpError> {
     let link = app.usable_link(&token, &headers).await?;
     let record = app.link_record(&link, &id).await?;
-    let session = app.link_session(&link, &conn).await?;
+    let session = app.link_session(&link, &conn, false).await?;
     let offset = app.uploads.offset(&session, &record).await?;
     Ok(tus::head_reply(&record, offset))
 }
@@ -393,7 +405,7 @@ pub(crate) async fn tus_patch(
 ) -> Result<Response, HttpError> {
     let link = app.usable_link(&token, &headers).await?;
     let mut record = app.link_record(&link, &id).await?;
-    let session = app.link_session(&link, &conn).await?;
+    let session = app.link_session(&link, &conn, false).await?;
     let offset = app
         .uploads
         .patch(&session, &mut record, &headers, body)
@@ -415,7 +427,7 @@ pub(crate) async fn tus_delete(
         // A link never removes a file it let in.
         return Err(HttpError::Forbidden("the upload is complete"));
     }
-    let session = app.link_session(&link, &conn).await?;
+    let session = app.link_session(&link, &conn, false).await?;
     app.uploads.terminate(&session, &record).await?;
     let (links, lid, uid) = (app.links.clone(), link.id.clone(), record.id.clone());
     let _ = tokio::task::spawn_blocking(move || links.uncount(&lid, &uid)).await;

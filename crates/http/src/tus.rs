@@ -620,7 +620,7 @@ impl Uploads {
                     .await?
             }
         };
-        let room = record.length - offset;
+        let room = record.length.saturating_sub(offset);
         let started = Instant::now();
         let mut body = body;
         let end = match checksum {
