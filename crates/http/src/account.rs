@@ -48,12 +48,19 @@ impl App {
         }
     }
 
-    async fn own_record(&self, user: &LoggedIn, id: &str) -> Result<tus::Record, HttpError> {
+    /// Upload `id` of the user this request's session is, and the session.
+    async fn own_upload(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+    ) -> Result<(Arc<LoggedIn>, tus::Record), HttpError> {
+        tus::check_version(headers)?;
+        let user = self.web_session(headers)?;
         let record = self.uploads.record(id).await?;
         if record.link.is_some() || record.user != user.user() {
             return Err(HttpError::NotFound);
         }
-        Ok(record)
+        Ok((user, record))
     }
 }
 
@@ -355,9 +362,7 @@ pub(crate) async fn tus_head(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    tus::check_version(&headers)?;
-    let user = app.web_session(&headers)?;
-    let record = app.own_record(&user, &id).await?;
+    let (user, record) = app.own_upload(&headers, &id).await?;
     let offset = app.uploads.offset(&user, &record).await?;
     Ok(tus::head_reply(&record, offset))
 }
@@ -369,9 +374,7 @@ pub(crate) async fn tus_patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    tus::check_version(&headers)?;
-    let user = app.web_session(&headers)?;
-    let mut record = app.own_record(&user, &id).await?;
+    let (user, mut record) = app.own_upload(&headers, &id).await?;
     let offset = app
         .uploads
         .patch(&user, &mut record, &headers, body)
@@ -385,9 +388,7 @@ pub(crate) async fn tus_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    tus::check_version(&headers)?;
-    let user = app.web_session(&headers)?;
-    let record = app.own_record(&user, &id).await?;
+    let (user, record) = app.own_upload(&headers, &id).await?;
     app.uploads.terminate(&user, &record).await?;
     Ok(tus::terminated())
 }

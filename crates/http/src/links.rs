@@ -147,13 +147,22 @@ impl App {
         Ok(session)
     }
 
-    /// The upload `id` of `link`.
-    async fn link_record(&self, link: &Link, id: &str) -> Result<tus::Record, HttpError> {
+    /// Upload `id` of the link of `token` (valid, unlocked by this
+    /// browser), and the session of the link's owner it is written in.
+    async fn link_upload(
+        &self,
+        token: &str,
+        id: &str,
+        headers: &HeaderMap,
+        conn: &Conn,
+    ) -> Result<(Link, tus::Record, Arc<LoggedIn>), HttpError> {
+        let link = self.usable_link(token, headers).await?;
         let record = self.uploads.record(id).await?;
         if record.link.as_deref() != Some(link.id.as_str()) {
             return Err(HttpError::NotFound);
         }
-        Ok(record)
+        let session = self.link_session(&link, conn, false).await?;
+        Ok((link, record, session))
     }
 }
 
@@ -388,9 +397,7 @@ pub(crate) async fn tus_head(
     Path((token, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let link = app.usable_link(&token, &headers).await?;
-    let record = app.link_record(&link, &id).await?;
-    let session = app.link_session(&link, &conn, false).await?;
+    let (_, record, session) = app.link_upload(&token, &id, &headers, &conn).await?;
     let offset = app.uploads.offset(&session, &record).await?;
     Ok(tus::head_reply(&record, offset))
 }
@@ -403,9 +410,7 @@ pub(crate) async fn tus_patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let link = app.usable_link(&token, &headers).await?;
-    let mut record = app.link_record(&link, &id).await?;
-    let session = app.link_session(&link, &conn, false).await?;
+    let (_, mut record, session) = app.link_upload(&token, &id, &headers, &conn).await?;
     let offset = app
         .uploads
         .patch(&session, &mut record, &headers, body)
@@ -421,13 +426,11 @@ pub(crate) async fn tus_delete(
     Path((token, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let link = app.usable_link(&token, &headers).await?;
-    let record = app.link_record(&link, &id).await?;
+    let (link, record, session) = app.link_upload(&token, &id, &headers, &conn).await?;
     if record.done {
         // A link never removes a file it let in.
         return Err(HttpError::Forbidden("the upload is complete"));
     }
-    let session = app.link_session(&link, &conn, false).await?;
     app.uploads.terminate(&session, &record).await?;
     let (links, lid, uid) = (app.links.clone(), link.id.clone(), record.id.clone());
     let _ = tokio::task::spawn_blocking(move || links.uncount(&lid, &uid)).await;
