@@ -6,7 +6,8 @@
 //! It runs on the core session layer like FTP and SFTP: a connection is
 //! admitted by the [`Gate`] (bans, session limits), an account logs in
 //! through it, and a drop link opens a session for its owner
-//! ([`Credential::Link`]). Every upload goes through the vault's pipeline;
+//! ([`Credential::Link`](dropvault_core::session::Credential::Link)).
+//! Every upload goes through the vault's pipeline;
 //! events say `"protocol": "https"`.
 //!
 //! Bounds: connections are admitted per client like other sessions; TLS
