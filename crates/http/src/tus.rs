@@ -340,7 +340,7 @@ impl Uploads {
             checksum_slots: Arc::new(tokio::sync::Semaphore::new(CHECKSUM_SLOTS)),
             max_file,
         };
-        if let Ok(records) = uploads.all_records() {
+        if let Ok(records) = all_records(&*uploads.storage) {
             let mut reserved = uploads.reserved();
             for r in records.into_iter().filter(|r| !r.done) {
                 reserved.insert((r.user, r.path));
@@ -357,36 +357,13 @@ impl Uploads {
         self.reserved.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn record_name(id: &str) -> String {
-        format!("{RECORDS}/{id}.json")
-    }
-
-    fn write_record(&self, record: &Record, replace: bool) -> Result<(), HttpError> {
-        let json = serde_json::to_vec(record).map_err(|_| HttpError::Internal)?;
-        let name = Self::record_name(&record.id);
-        let storage = &self.storage;
-        match storage.mkdir(RECORDS) {
-            Ok(()) | Err(StorageError::AlreadyExists) => {}
-            Err(e) => return Err(VaultError::from(e).into()),
-        }
-        if replace {
-            match storage.remove(&name) {
-                Ok(()) | Err(StorageError::NotFound) => {}
-                Err(e) => return Err(VaultError::from(e).into()),
-            }
-        }
-        storage
-            .put_new(&name, &json)
-            .map_err(|e| VaultError::from(e).into())
-    }
-
     /// The record of upload `id`.
     pub(crate) async fn record(&self, id: &str) -> Result<Record, HttpError> {
         if id.is_empty() || id.len() > ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(HttpError::NotFound);
         }
         let storage = self.storage.clone();
-        let name = Self::record_name(id);
+        let name = record_name(id);
         let bytes = tokio::task::spawn_blocking(move || storage.read_small(&name, MAX_RECORD))
             .await
             .map_err(|_| HttpError::Internal)?;
@@ -402,29 +379,6 @@ impl Uploads {
             return Err(HttpError::Gone);
         }
         Ok(record)
-    }
-
-    fn all_records(&self) -> Result<Vec<Record>, StorageError> {
-        let mut lister = match self.storage.list(RECORDS) {
-            Ok(l) => l,
-            Err(StorageError::NotFound) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        loop {
-            let batch = lister.next_batch(256)?;
-            if batch.is_empty() || out.len() >= MAX_RECORDS {
-                return Ok(out);
-            }
-            for entry in batch {
-                let name = format!("{RECORDS}/{}", entry.name);
-                if let Ok(bytes) = self.storage.read_small(&name, MAX_RECORD) {
-                    if let Ok(r) = serde_json::from_slice::<Record>(&bytes) {
-                        out.push(r);
-                    }
-                }
-            }
-        }
     }
 
     /// Picks the name a link's upload of `wanted` gets in `folder`: the
@@ -486,32 +440,19 @@ impl Uploads {
         };
         self.reserved()
             .insert((record.user.clone(), record.path.clone()));
-        let (me, r) = (self.storage.clone(), record.clone());
-        let uploads = Self::for_blocking(me);
-        tokio::task::spawn_blocking(move || uploads.write_record(&r, false))
+        let (storage, r) = (self.storage.clone(), record.clone());
+        tokio::task::spawn_blocking(move || write_record(&*storage, &r, false))
             .await
             .map_err(|_| HttpError::Internal)??;
         Ok(record)
-    }
-
-    /// A view for blocking record writes (the storage is all they need).
-    fn for_blocking(storage: Arc<dyn Storage>) -> Self {
-        Self {
-            storage,
-            slots: Mutex::default(),
-            reserved: Mutex::default(),
-            checksum_slots: Arc::new(tokio::sync::Semaphore::new(0)),
-            max_file: None,
-        }
     }
 
     async fn mark_done(&self, record: &mut Record) {
         record.done = true;
         self.reserved()
             .remove(&(record.user.clone(), record.path.clone()));
-        let uploads = Self::for_blocking(self.storage.clone());
-        let r = record.clone();
-        let written = tokio::task::spawn_blocking(move || uploads.write_record(&r, true)).await;
+        let (storage, r) = (self.storage.clone(), record.clone());
+        let written = tokio::task::spawn_blocking(move || write_record(&*storage, &r, true)).await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!(upload = %record.id, "https: upload committed, its record not updated");
         }
@@ -520,7 +461,7 @@ impl Uploads {
     async fn forget(&self, record: &Record) {
         self.reserved()
             .remove(&(record.user.clone(), record.path.clone()));
-        let (storage, name) = (self.storage.clone(), Self::record_name(&record.id));
+        let (storage, name) = (self.storage.clone(), record_name(&record.id));
         let _ = tokio::task::spawn_blocking(move || storage.remove(&name)).await;
     }
 
@@ -755,13 +696,12 @@ impl Uploads {
             return Vec::new();
         }
         let storage = self.storage.clone();
-        let uploads = Self::for_blocking(storage.clone());
         let expired = tokio::task::spawn_blocking(move || {
             let now = epoch(SystemTime::now());
-            let records = uploads.all_records().unwrap_or_default();
+            let records = all_records(&*storage).unwrap_or_default();
             let expired: Vec<Record> = records.into_iter().filter(|r| now >= r.expires).collect();
             for r in &expired {
-                let _ = storage.remove(&Self::record_name(&r.id));
+                let _ = storage.remove(&record_name(&r.id));
             }
             expired
         })
@@ -772,6 +712,55 @@ impl Uploads {
             reserved.remove(&(r.user.clone(), r.path.clone()));
         }
         expired
+    }
+}
+
+/// The storage name of upload `id`'s record.
+fn record_name(id: &str) -> String {
+    format!("{RECORDS}/{id}.json")
+}
+
+/// Stores `record` (over the one there, with `replace`). Blocking.
+fn write_record(storage: &dyn Storage, record: &Record, replace: bool) -> Result<(), HttpError> {
+    let json = serde_json::to_vec(record).map_err(|_| HttpError::Internal)?;
+    let name = record_name(&record.id);
+    match storage.mkdir(RECORDS) {
+        Ok(()) | Err(StorageError::AlreadyExists) => {}
+        Err(e) => return Err(VaultError::from(e).into()),
+    }
+    if replace {
+        match storage.remove(&name) {
+            Ok(()) | Err(StorageError::NotFound) => {}
+            Err(e) => return Err(VaultError::from(e).into()),
+        }
+    }
+    storage
+        .put_new(&name, &json)
+        .map_err(|e| VaultError::from(e).into())
+}
+
+/// Every upload record in storage (at most [`MAX_RECORDS`]; unreadable
+/// ones left out). Blocking.
+fn all_records(storage: &dyn Storage) -> Result<Vec<Record>, StorageError> {
+    let mut lister = match storage.list(RECORDS) {
+        Ok(l) => l,
+        Err(StorageError::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    loop {
+        let batch = lister.next_batch(256)?;
+        if batch.is_empty() || out.len() >= MAX_RECORDS {
+            return Ok(out);
+        }
+        for entry in batch {
+            let name = format!("{RECORDS}/{}", entry.name);
+            if let Ok(bytes) = storage.read_small(&name, MAX_RECORD) {
+                if let Ok(r) = serde_json::from_slice::<Record>(&bytes) {
+                    out.push(r);
+                }
+            }
+        }
     }
 }
 
