@@ -39,8 +39,8 @@ struct Cli {
 enum Command {
     /// Run the server. With no configuration: FTP on 127.0.0.1:2121 with
     /// explicit FTPS, SFTP on 127.0.0.1:2222 (host key made on first start),
-    /// data in ./dropvault-data, and a `demo` user whose password is
-    /// printed once.
+    /// HTTPS on 127.0.0.1:8443 (drop links, the account page), data in
+    /// ./dropvault-data, and a `demo` user whose password is printed once.
     Serve,
     /// Manage the users of the `file` account backend.
     User {
